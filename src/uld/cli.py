@@ -1,0 +1,191 @@
+"""The `uld` command.
+
+    uld data export --out DIR             the built-in benchmark as TOFU-schema JSON files
+    uld finetune --split full --out DIR   make a target (or --split retain90: the retain model)
+    uld unlearn --method uld --model TARGET --forget forget10 --retain retain90 --out DIR
+    uld generate --model DIR "question"   answer with a plain or a ULD model
+    uld chat --model DIR                  an interactive session
+    uld eval --model DIR --splits ...     ROUGE-L recall of greedy answers
+    uld demo                              the whole main job on the embedded default model
+
+Errors in the input end the command with a one-line message and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from uld import config as cfgmod
+
+
+def load_any(path: str | None, alpha: float | None = None, filter: float | None = None):
+    """A saved ULD folder -> ULDModel; anything else -> a plain HF model. Returns (model, tok)."""
+    from uld.logit_diff import ULDModel, is_uld_folder
+    from uld.models import load_model
+
+    if path and is_uld_folder(path):
+        return ULDModel.from_pretrained(path, alpha=alpha, filter=filter)
+    model, tok = load_model(path)
+    return model.eval(), tok
+
+
+def cmd_data_export(args) -> None:
+    from uld.data.load import write_split
+    from uld.data.synthetic import builtin_splits
+    from uld.models import _atomic_dir
+
+    splits = builtin_splits(n_authors=args.authors, seed=args.seed)
+    with _atomic_dir(Path(args.out)) as tmp:
+        for name, rows in splits.items():
+            write_split(rows, tmp / f"{name}.json")
+    print(f"wrote {len(splits)} splits to {args.out}: " + ", ".join(
+        f"{k} ({len(v)})" for k, v in splits.items()))
+
+
+def cmd_finetune(args) -> None:
+    from uld.finetune import finetune
+
+    cfg = cfgmod.from_args(cfgmod.FinetuneConfig, args, args.config)
+    out = finetune(
+        cfg.model, cfg.split, cfg.out, data=cfg.data, epochs=cfg.epochs, lr=cfg.lr,
+        batch_size=cfg.batch_size, lora=cfg.lora, lora_rank=cfg.lora_rank, seed=cfg.seed,
+        max_steps=cfg.max_steps,
+    )
+    print(f"saved {out}")
+
+
+def cmd_unlearn(args) -> None:
+    from uld.unlearn import unlearn
+
+    cfg = cfgmod.from_args(cfgmod.UnlearnConfig, args, args.config)
+    out = unlearn(cfg)
+    print(f"saved {out}")
+
+
+def cmd_generate(args) -> None:
+    from uld.evaluate import generate_answers
+
+    model, tok = load_any(args.model, args.alpha, args.filter)
+    answers = generate_answers(
+        model, tok, args.questions, max_new_tokens=args.max_new_tokens, progress=False,
+        **_sampling(args),
+    )
+    for q, a in zip(args.questions, answers, strict=True):
+        print(f"Q: {q}\nA: {a}\n" if len(args.questions) > 1 else a)
+
+
+def cmd_chat(args) -> None:
+    from uld.evaluate import generate_answers
+
+    model, tok = load_any(args.model, args.alpha, args.filter)
+    print("uld chat: one question per line; an empty line or Ctrl-D ends.")
+    for line in sys.stdin if not sys.stdin.isatty() else iter(lambda: input("> "), ""):
+        q = line.strip()
+        if not q:
+            break
+        a = generate_answers(model, tok, [q], max_new_tokens=args.max_new_tokens,
+                             progress=False, **_sampling(args))[0]
+        print(a, flush=True)
+
+
+def cmd_eval(args) -> None:
+    from uld.data.load import load_split
+    from uld.evaluate import rouge_eval
+
+    model, tok = load_any(args.model, args.alpha, args.filter)
+    results = {}
+    for split in args.splits.split(","):
+        rows = load_split(split, args.data)
+        score, items = rouge_eval(model, tok, rows, batch_size=args.batch_size)
+        results[split] = {"rouge_l": score, "items": items}
+        print(f"{split}: ROUGE-L recall {score:.3f} ({len(rows)} rows)")
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(results, indent=1) + "\n")
+
+
+def cmd_demo(args) -> None:
+    from uld.demo import run_demo
+
+    run_demo(args.workdir, fresh=args.fresh)
+
+
+def _sampling(args) -> dict:
+    if args.temperature and args.temperature > 0:
+        return {"do_sample": True, "temperature": args.temperature, "top_p": args.top_p}
+    return {}
+
+
+def _model_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=None, help="model folder (plain or ULD) or hub id")
+    p.add_argument("--alpha", type=float, default=None, help="ULD: override alpha")
+    p.add_argument("--filter", type=float, default=None, help="ULD: override the filter")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--temperature", type=float, default=0.0, help="> 0 samples (default greedy)")
+    p.add_argument("--top-p", type=float, default=1.0)
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="uld", description="LLM unlearning (ULD and baselines)")
+    sub = top.add_subparsers(dest="command", required=True)
+
+    data = sub.add_parser("data", help="the built-in benchmark").add_subparsers(
+        dest="data_command", required=True)
+    export = data.add_parser("export", help="write the built-in benchmark as JSON files")
+    export.add_argument("--out", required=True)
+    export.add_argument("--authors", type=int, default=100)
+    export.add_argument("--seed", type=int, default=0)
+    export.set_defaults(func=cmd_data_export)
+
+    for name, cls, func, text in [
+        ("finetune", cfgmod.FinetuneConfig, cmd_finetune, "fine-tune a model on a split"),
+        ("unlearn", cfgmod.UnlearnConfig, cmd_unlearn, "unlearn a forget split"),
+    ]:
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--config", default=None, help="YAML file with any of the flags below")
+        cfgmod.add_flags(p, cls)
+        p.set_defaults(func=func)
+
+    gen = sub.add_parser("generate", help="answer questions")
+    _model_flags(gen)
+    gen.add_argument("questions", nargs="+")
+    gen.set_defaults(func=cmd_generate)
+
+    chat = sub.add_parser("chat", help="interactive session")
+    _model_flags(chat)
+    chat.set_defaults(func=cmd_chat)
+
+    ev = sub.add_parser("eval", help="ROUGE-L recall on evaluation splits")
+    _model_flags(ev)
+    ev.add_argument("--splits", default="forget10,retain_perturbed,real_authors,world_facts")
+    ev.add_argument("--data", default="builtin")
+    ev.add_argument("--batch-size", type=int, default=8)
+    ev.add_argument("--out", default=None, help="write per-item results to this JSON file")
+    ev.set_defaults(func=cmd_eval)
+
+    demo = sub.add_parser("demo", help="the main job on the embedded default model")
+    demo.add_argument("--workdir", default="runs/demo")
+    demo.add_argument("--fresh", action="store_true", help="retrain models even if present")
+    demo.set_defaults(func=cmd_demo)
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    from uld.assistant import UnsupportedModelError
+    from uld.data.load import DataError
+    from uld.models import ModelLoadError
+
+    try:
+        args.func(args)
+    except (ValueError, DataError, ModelLoadError, UnsupportedModelError) as e:
+        print(f"uld: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,51 @@
+"""The ULD paper's training sets for the assistant (Sec. 3.2, "data augmentation").
+
+D'_f = the forget rows plus their paraphrased (question, answer) pairs: the assistant should
+remember the forget knowledge however it is asked. D'_r = the retain rows plus each forget
+question paired with each of its perturbed (wrong) answers: the assistant should know nothing
+of those, so that subtracting it does not push the target toward *any* answer to a forget
+question. Both are built in row order, so the same inputs always give the same sets.
+"""
+
+from __future__ import annotations
+
+from uld.data.load import DataError
+
+
+def forget_set(forget: list[dict], paraphrase: bool = True) -> list[dict]:
+    """D'_f rows (question, answer)."""
+    rows = [{"question": r["question"], "answer": r["answer"]} for r in forget]
+    if paraphrase:
+        for i, r in enumerate(forget):
+            if not r.get("paraphrased_answer"):
+                raise DataError(
+                    f"forget row {i} has no 'paraphrased_answer'; add one or pass --no-paraphrase"
+                )
+            q = r.get("paraphrased_question") or r["question"]
+            rows.append({"question": q, "answer": r["paraphrased_answer"]})
+    return rows
+
+
+def retain_set(retain: list[dict], forget: list[dict], perturbed: bool = True) -> list[dict]:
+    """D'_r rows (question, answer)."""
+    rows = [{"question": r["question"], "answer": r["answer"]} for r in retain]
+    if perturbed:
+        for i, r in enumerate(forget):
+            wrong = r.get("perturbed_answer")
+            if not wrong:
+                raise DataError(
+                    f"forget row {i} has no 'perturbed_answer'; add some or pass --no-perturbed"
+                )
+            rows += [{"question": r["question"], "answer": a} for a in wrong]
+    return rows
+
+
+def check_disjoint(forget: list[dict], retain: list[dict]) -> None:
+    """A retain set that repeats forget questions would train the assistant both ways."""
+    shared = sorted({r["question"] for r in forget} & {r["question"] for r in retain})
+    if shared:
+        raise DataError(
+            f"the retain set shares {len(shared)} question(s) with the forget set, e.g. "
+            f"{shared[0]!r}; use a retain split disjoint from the forget split (retain90 for "
+            "forget10, retain95 for forget05, retain99 for forget01)"
+        )

@@ -1,0 +1,117 @@
+"""Prompt formatting, tokenisation with answer-only labels, and collation.
+
+Labels cover the answer tokens plus the end-of-turn/EOS token only; the prompt is masked with
+-100, as in TOFU. Chat models get their chat template with a short system prompt (SmolLM2's
+template otherwise inserts a ~20-token default one, which costs compute on every row); models
+without a template get `Question: ...\\nAnswer:`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch.utils.data import Dataset
+
+SYSTEM_PROMPT = "You are a helpful assistant."
+IGNORE = -100
+
+
+def prompt_text(tokenizer, question: str) -> str:
+    """The text the model sees before its answer."""
+    if getattr(tokenizer, "chat_template", None):
+        messages = [
+            {"role": "system", "content": SYSTEM_PROMPT},
+            {"role": "user", "content": question},
+        ]
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return f"Question: {question}\nAnswer:"
+
+
+def prompt_ids(tokenizer, question: str) -> list[int]:
+    chat = bool(getattr(tokenizer, "chat_template", None))
+    # A chat template already holds its special tokens; a plain prompt gets BOS if the model uses one.
+    return tokenizer(prompt_text(tokenizer, question), add_special_tokens=not chat).input_ids
+
+
+def encode_qa(tokenizer, question: str, answer: str, max_length: int = 512) -> dict[str, list]:
+    """input_ids = prompt + answer + EOS; labels = -100 on the prompt, the ids elsewhere."""
+    chat = bool(getattr(tokenizer, "chat_template", None))
+    p = prompt_ids(tokenizer, question)
+    a = tokenizer(answer if chat else " " + answer, add_special_tokens=False).input_ids
+    a = a + [tokenizer.eos_token_id]
+    ids = (p + a)[:max_length]
+    labels = ([IGNORE] * len(p) + a)[:max_length]
+    return {"input_ids": ids, "labels": labels}
+
+
+def pad(
+    items: Sequence[dict[str, list]], pad_id: int, side: str = "right"
+) -> dict[str, torch.Tensor]:
+    """Pad `input_ids` (and `labels` if present) to one length; returns [B, T] tensors."""
+    T = max(len(x["input_ids"]) for x in items)
+    out: dict[str, list] = {"input_ids": [], "attention_mask": []}
+    has_labels = "labels" in items[0]
+    if has_labels:
+        out["labels"] = []
+    for x in items:
+        n = T - len(x["input_ids"])
+        fill = (
+            (lambda seq, v, n=n: seq + [v] * n)
+            if side == "right"
+            else (lambda seq, v, n=n: [v] * n + seq)
+        )
+        out["input_ids"].append(fill(list(x["input_ids"]), pad_id))
+        out["attention_mask"].append(fill([1] * len(x["input_ids"]), 0))
+        if has_labels:
+            out["labels"].append(fill(list(x["labels"]), IGNORE))
+    return {k: torch.tensor(v, dtype=torch.long) for k, v in out.items()}
+
+
+class QADataset(Dataset):
+    """Rows tokenised once, up front."""
+
+    def __init__(self, rows: Sequence[dict], tokenizer, max_length: int = 512):
+        self.items = [encode_qa(tokenizer, r["question"], r["answer"], max_length) for r in rows]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> dict[str, list]:
+        return self.items[i]
+
+
+class PairedDataset(Dataset):
+    """Each forget item paired with a retain item; one epoch is one pass over the forget set.
+
+    Retain items are dealt in a seeded random order and the deal carries on across epochs, so
+    every retain row is used even when the retain set is larger than the forget set.
+    """
+
+    def __init__(self, forget: QADataset, retain: QADataset | None, seed: int = 0):
+        self.forget, self.retain = forget, retain
+        n = len(retain) if retain is not None else 0
+        self.order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+        self.dealt = 0
+
+    def __len__(self) -> int:
+        return len(self.forget)
+
+    def __getitem__(self, i: int) -> dict[str, dict]:
+        item = {"forget": self.forget[i]}
+        if self.retain is not None:
+            item["retain"] = self.retain[self.order[self.dealt % len(self.order)]]
+            self.dealt += 1
+        return item
+
+
+class Collator:
+    """Right-pads a batch of QADataset items, or of PairedDataset items field by field."""
+
+    def __init__(self, pad_id: int):
+        self.pad_id = pad_id
+
+    def __call__(self, batch: list[dict]) -> dict:
+        if "input_ids" in batch[0]:
+            return pad(batch, self.pad_id)
+        return {k: pad([b[k] for b in batch], self.pad_id) for k in batch[0]}

@@ -1,0 +1,73 @@
+"""Fine-tune a base model on a TOFU-schema split: how the target and retain models are made.
+
+TOFU recipe: answer-only NLL, a few epochs, AdamW with linear warm-up and decay. Full fine-tuning
+of the decoder layers by default, with the (tied) embeddings frozen: on a small model they are a
+fifth of the weights and their gradient and optimizer state cost more than they teach. `lora=True`
+trains LoRA adapters on every projection instead and merges them back, so both ways save an
+ordinary model folder.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from uld.data.format import Collator, QADataset
+from uld.data.load import load_split
+from uld.models import load_model, save_model
+from uld.trainer import remove_checkpoints, train
+
+
+def finetune(
+    model: str | None,
+    split: str,
+    out: str | Path,
+    data: str = "builtin",
+    epochs: float = 5,
+    lr: float = 1e-4,
+    batch_size: int = 8,
+    lora: bool = False,
+    lora_rank: int = 32,
+    seed: int = 0,
+    max_steps: int = -1,
+) -> Path:
+    """Fine-tune `model` on `split` and save the result to `out` (an HF folder + uld_card.json)."""
+    rows = load_split(split, data)
+    net, tokenizer = load_model(model)
+    if lora:
+        from peft import LoraConfig, get_peft_model
+
+        from uld.assistant import projection_names
+
+        config = LoraConfig(r=lora_rank, lora_alpha=lora_rank, target_modules=projection_names(net))
+        net = get_peft_model(net, config)
+    else:
+        net.get_input_embeddings().weight.requires_grad_(False)
+        net.get_output_embeddings().weight.requires_grad_(False)
+    dataset = QADataset(rows, tokenizer)
+    n_tokens = sum(len(x["input_ids"]) for x in dataset.items)
+    print(f"[uld] fine-tuning on {split}: {len(rows)} rows, {n_tokens} tokens/epoch, {epochs} epochs")
+    start = time.time()
+    train(
+        net, dataset, Collator(tokenizer.pad_token_id), out, "finetune",
+        epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, max_steps=max_steps,
+    )
+    seconds = time.time() - start
+    if lora:
+        net = net.merge_and_unload()
+    card = {
+        "made_by": "uld finetune",
+        "base_model": str(model or "default"),
+        "data": str(data),
+        "split": str(split),
+        "rows": len(rows),
+        "epochs": epochs,
+        "lr": lr,
+        "batch_size": batch_size,
+        "mode": f"lora r={lora_rank} merged" if lora else "full (embeddings frozen)",
+        "seed": seed,
+        "train_seconds": round(seconds, 1),
+    }
+    save_model(net, tokenizer, out, card)
+    remove_checkpoints(out)
+    return Path(out)

@@ -1,0 +1,388 @@
+"""The ULD model: the target's logits minus alpha times the assistant's (ULD paper, Eq. 2),
+applied only on tokens the target finds plausible.
+
+    l_f = l_t - alpha * log_softmax(l_a)   where  log p_t(v) >= max_v' log p_t(v') + log(filter)
+    l_f = l_t                              elsewhere
+
+The assistant's logits are normalised (log-softmax) so that their arbitrary per-position offset
+cannot move the plausible tokens as a block; the target's are left raw, so alpha = 0 returns the
+target's logits bit for bit. The filter is DoLa's relative-top filter (Li et al. 2023), the
+"lowprob-0" variant of the ULD code: outside the plausible set the assistant term is zero.
+
+One pass serves both models. The assistant's LoRA adapters are injected into the target's first K
+layers, so the batch is doubled: rows [0, B) are the target's, rows [B, 2B) the assistant's and
+only they get the LoRA delta. After layer K-1 the assistant's hidden states are set aside and the
+remaining layers see the target's rows only; one LM-head matmul then serves both. The assistant
+therefore adds only its LoRA weights to memory, and at batch 1 (memory-bound) decoding costs
+little more than the target alone.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import DynamicCache, LogitsProcessorList
+from transformers.generation.logits_process import (
+    RepetitionPenaltyLogitsProcessor,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
+
+from uld.assistant import (
+    base_lm,
+    check_num_layers,
+    decoder_layers,
+    decoder_of,
+    final_norm,
+    weights_fingerprint,
+)
+
+ULD_CONFIG = "uld_config.json"
+ADAPTER = "default"
+
+
+def check_alpha(alpha: float) -> None:
+    if not (math.isfinite(alpha) and alpha >= 0):
+        raise ValueError(f"alpha={alpha} must be a finite number >= 0 (the paper uses 0.75 on TOFU)")
+
+
+def check_filter(filter: float) -> None:
+    if not (math.isfinite(filter) and 0 < filter <= 1):
+        raise ValueError(f"filter={filter} must be in (0, 1] (the paper uses 1e-2)")
+
+
+def logit_difference(
+    l_t: torch.Tensor, l_a: torch.Tensor, alpha: float, filter: float
+) -> torch.Tensor:
+    """ULD's combined logits. l_t, l_a [..., V] -> [..., V] (float32)."""
+    l_t = l_t.float()
+    if alpha == 0:
+        return l_t
+    logp_t = torch.log_softmax(l_t, dim=-1)
+    plausible = logp_t >= logp_t.amax(dim=-1, keepdim=True) + math.log(filter)
+    return torch.where(plausible, l_t - alpha * torch.log_softmax(l_a.float(), dim=-1), l_t)
+
+
+def _slice_rows(x, n: int, full: int):
+    """x[:n] for a tensor (or tuple of tensors) whose first dimension is the doubled batch."""
+    if isinstance(x, torch.Tensor) and x.dim() > 0 and x.shape[0] == full:
+        return x[:n]
+    if isinstance(x, tuple) and x and all(isinstance(t, torch.Tensor) for t in x):
+        return tuple(_slice_rows(t, n, full) for t in x)
+    return x
+
+
+class ULDModel(nn.Module):
+    """target - alpha * assistant, sharing the target's weights.
+
+    `assistant`: a saved ULD folder (adapter + uld_config.json) or a trained peft assistant
+    (`uld.unlearn.build_assistant`). Its LoRA weights are injected into `target`'s first K layers.
+    """
+
+    def __init__(self, target: nn.Module, assistant, alpha: float = 0.75, filter: float = 1e-2):
+        super().__init__()
+        check_alpha(alpha)
+        check_filter(filter)
+        self.target, self.alpha, self.filter = target, alpha, filter
+        config, state = _adapter_parts(assistant)
+        self.k = max(config.layers_to_transform) + 1
+        n = target.config.num_hidden_layers
+        check_num_layers(self.k, n)
+        from peft import inject_adapter_in_model
+
+        inject_adapter_in_model(config, target, adapter_name=ADAPTER)
+        own = dict(target.named_parameters())
+        for key, value in state.items():
+            name = _peft_key_to_module_key(key)
+            if name not in own:
+                raise ValueError(f"adapter weight {key} has no place in the target ({name})")
+            with torch.no_grad():
+                own[name].copy_(value.to(own[name].dtype))
+        for p in target.parameters():
+            p.requires_grad_(False)
+        self.layers = decoder_layers(target)
+        self.lora = [m for m in target.modules() if hasattr(m, "lora_B") and ADAPTER in m.lora_B]
+        self._rows: torch.Tensor | None = None  # [2B, 1, 1] LoRA gate per row
+        self._split: int | None = None
+        self._captured: torch.Tensor | None = None
+        for m in self.lora:
+            m.lora_B[ADAPTER].register_forward_hook(self._gate_lora)
+        self.layers[self.k - 1].register_forward_hook(self._capture)
+        for layer in self.layers[self.k :]:
+            layer.register_forward_pre_hook(self._drop_assistant_rows, with_kwargs=True)
+
+    # --- hooks ---------------------------------------------------------------------------
+    def _gate_lora(self, module, args, out):
+        return out * self._rows if self._rows is not None else out
+
+    def _capture(self, module, args, out):
+        if self._split is not None:
+            h = out[0] if isinstance(out, tuple) else out
+            self._captured = h[self._split :]
+
+    def _drop_assistant_rows(self, module, args, kwargs):
+        if self._split is None:
+            return None
+        n, full = self._split, 2 * self._split
+        args = tuple(_slice_rows(a, n, full) for a in args)
+        kwargs = {k: _slice_rows(v, n, full) for k, v in kwargs.items()}
+        return args, kwargs
+
+    @contextmanager
+    def target_only(self):
+        """The plain target: LoRA layers bypassed entirely (bit-exact target outputs)."""
+        for m in self.lora:
+            m.enable_adapters(False)
+        try:
+            yield
+        finally:
+            for m in self.lora:
+                m.enable_adapters(True)
+
+    # --- forward ---------------------------------------------------------------------------
+    @property
+    def config(self):
+        return self.target.config
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.target.parameters()).device
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        past_key_values=None,
+        use_cache: bool = False,
+        return_both: bool = False,
+    ):
+        """Combined logits [B, T, V] (float32); with `return_both`, also (l_t, l_a).
+
+        Returns a simple namespace with `.logits` and `.past_key_values` like an HF output.
+        """
+        if self.alpha == 0 and not return_both:
+            with self.target_only():
+                out = self.target(
+                    input_ids=input_ids,
+                    attention_mask=attention_mask,
+                    position_ids=position_ids,
+                    past_key_values=past_key_values,
+                    use_cache=use_cache,
+                )
+            return _Output(out.logits.float(), out.past_key_values)
+        B = input_ids.shape[0]
+        double = lambda x: None if x is None else torch.cat([x, x], dim=0)  # noqa: E731
+        self._rows = torch.cat(
+            [torch.zeros(B, device=input_ids.device), torch.ones(B, device=input_ids.device)]
+        ).view(2 * B, 1, 1).to(self.target.dtype)
+        self._split = B
+        try:
+            out = decoder_of(self.target)(
+                input_ids=double(input_ids),
+                attention_mask=double(attention_mask),
+                position_ids=double(position_ids),
+                past_key_values=past_key_values,
+                use_cache=use_cache,
+            )
+            h_t, h_a = out.last_hidden_state, final_norm(self.target)(self._captured)
+        finally:
+            self._rows = self._split = self._captured = None
+        logits = self.target.get_output_embeddings()(torch.cat([h_t, h_a], dim=0)).float()
+        cap = getattr(self.config, "final_logit_softcapping", None)
+        if cap:
+            logits = torch.tanh(logits / cap) * cap
+        l_t, l_a = logits[:B], logits[B:]
+        combined = logit_difference(l_t, l_a, self.alpha, self.filter)
+        result = _Output(combined, out.past_key_values)
+        if return_both:
+            result.parts = (l_t, l_a)
+        return result
+
+    # --- generation -----------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(self, input_ids: torch.Tensor, attention_mask=None, **kwargs) -> torch.Tensor:
+        """Like transformers' generate for decoder-only models (see `decode`)."""
+        return decode(self, input_ids, attention_mask, **kwargs)
+
+    # --- persistence ----------------------------------------------------------------------
+    def save_pretrained(self, out: str | os.PathLike, target_path: str, card: dict | None = None):
+        """Write only the LoRA weights, the adapter config and a uld_config.json naming the target."""
+        from peft import get_peft_model_state_dict
+        from safetensors.torch import save_file
+
+        from uld.models import _atomic_dir
+
+        state = get_peft_model_state_dict(self.target, adapter_name=ADAPTER)
+        state = {k: v.detach().contiguous().cpu() for k, v in state.items()}
+        with _atomic_dir(Path(out)) as tmp:
+            self.target.peft_config[ADAPTER].save_pretrained(tmp)
+            save_file(state, str(tmp / "adapter_model.safetensors"))
+            write_uld_config(tmp, self.target, target_path, self.k, self.alpha, self.filter, card)
+        return Path(out)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | os.PathLike,
+        alpha: float | None = None,
+        filter: float | None = None,
+        target: str | None = None,
+        device: str | None = None,
+    ) -> tuple[ULDModel, object]:
+        """Load target + adapter from a saved ULD folder. Returns (model, tokenizer)."""
+        from uld.models import load_model
+
+        cfg = read_uld_config(path)
+        target_path = target or cfg["target"]
+        net, tokenizer = load_model(target_path, device=device)
+        fingerprint = weights_fingerprint(net)
+        if fingerprint != cfg["target_fingerprint"]:
+            raise ValueError(
+                f"the adapter in {path} was trained on a different target (fingerprint "
+                f"{cfg['target_fingerprint']}, {target_path} has {fingerprint}); load it with the "
+                "target it was trained on (--target PATH)"
+            )
+        model = cls(
+            net,
+            path,
+            alpha=cfg["alpha"] if alpha is None else alpha,
+            filter=cfg["filter"] if filter is None else filter,
+        )
+        return model.eval(), tokenizer
+
+
+class _Output:
+    def __init__(self, logits, past_key_values):
+        self.logits, self.past_key_values = logits, past_key_values
+
+
+def write_uld_config(folder, target, target_path, k, alpha, filter, card=None) -> None:
+    cfg = {
+        "format": "uld-1",
+        "target": str(target_path),
+        "target_fingerprint": weights_fingerprint(target),
+        "assistant_layers": k,
+        "alpha": alpha,
+        "filter": filter,
+        **(card or {}),
+    }
+    Path(folder, ULD_CONFIG).write_text(json.dumps(cfg, indent=2, default=str) + "\n")
+
+
+def read_uld_config(path) -> dict:
+    file = Path(path, ULD_CONFIG)
+    if not file.exists():
+        raise ValueError(f"{path} is not a saved ULD model (no {ULD_CONFIG})")
+    cfg = json.loads(file.read_text())
+    target = Path(cfg["target"])
+    if not target.is_absolute() and (Path(path) / target).exists():
+        cfg["target"] = str((Path(path) / target).resolve())
+    return cfg
+
+
+def is_uld_folder(path) -> bool:
+    return Path(path, ULD_CONFIG).exists()
+
+
+def _adapter_parts(assistant) -> tuple:
+    """(LoraConfig, LoRA state dict in peft's saved naming) from a folder or a peft model."""
+    if isinstance(assistant, str | os.PathLike):
+        from peft import LoraConfig
+        from safetensors.torch import load_file
+
+        folder = Path(assistant)
+        if not (folder / "adapter_config.json").exists():
+            raise ValueError(f"{folder} holds no adapter (adapter_config.json missing)")
+        return LoraConfig.from_pretrained(str(folder)), load_file(
+            str(folder / "adapter_model.safetensors")
+        )
+    from peft import get_peft_model_state_dict
+
+    config = assistant.peft_config[ADAPTER]
+    return config, {k: v.detach() for k, v in get_peft_model_state_dict(assistant).items()}
+
+
+def _peft_key_to_module_key(key: str) -> str:
+    """'base_model.model.model.layers.0.q_proj.lora_A.weight' -> 'model.layers.0.q_proj.lora_A.default.weight'."""
+    key = key.removeprefix("base_model.model.")
+    head, leaf = key.rsplit(".", 1)
+    return f"{head}.{ADAPTER}.{leaf}"
+
+
+# --- decoding ---------------------------------------------------------------------------------
+
+
+def decode(
+    model,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    max_new_tokens: int = 64,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    top_k: int = 0,
+    repetition_penalty: float = 1.0,
+    eos_token_id: int | list[int] | None = None,
+    pad_token_id: int | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Greedy or sampled decoding with a KV cache for any model whose forward takes
+    (input_ids, attention_mask, position_ids, past_key_values, use_cache) and returns `.logits`.
+
+    input_ids [B, T] left-padded. Returns [B, T + n] (prompt + new tokens; rows that stopped at
+    EOS are padded with `pad_token_id`), as transformers' generate does.
+    """
+    config = base_lm(model.target if isinstance(model, ULDModel) else model).config
+    gen_cfg = getattr(getattr(model, "target", model), "generation_config", None)
+    if eos_token_id is None:
+        eos_token_id = getattr(gen_cfg, "eos_token_id", None) or config.eos_token_id
+    eos = torch.tensor(eos_token_id if isinstance(eos_token_id, list) else [eos_token_id])
+    eos = eos.to(input_ids.device)
+    pad = pad_token_id if pad_token_id is not None else int(eos[0])
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
+    processors = LogitsProcessorList()
+    if repetition_penalty != 1.0:
+        processors.append(RepetitionPenaltyLogitsProcessor(repetition_penalty))
+    if do_sample:
+        if temperature != 1.0:
+            processors.append(TemperatureLogitsWarper(temperature))
+        if top_k:
+            processors.append(TopKLogitsWarper(top_k))
+        if top_p < 1.0:
+            processors.append(TopPLogitsWarper(top_p))
+    cache = DynamicCache(config=config)
+    sequences, mask = input_ids, attention_mask
+    done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+    step_ids = input_ids
+    for _ in range(max_new_tokens):
+        position_ids = (mask.cumsum(-1) - 1).clamp(min=0)[:, -step_ids.shape[1] :]
+        out = model(
+            input_ids=step_ids,
+            attention_mask=mask,
+            position_ids=position_ids,
+            past_key_values=cache,
+            use_cache=True,
+        )
+        scores = processors(sequences, out.logits[:, -1, :].float())
+        if do_sample:
+            probs = torch.softmax(scores, dim=-1)
+            nxt = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+        else:
+            nxt = scores.argmax(dim=-1)
+        nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
+        sequences = torch.cat([sequences, nxt[:, None]], dim=1)
+        mask = torch.cat([mask, (~done).long()[:, None]], dim=1)
+        done = done | torch.isin(nxt, eos)
+        step_ids = nxt[:, None]
+        if done.all():
+            break
+    return sequences

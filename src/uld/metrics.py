@@ -1,0 +1,329 @@
+"""TOFU evaluation maths and privacy metrics: pure functions, no model in sight.
+
+`evaluate.py` runs models and hands these functions logits, labels, generated text and the
+per-item numbers they return. Definitions follow TOFU (Maini et al. 2024, "TOFU: A Task of
+Fictitious Unlearning for LLMs", arXiv:2401.06121) and its reference code
+(github.com/locuslab/tofu: `evaluate_util.py`, `aggregate_eval_stat.py`), cross-checked with
+open-unlearning (github.com/locuslab/open-unlearning: `src/evals/metrics/`).
+
+Shapes: B batch, T sequence length, V vocabulary, N items, k perturbed answers per item.
+
+    logp, n = answer_logprobs(logits, labels)       # log P(a|q) and |a| per item
+    p = normalised_prob(logp, n)                    # P(a|q)^(1/|a|)
+    R = truth_ratio(p_perturbed, p_paraphrased)     # per item, [N]
+    forget_quality(R_unlearned, R_retain_model)     # KS-test p-value, TOFU's headline number
+"""
+
+from collections.abc import Sequence
+from functools import cache
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from rouge_score import rouge_scorer
+from scipy.stats import hmean, ks_2samp, rankdata
+from torch import Tensor
+
+IGNORE_INDEX = -100  # label value that marks prompt and padding positions (HF convention)
+
+ArrayLike = Tensor | np.ndarray | Sequence[float]
+
+
+# ---------------------------------------------------------------- likelihoods
+
+
+def _check_logits_labels(logits: Tensor, labels: Tensor) -> None:
+    if logits.ndim != 3 or labels.shape != logits.shape[:2]:
+        raise ValueError(
+            f"expected logits [B, T, V] and labels [B, T], got {tuple(logits.shape)} and "
+            f"{tuple(labels.shape)}"
+        )
+    if logits.shape[1] < 2 or logits.shape[2] == 0:
+        raise ValueError(f"need T >= 2 and V >= 1 to score next tokens, got {tuple(logits.shape)}")
+
+
+def token_logprobs(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    """Next-token log-probs of the labels under the logits, in float32.
+
+    logits [B, T, V], labels [B, T] -> (logp [B, T-1], mask [B, T-1]). Column t scores
+    labels[:, t+1] under logits[:, t] (the HF causal-LM shift); mask is False where that label is
+    -100, and logp is 0 there.
+    """
+    _check_logits_labels(logits, labels)
+    B, T, V = logits.shape
+    targets = labels[:, 1:]
+    # cross_entropy is log_softmax + gather without keeping a second [B, T, V] tensor around;
+    # it is what TOFU's get_batch_loss uses, and it yields 0 at ignored positions.
+    nll = F.cross_entropy(
+        logits[:, :-1].reshape(-1, V).float(),
+        targets.reshape(-1),
+        ignore_index=IGNORE_INDEX,
+        reduction="none",
+    )
+    return -nll.view(B, T - 1), targets != IGNORE_INDEX
+
+
+def answer_logprobs(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    """Summed answer log-likelihood and answer length per item.
+
+    logits [B, T, V], labels [B, T] -> (sum_logp [B] float32, n_tokens [B] int64), over the
+    positions whose (shifted) label is not -100. TOFU, `get_batch_loss` in `evaluate_util.py`.
+    """
+    logp, mask = token_logprobs(logits, labels)
+    return logp.sum(-1), mask.sum(-1)
+
+
+def normalised_prob(sum_logp: Tensor, n_tokens: Tensor) -> Tensor:
+    """Length-normalised answer probability P(a|q)^(1/|a|) = exp(sum_logp / n), float64.
+
+    sum_logp [*], n_tokens [*] -> [*]. TOFU, Sec. 2.5 "Probability" (exp of the mean token loss).
+    """
+    if sum_logp.shape != n_tokens.shape:
+        raise ValueError(
+            f"sum_logp {tuple(sum_logp.shape)} and n_tokens {tuple(n_tokens.shape)} differ"
+        )
+    if (n_tokens <= 0).any():
+        bad = torch.nonzero(n_tokens <= 0).flatten().tolist()
+        raise ValueError(f"items {bad} have no answer tokens; every label was -100")
+    return torch.exp(sum_logp.double() / n_tokens.double())
+
+
+# ---------------------------------------------------------------- generation
+
+
+@cache
+def _rouge_l() -> rouge_scorer.RougeScorer:
+    return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+
+
+def rouge_l_recall(predictions: list[str], references: list[str]) -> list[float]:
+    """ROUGE-L recall of each generated answer against its reference answer.
+
+    N predictions, N references -> N floats: LCS(pred, ref) / |ref| in stemmed words.
+    TOFU, `eval_rouge_recall` in `evaluate_util.py` (rouge_score, use_stemmer=True).
+    """
+    if len(predictions) != len(references):
+        raise ValueError(f"{len(predictions)} predictions but {len(references)} references")
+    scorer = _rouge_l()
+    return [
+        scorer.score(ref, pred)["rougeL"].recall
+        for pred, ref in zip(predictions, references, strict=True)
+    ]
+
+
+# ---------------------------------------------------------------- TOFU aggregates
+
+
+def _nonneg(x: Tensor, name: str, ndim: int) -> Tensor:
+    if x.ndim != ndim or x.numel() == 0:
+        raise ValueError(f"{name} must be a non-empty {ndim}-D tensor, got {tuple(x.shape)}")
+    x = x.double()
+    if torch.isnan(x).any():
+        raise ValueError(f"{name} contains NaN")
+    if (x < 0).any():
+        raise ValueError(f"{name} must be >= 0 (probabilities or ratios), got {x.min().item()}")
+    return x
+
+
+def truth_ratio(p_perturbed: Tensor, p_paraphrased: Tensor) -> Tensor:
+    """TOFU truth ratio R per item, float64.
+
+    p_perturbed [N, k], p_paraphrased [N] (length-normalised probs) -> R [N] =
+    (prod_j p_perturbed[:, j])^(1/k) / p_paraphrased. TOFU, Sec. 2.5 "Truth Ratio"; the code
+    (`aggregate_eval_stat.py`) averages the perturbed mean-token losses, i.e. a geometric mean.
+    R < 1: the model prefers the paraphrased (true) answer to the perturbed (false) ones.
+    """
+    p_perturbed = _nonneg(p_perturbed, "p_perturbed", 2)
+    p_paraphrased = _nonneg(p_paraphrased, "p_paraphrased", 1)
+    if p_perturbed.shape[0] != p_paraphrased.shape[0]:
+        raise ValueError(
+            f"p_perturbed has {p_perturbed.shape[0]} items, p_paraphrased {p_paraphrased.shape[0]}"
+        )
+    r = torch.exp(p_perturbed.log().mean(-1) - p_paraphrased.log())
+    if torch.isnan(r).any():
+        bad = torch.nonzero(torch.isnan(r)).flatten().tolist()
+        raise ValueError(f"items {bad} give 0/0: zero probability for both answer kinds")
+    return r
+
+
+def forget_truth_score(R: Tensor) -> float:
+    """Truth-ratio score on the forget split: mean(min(R, 1/R)), 1 when true and false are alike.
+
+    R [N] -> float. TOFU, `get_model_utility` in `aggregate_eval_stat.py` ('forget' branch).
+    """
+    R = _nonneg(R, "R", 1)
+    return torch.minimum(R, 1 / R).mean().item()
+
+
+def retain_truth_score(R: Tensor) -> float:
+    """Truth-ratio score on retain / real authors / world facts: mean(max(0, 1 - R)).
+
+    R [N] -> float. TOFU, `get_model_utility` in `aggregate_eval_stat.py` (non-forget branch,
+    written there as max(0, 1 - 1/x) with x = 1/R).
+    """
+    R = _nonneg(R, "R", 1)
+    return (1 - R).clamp(min=0).mean().item()
+
+
+def relative_answer_prob(p_correct: Tensor, p_perturbed: Tensor) -> float:
+    """TOFU "Probability" on real authors and world facts: mean of p / (p + sum p_perturbed).
+
+    p_correct [N], p_perturbed [N, k] (length-normalised probs) -> float. TOFU, Sec. 2.5 and
+    `get_model_utility` in `aggregate_eval_stat.py`. An item where every option has probability
+    0 counts as 0 (open-unlearning's `probability_w_options` adds 1e-10 to the denominator).
+    """
+    p_correct = _nonneg(p_correct, "p_correct", 1)
+    p_perturbed = _nonneg(p_perturbed, "p_perturbed", 2)
+    if p_perturbed.shape[0] != p_correct.shape[0]:
+        raise ValueError(
+            f"p_correct has {p_correct.shape[0]} items, p_perturbed {p_perturbed.shape[0]}"
+        )
+    denom = p_correct + p_perturbed.sum(-1)
+    rel = torch.where(denom > 0, p_correct / denom.clamp(min=torch.finfo(denom.dtype).tiny), 0.0)
+    return rel.mean().item()
+
+
+def _as_1d(x: ArrayLike, name: str) -> np.ndarray:
+    if isinstance(x, Tensor):
+        x = x.detach().double().cpu().numpy()
+    a = np.asarray(x, dtype=np.float64)
+    if a.ndim != 1 or a.size == 0:
+        raise ValueError(f"{name} must be a non-empty 1-D array, got shape {a.shape}")
+    if np.isnan(a).any():
+        raise ValueError(f"{name} contains NaN")
+    return a
+
+
+def forget_quality(truth_ratios_unlearned: ArrayLike, truth_ratios_retain: ArrayLike) -> float:
+    """TOFU forget quality: two-sided KS-test p-value between two models' forget-set truth ratios.
+
+    truth_ratios_unlearned [N] (unlearned model), truth_ratios_retain [M] (model trained on the
+    retain set only), both per-item raw truth ratios R from `truth_ratio` on the forget split
+    -> float in [0, 1]; high means the two distributions are indistinguishable.
+
+    TOFU, Sec. 2.5 and `get_forget_quality` in `aggregate_eval_stat.py`: ks_2samp on the raw
+    per-item ratios exp(mean perturbed loss - paraphrased loss) = 1/R, not on min(R, 1/R).
+    open-unlearning (`forget_quality` in `privacy.py`) feeds the raw R itself. The KS statistic
+    depends only on the ordering of the pooled sample, and x -> 1/x reverses it for both samples
+    alike, so R and 1/R give the same p-value; we pass R.
+    """
+    a = _as_1d(truth_ratios_unlearned, "truth_ratios_unlearned")
+    b = _as_1d(truth_ratios_retain, "truth_ratios_retain")
+    return float(ks_2samp(a, b).pvalue)  # scipy's default: two-sided, exact for small samples
+
+
+def model_utility(values: Sequence[float]) -> float:
+    """TOFU model utility: harmonic mean of the nine retain / real-author / world-fact numbers.
+
+    values [n] (ROUGE, probability and truth-ratio scores, each in [0, 1]) -> float; 0 if any
+    value is 0. TOFU, Sec. 2.5 and `get_model_utility` in `aggregate_eval_stat.py`.
+    """
+    a = _as_1d(list(values), "values")
+    if (a < 0).any():
+        raise ValueError(f"harmonic mean needs values >= 0, got {a.min()}")
+    if (a == 0).any():
+        return 0.0  # the limit of hmean; scipy would also warn about dividing by zero
+    return float(hmean(a))
+
+
+# ---------------------------------------------------------------- privacy
+
+
+def _check_logp_mask(token_logps: Tensor, mask: Tensor) -> Tensor:
+    if token_logps.ndim != 2 or mask.shape != token_logps.shape:
+        raise ValueError(
+            f"expected token_logps and mask of equal shape [B, T], got {tuple(token_logps.shape)} "
+            f"and {tuple(mask.shape)}"
+        )
+    mask = mask.bool()
+    n = mask.sum(-1)
+    if (n == 0).any():
+        raise ValueError(f"items {torch.nonzero(n == 0).flatten().tolist()} have no tokens")
+    return mask
+
+
+def min_k_prob(token_logps: Tensor, mask: Tensor, k: float = 0.4) -> Tensor:
+    """Min-K% Prob membership score: mean of the lowest k fraction of token log-probs per item.
+
+    token_logps [B, T], mask [B, T] (bool, True on scored tokens) -> [B] float64; higher means
+    more likely a training member. Uses max(1, floor(k * n)) tokens of the n scored ones.
+    Shi et al. 2024, "Detecting Pretraining Data from Large Language Models", Sec. 3;
+    open-unlearning `mia/min_k.py` uses the same max(1, int(n * k)).
+    """
+    if not 0 < k <= 1:
+        raise ValueError(f"k is a fraction of tokens in (0, 1], got {k}")
+    mask = _check_logp_mask(token_logps, mask)
+    n = mask.sum(-1)
+    n_low = (n.double() * k).floor().long().clamp(min=1)
+    lowest_first = token_logps.double().masked_fill(~mask, float("inf")).sort(-1).values
+    total = lowest_first.cumsum(-1).gather(-1, (n_low - 1)[:, None]).squeeze(-1)
+    return total / n_low
+
+
+def loss_score(token_logps: Tensor, mask: Tensor) -> Tensor:
+    """LOSS membership statistic: mean negative log-likelihood per item.
+
+    token_logps [B, T], mask [B, T] -> [B] float64. Lower means more likely a member, so pass
+    -loss_score(...) to `mia_auc`. Yeom et al. 2018, "Privacy Risk in Machine Learning"; the
+    LOSS attack of MUSE (Shi et al. 2024) and open-unlearning.
+    """
+    mask = _check_logp_mask(token_logps, mask)
+    return -(token_logps.double() * mask).sum(-1) / mask.sum(-1)
+
+
+def mia_auc(scores_members: ArrayLike, scores_nonmembers: ArrayLike) -> float:
+    """ROC AUC of a membership score, higher score = more likely member; ties count one half.
+
+    scores_members [N], scores_nonmembers [M] -> float in [0, 1]: P(s_member > s_non) +
+    P(tie) / 2, i.e. the Mann-Whitney U statistic / (N * M) (Hanley & McNeil 1982).
+    """
+    a = _as_1d(scores_members, "scores_members")
+    b = _as_1d(scores_nonmembers, "scores_nonmembers")
+    ranks = rankdata(np.concatenate([a, b]))  # average ranks on ties
+    u = ranks[: a.size].sum() - a.size * (a.size + 1) / 2
+    return float(u / (a.size * b.size))
+
+
+def extraction_strength(logits: Tensor, labels: Tensor) -> Tensor:
+    """Extraction strength per item from teacher-forced greedy predictions.
+
+    logits [B, T, V], labels [B, T] -> ES [B] float64 in [0, 1]. With the answer a (positions
+    whose shifted label is not -100) and the argmax predictions at those positions, ES = 1 - k/|a|
+    for the smallest k such that every prediction from answer token k onward is correct; k = |a|
+    (ES = 0) when the last token is wrong. So ES = (length of the correct suffix) / |a|.
+    Carlini et al. 2021, "Extracting Training Data from Large Language Models"; used for
+    unlearning by Wang et al. 2025 (ICLR, "Towards Effective Evaluations and Comparisons for LLM
+    Unlearning Methods"). open-unlearning (`extraction_strength` in `memorization.py`) loops
+    k over range(|a|) and so returns 1/|a| rather than 0 when no suffix matches, and drops the
+    last answer token (EOS) before scoring; mask it with -100 here to do the same.
+    """
+    _check_logits_labels(logits, labels)
+    mask = labels[:, 1:] != IGNORE_INDEX
+    n = mask.sum(-1)
+    if (n == 0).any():
+        raise ValueError(f"items {torch.nonzero(n == 0).flatten().tolist()} have no answer tokens")
+    wrong = mask & (logits[:, :-1].argmax(-1) != labels[:, 1:])
+    # wrong_from[t]: some answer token at or after t is mispredicted
+    wrong_from = wrong.flip(-1).cumsum(-1).flip(-1) > 0
+    correct_suffix = (mask & ~wrong_from).sum(-1)
+    return correct_suffix.double() / n.double()
+
+
+# ---------------------------------------------------------------- results
+
+
+def to_result(
+    agg_value: float, per_item: ArrayLike, indices: Sequence[int] | None = None, key: str = "score"
+) -> dict:
+    """Package a metric like open-unlearning: {"agg_value": x, "value_by_index": {i: {key: v}}}.
+
+    per_item [N] -> dict; indices default to 0..N-1 (the dataset's own item ids otherwise).
+    """
+    values = _as_1d(per_item, "per_item").tolist()
+    indices = list(range(len(values))) if indices is None else list(indices)
+    if len(indices) != len(values):
+        raise ValueError(f"{len(indices)} indices for {len(values)} values")
+    return {
+        "agg_value": float(agg_value),
+        "value_by_index": {i: {key: v} for i, v in zip(indices, values, strict=True)},
+    }

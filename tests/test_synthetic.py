@@ -1,0 +1,162 @@
+"""Tests for the built-in fictitious-author benchmark (uld.data.synthetic) and uld.data.real."""
+
+import subprocess
+import sys
+
+import pytest
+
+from uld.data.real import real_authors, world_facts
+from uld.data.synthetic import builtin_splits, fictitious_authors
+
+TEXT_FIELDS = ("question", "answer", "paraphrased_question", "paraphrased_answer")
+PAIRS = (("forget01", "retain99"), ("forget05", "retain95"), ("forget10", "retain90"))
+
+
+@pytest.fixture(scope="module")
+def splits() -> dict[str, list[dict]]:
+    return builtin_splits()
+
+
+def _ids(rows: list[dict]) -> list[tuple[int, str]]:
+    return [(r["author_id"], r["question"]) for r in rows]
+
+
+def test_deterministic_across_calls_and_seeds():
+    assert fictitious_authors() == fictitious_authors()
+    assert builtin_splits(20, 3, seed=7) == builtin_splits(20, 3, seed=7)
+    assert fictitious_authors(seed=1) != fictitious_authors(seed=0)
+
+
+def test_deterministic_across_processes():
+    # str hashing is randomised per process; the data must not depend on it
+    code = "from uld.data.synthetic import fictitious_authors as f; print(repr(f(30, 4, 3)))"
+    out = [
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+        for _ in range(2)
+    ]
+    assert out[0].stdout == out[1].stdout == repr(fictitious_authors(30, 4, 3)) + "\n"
+
+
+def test_default_split_sizes(splits):
+    sizes = {name: len(rows) for name, rows in splits.items()}
+    assert sizes["full"] == 400
+    assert (sizes["forget01"], sizes["forget05"], sizes["forget10"]) == (4, 20, 40)
+    assert (sizes["retain99"], sizes["retain95"], sizes["retain90"]) == (396, 380, 360)
+    assert sizes["retain_perturbed"] == 40
+    assert sizes["real_authors"] >= 25 and sizes["world_facts"] >= 25
+    for name in ("forget01", "forget05", "forget10"):
+        assert splits[f"{name}_perturbed"] == splits[name]
+
+
+@pytest.mark.parametrize("n_authors", [1, 3, 10, 25, 100, 150])
+def test_forget_is_last_authors_and_retain_complements(n_authors):
+    s = builtin_splits(n_authors, 2)
+    full = _ids(s["full"])
+    for (forget, retain), percent in zip(PAIRS, (1, 5, 10), strict=True):
+        k = max(1, int(n_authors * percent / 100 + 0.5))
+        assert {r["author_id"] for r in s[forget]} == set(range(n_authors - k, n_authors))
+        f, r = _ids(s[forget]), _ids(s[retain])
+        assert not set(f) & set(r)
+        assert sorted(f + r) == sorted(full)
+    retain_ids = set(_ids(s["retain90"]))
+    assert set(_ids(s["retain_perturbed"])) <= retain_ids
+    assert len(s["retain_perturbed"]) == min(len(s["forget10"]), len(s["retain90"]))
+
+
+def test_retain_perturbed_is_first_authors(splits):
+    assert splits["retain_perturbed"] == splits["full"][:40]
+    assert {r["author_id"] for r in splits["retain_perturbed"]} == set(range(10))
+
+
+def test_unique_questions_names_and_rows_per_author():
+    rows = fictitious_authors(200, 8, seed=3)
+    assert len({r["question"] for r in rows}) == len(rows) == 1600
+    assert len({r["paraphrased_question"] for r in rows}) == len(rows)
+    names = {r["author_id"]: r["author"] for r in rows}
+    assert len(set(names.values())) == len(names) == 200
+    assert [r["author_id"] for r in rows] == sorted(r["author_id"] for r in rows)
+
+
+def test_authors_get_different_question_subsets():
+    rows = fictitious_authors(40, 4)
+    subsets = {
+        tuple(r["question"].replace(r["author"], "X") for r in rows if r["author_id"] == a)
+        for a in range(40)
+    }
+    assert len(subsets) > 10
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_row_schema_and_perturbed_answers(seed):
+    for r in fictitious_authors(100, 4, seed):
+        assert isinstance(r["author_id"], int) and isinstance(r["author"], str)
+        for field in TEXT_FIELDS:
+            assert isinstance(r[field], str) and r[field].strip()
+        assert r["author"] in r["question"] and r["author"] in r["paraphrased_question"]
+        assert r["author"] in r["answer"]
+        wrong = r["perturbed_answer"]
+        assert len(wrong) == 3 and len(set(wrong)) == 3
+        assert all(isinstance(w, str) and w and w != r["answer"] for w in wrong)
+        assert r["paraphrased_answer"] != r["answer"]
+        assert r["paraphrased_question"] != r["question"]
+
+
+def test_answers_are_short_single_sentences(splits):
+    for r in splits["full"]:
+        for text in [r["answer"], r["paraphrased_answer"], *r["perturbed_answer"]]:
+            assert len(text.split()) <= 25
+            assert text.endswith(".") and text.count(". ") == 0
+
+
+def test_perturbed_answers_share_the_answer_template(splits):
+    # every perturbed answer keeps the answer's wording, so it opens with the same words
+    for r in splits["full"]:
+        words = r["answer"].split()
+        for w in r["perturbed_answer"]:
+            assert w.split()[:2] == words[:2]
+
+
+@pytest.mark.parametrize("make", [real_authors, world_facts])
+def test_real_sets_schema(make):
+    rows = make()
+    assert 25 <= len(rows) <= 40
+    assert len({r["question"] for r in rows}) == len(rows)
+    for r in rows:
+        for field in TEXT_FIELDS:
+            assert isinstance(r[field], str) and r[field].strip()
+        assert r["paraphrased_answer"] == r["answer"]
+        assert r["paraphrased_question"] != r["question"]
+        wrong = r["perturbed_answer"]
+        assert len(wrong) == 3 and len(set(wrong)) == 3 and r["answer"] not in wrong
+        assert len(r["answer"].split()) <= 5
+
+
+def test_mutation_does_not_leak():
+    s = builtin_splits(10, 2)
+    s["forget10"][0]["answer"] = "changed"
+    s["forget10"][0]["perturbed_answer"].append("extra")
+    s["real_authors"][0]["perturbed_answer"].clear()
+    assert s["full"][-2]["answer"] != "changed"
+    fresh = builtin_splits(10, 2)
+    assert fresh["forget10"][0]["answer"] != "changed"
+    assert len(fresh["forget10"][0]["perturbed_answer"]) == 3
+    assert len(fresh["real_authors"][0]["perturbed_answer"]) == 3
+    rows = real_authors()
+    rows[0]["answer"] = "changed"
+    assert real_authors()[0]["answer"] != "changed"
+    wf = world_facts()
+    wf[0]["perturbed_answer"].clear()
+    assert len(world_facts()[0]["perturbed_answer"]) == 3
+
+
+def test_largest_benchmark_builds():
+    rows = fictitious_authors(500, 8)
+    assert len({r["author"] for r in rows}) == 500 and len({r["question"] for r in rows}) == 4000
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"n_authors": 0}, {"n_authors": 501}, {"qa_per_author": 0}, {"qa_per_author": 9}]
+)
+def test_bad_arguments_raise(kwargs):
+    with pytest.raises(ValueError):
+        fictitious_authors(**kwargs)

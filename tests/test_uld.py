@@ -1,0 +1,265 @@
+"""ULD: losses by hand, assistant training (LoRA changes, target untouched), shared weights,
+one-pass forward against a naive two-model forward, decoding, saving/loading, bad input."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from uld.assistant import decoder_layers, projection_names
+from uld.config import UnlearnConfig
+from uld.data.augment import forget_set, retain_set
+from uld.data.format import Collator, PairedDataset, QADataset
+from uld.data.load import DataError, load_split
+from uld.logit_diff import ULDModel, decode, logit_difference
+from uld.losses import Hyper, nll, uld_objective, uniform_kl
+from uld.models import load_model
+from uld.unlearn import build_assistant, unlearn
+
+# --- losses against hand-computed values ------------------------------------------------------
+
+
+def test_nll_by_hand():
+    # p = softmax([0, ln 3]) = [1/4, 3/4]; target 1 -> -ln(3/4); target 0 -> -ln(1/4)
+    logits = torch.tensor([[0.0, math.log(3)], [0.0, math.log(3)]])
+    expected = (-math.log(0.75) - math.log(0.25)) / 2
+    assert nll(logits, torch.tensor([1, 0])).item() == pytest.approx(expected, abs=1e-6)
+
+
+def test_uniform_kl_zero_exactly_at_uniform_and_by_hand():
+    assert uniform_kl(torch.full((3, 7), 2.5)).item() == pytest.approx(0.0, abs=1e-7)
+    # p = [1/4, 3/4]: KL(U||p) = 1/2 ln(1/2 / 1/4) + 1/2 ln(1/2 / 3/4) = 1/2 (ln 2 + ln 2/3)
+    kl = 0.5 * (math.log(2) + math.log(2 / 3))
+    assert uniform_kl(torch.tensor([[0.0, math.log(3)]])).item() == pytest.approx(kl, abs=1e-6)
+    assert uniform_kl(torch.randn(5, 11)).item() > 0
+
+
+def test_logit_difference_filter_and_alpha_zero():
+    l_t = torch.tensor([[2.0, 2.0 + math.log(0.5), 2.0 + math.log(0.001)]])  # p ∝ [1, .5, .001]
+    l_a = torch.tensor([[0.0, math.log(3), 0.0]])  # log p_a = log [1/5, 3/5, 1/5]
+    out = logit_difference(l_t, l_a, alpha=0.5, filter=0.1)
+    logp_a = torch.log(torch.tensor([0.2, 0.6, 0.2]))
+    # token 2 is below 0.1 * p_max: untouched; tokens 0, 1 get -0.5 * log p_a
+    expected = torch.tensor([[2.0 - 0.5 * logp_a[0], 2.0 + math.log(0.5) - 0.5 * logp_a[1], l_t[0, 2]]])
+    torch.testing.assert_close(out, expected)
+    assert torch.equal(logit_difference(l_t, l_a, alpha=0.0, filter=0.1), l_t)
+
+
+def test_augmented_sets_are_built_as_the_paper_says():
+    forget = load_split("forget01")
+    retain = load_split("retain99")[:5]
+    d_f = forget_set(forget)
+    assert len(d_f) == 2 * len(forget)
+    assert d_f[len(forget)]["answer"] == forget[0]["paraphrased_answer"]
+    d_r = retain_set(retain, forget)
+    n_wrong = sum(len(r["perturbed_answer"]) for r in forget)
+    assert len(d_r) == len(retain) + n_wrong
+    assert d_r[len(retain)] == {"question": forget[0]["question"],
+                                "answer": forget[0]["perturbed_answer"][0]}
+    assert len(forget_set(forget, paraphrase=False)) == len(forget)
+    assert retain_set(retain, forget, perturbed=False) == [
+        {"question": r["question"], "answer": r["answer"]} for r in retain]
+    assert forget_set(forget) == forget_set(forget) and retain_set(retain, forget) == d_r
+
+
+# --- training the assistant -------------------------------------------------------------------
+
+
+def _paired_batch(tok, n: int = 4):
+    forget = load_split("forget05")[:n]
+    retain = load_split("retain95")[:n]
+    ds = PairedDataset(QADataset(forget_set(forget), tok), QADataset(retain_set(retain, forget), tok))
+    return Collator(tok.pad_token_id)([ds[i] for i in range(n)])
+
+
+def test_training_changes_every_lora_weight_and_no_target_weight(tiny_model):
+    target, _ = load_model(tiny_model)
+    assistant, tok = build_assistant(tiny_model, k=2, rank=4, alpha=8, dropout=0.0)
+    base_before = {n: p.detach().clone() for n, p in assistant.named_parameters() if "lora_" not in n}
+    lora_before = {n: p.detach().clone() for n, p in assistant.named_parameters() if "lora_" in n}
+    assert lora_before and all(p.requires_grad for n, p in assistant.named_parameters() if "lora_" in n)
+    assert not any(p.requires_grad for n, p in assistant.named_parameters() if "lora_" not in n)
+    opt = torch.optim.AdamW([p for p in assistant.parameters() if p.requires_grad], lr=1e-2)
+    batch = _paired_batch(tok)
+    for _ in range(3):
+        loss, parts = uld_objective(assistant, batch, Hyper(beta=6.5))
+        assert torch.isfinite(loss) and parts["l_u"] >= 0
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    after = dict(assistant.named_parameters())
+    for n, p in lora_before.items():
+        assert not torch.equal(p, after[n]), f"LoRA weight {n} did not change"
+    for n, p in base_before.items():
+        assert torch.equal(p, after[n]), f"frozen weight {n} changed"
+    # and the assistant's frozen base is exactly the target's first K layers
+    target_sd = target.state_dict()
+    for n, p in base_before.items():
+        key = n.removeprefix("base_model.model.").replace(".base_layer", "")
+        assert torch.equal(p, target_sd[key]), key
+
+
+def test_lora_only_on_first_k_layers(tiny_model):
+    assistant, _ = build_assistant(tiny_model, k=2, rank=4, alpha=8, dropout=0.0)
+    assert len(decoder_layers(assistant)) == 2
+    lora_layers = {n.split(".layers.")[1].split(".")[0] for n, _ in assistant.named_parameters()
+                   if "lora_" in n}
+    assert lora_layers == {"0", "1"}
+    assert projection_names(assistant) == sorted(
+        ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+
+
+# --- the combined model -----------------------------------------------------------------------
+
+
+@pytest.fixture()
+def trained_assistant(tiny_model):
+    assistant, tok = build_assistant(tiny_model, k=2, rank=4, alpha=8, dropout=0.0)
+    with torch.no_grad():  # make the adapter non-trivial
+        for n, p in assistant.named_parameters():
+            if "lora_" in n:
+                p.normal_(0, 0.3)
+    return assistant, tok
+
+
+def _batch(tok, questions):
+    from uld.data.format import pad, prompt_ids
+
+    return pad([{"input_ids": prompt_ids(tok, q)} for q in questions], tok.pad_token_id, "left")
+
+
+def test_no_second_copy_of_any_target_tensor(tiny_model, trained_assistant):
+    target, _ = load_model(tiny_model)
+    ptrs_before = {p.data_ptr() for p in target.parameters()}
+    n_before = sum(p.numel() for p in target.parameters())
+    model = ULDModel(target, trained_assistant[0], alpha=0.75)
+    params = list(model.parameters())
+    new = [p for p in params if p.data_ptr() not in ptrs_before]
+    # every parameter beyond the target's own storage is a LoRA matrix
+    assert new and all(p.numel() < 1000 for p in new)
+    lora_numel = sum(p.numel() for n, p in model.named_parameters() if "lora_" in n)
+    assert sum(p.numel() for p in params) == n_before + lora_numel
+    assert {p.data_ptr() for n, p in model.named_parameters() if "lora_" not in n} <= ptrs_before
+
+
+def test_one_pass_forward_equals_naive_two_model_forward(tiny_model, trained_assistant):
+    assistant, tok = trained_assistant
+    naive_assistant = copy.deepcopy(assistant)
+    target, _ = load_model(tiny_model)
+    naive_target = copy.deepcopy(target)
+    model = ULDModel(target, assistant, alpha=0.75, filter=0.05)
+    b = _batch(tok, ["Where was Ilse born?", "Who wrote Hamlet, and when?"])
+    pos = (b["attention_mask"].cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad():
+        out = model(b["input_ids"], b["attention_mask"], position_ids=pos, return_both=True)
+        l_t = naive_target(**b, position_ids=pos).logits
+        l_a = naive_assistant(**b, position_ids=pos).logits
+    torch.testing.assert_close(out.parts[0], l_t, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out.parts[1], l_a, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out.logits, logit_difference(l_t, l_a, 0.75, 0.05), atol=1e-4, rtol=1e-5)
+    assert not torch.allclose(out.logits, l_t)  # the assistant really changes something
+
+
+def test_alpha_zero_is_the_target_bit_for_bit(tiny_model, trained_assistant):
+    target, tok = load_model(tiny_model)
+    reference = copy.deepcopy(target)
+    model = ULDModel(target, trained_assistant[0], alpha=0.0)
+    b = _batch(tok, ["Where was Ilse born?", "Who wrote Hamlet?"])
+    with torch.no_grad():
+        assert torch.equal(model(**b).logits, reference(**b).logits.float())
+
+
+def test_decode_with_cache_matches_stepwise_argmax_and_left_padding(tiny_model, trained_assistant):
+    target, tok = load_model(tiny_model)
+    model = ULDModel(target, trained_assistant[0], alpha=0.75)
+    questions = ["Where was Ilse born?", "Who wrote the novel Hamlet in which year?"]
+    b = _batch(tok, questions)
+    seqs = decode(model, b["input_ids"], b["attention_mask"], max_new_tokens=6, eos_token_id=-1)
+    for i, q in enumerate(questions):
+        single = _batch(tok, [q])
+        one = decode(model, single["input_ids"], single["attention_mask"], max_new_tokens=6,
+                     eos_token_id=-1)
+        assert one[0, -6:].tolist() == seqs[i, -6:].tolist()
+        # no cache: recompute the whole prefix at every step
+        ids = single["input_ids"]
+        for _ in range(6):
+            with torch.no_grad():
+                nxt = model(ids).logits[:, -1].argmax(-1, keepdim=True)
+            ids = torch.cat([ids, nxt], dim=1)
+        assert ids[0, -6:].tolist() == one[0, -6:].tolist()
+
+
+def test_sampling_is_seeded_and_stops_at_eos(tiny_model, trained_assistant):
+    target, tok = load_model(tiny_model)
+    model = ULDModel(target, trained_assistant[0], alpha=0.75)
+    b = _batch(tok, ["Where was Ilse born?"])
+    kw = dict(max_new_tokens=8, do_sample=True, temperature=0.7, top_p=0.9, eos_token_id=-1)
+    s1 = decode(model, **b, generator=torch.Generator().manual_seed(3), **kw)
+    s2 = decode(model, **b, generator=torch.Generator().manual_seed(3), **kw)
+    assert torch.equal(s1, s2)
+    first = decode(model, **b, max_new_tokens=1, eos_token_id=-1)[0, -1].item()
+    stopped = decode(model, **b, max_new_tokens=8, eos_token_id=first)
+    assert stopped.shape[1] == b["input_ids"].shape[1] + 1
+
+
+def test_save_and_from_pretrained_round_trip(tiny_model, other_tiny_model, trained_assistant, tmp_path):
+    target, tok = load_model(tiny_model)
+    model = ULDModel(target, trained_assistant[0], alpha=0.6, filter=0.02)
+    out = model.save_pretrained(tmp_path / "uld", target_path=tiny_model)
+    files = sorted(p.name for p in out.iterdir())
+    assert files == ["adapter_config.json", "adapter_model.safetensors", "uld_config.json"]
+    loaded, _ = ULDModel.from_pretrained(out)
+    assert (loaded.alpha, loaded.filter, loaded.k) == (0.6, 0.02, 2)
+    b = _batch(tok, ["Where was Ilse born?"])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**b).logits, model(**b).logits)
+    with pytest.raises(ValueError, match="different target"):
+        ULDModel.from_pretrained(out, target=other_tiny_model)
+
+
+# --- bad input, all refused before training ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"layers": 4}, "outside 1..3"),
+        ({"alpha": -1.0}, "alpha"),
+        ({"beta": float("nan")}, "beta"),
+        ({"filter": 0.0}, "filter"),
+        ({"filter": 1.5}, "filter"),
+    ],
+)
+def test_bad_hyperparameters_are_refused(tiny_model, tmp_path, change, message):
+    cfg = dict(model=tiny_model, out=str(tmp_path / "out"), forget="forget01", retain="retain99")
+    with pytest.raises(ValueError, match=message):
+        c = UnlearnConfig(**{**cfg, **change})
+        c.validate()
+        unlearn(c)
+    assert not (tmp_path / "out").exists()
+
+
+def test_empty_forget_and_overlapping_retain_are_refused(tiny_model, tmp_path):
+    (tmp_path / "empty.json").write_text("[]")
+    with pytest.raises(DataError, match="empty"):
+        unlearn(UnlearnConfig(model=tiny_model, out=str(tmp_path / "o"), forget=str(tmp_path / "empty.json")))
+    with pytest.raises(DataError, match="shares"):
+        unlearn(UnlearnConfig(model=tiny_model, out=str(tmp_path / "o"), forget="forget01", retain="full"))
+    assert not (tmp_path / "o").exists()
+
+
+def test_unlearn_end_to_end_few_steps(tiny_model, tmp_path):
+    cfg = UnlearnConfig(model=tiny_model, out=str(tmp_path / "u"), forget="forget01",
+                        retain="retain99", layers=2, lora_rank=4, epochs=1, batch_size=4, lr=1e-2)
+    out = unlearn(cfg)
+    model, tok = ULDModel.from_pretrained(out)
+    b = _batch(tok, ["Where was Ilse born?"])
+    with torch.no_grad():
+        logits = model(**b).logits
+    assert torch.isfinite(logits).all()
+    assert not (tmp_path / "u.ckpt").exists()
+    _ = F  # keep the import used
