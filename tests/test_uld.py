@@ -4,6 +4,7 @@ one-pass forward against a naive two-model forward, decoding, saving/loading, ba
 from __future__ import annotations
 
 import copy
+import json
 import math
 
 import pytest
@@ -44,7 +45,9 @@ def test_logit_difference_filter_and_alpha_zero():
     out = logit_difference(l_t, l_a, alpha=0.5, filter=0.1)
     logp_a = torch.log(torch.tensor([0.2, 0.6, 0.2]))
     # token 2 is below 0.1 * p_max: untouched; tokens 0, 1 get -0.5 * log p_a
-    expected = torch.tensor([[2.0 - 0.5 * logp_a[0], 2.0 + math.log(0.5) - 0.5 * logp_a[1], l_t[0, 2]]])
+    expected = torch.tensor(
+        [[2.0 - 0.5 * logp_a[0], 2.0 + math.log(0.5) - 0.5 * logp_a[1], l_t[0, 2]]]
+    )
     torch.testing.assert_close(out, expected)
     assert torch.equal(logit_difference(l_t, l_a, alpha=0.0, filter=0.1), l_t)
 
@@ -58,11 +61,14 @@ def test_augmented_sets_are_built_as_the_paper_says():
     d_r = retain_set(retain, forget)
     n_wrong = sum(len(r["perturbed_answer"]) for r in forget)
     assert len(d_r) == len(retain) + n_wrong
-    assert d_r[len(retain)] == {"question": forget[0]["question"],
-                                "answer": forget[0]["perturbed_answer"][0]}
+    assert d_r[len(retain)] == {
+        "question": forget[0]["question"],
+        "answer": forget[0]["perturbed_answer"][0],
+    }
     assert len(forget_set(forget, paraphrase=False)) == len(forget)
     assert retain_set(retain, forget, perturbed=False) == [
-        {"question": r["question"], "answer": r["answer"]} for r in retain]
+        {"question": r["question"], "answer": r["answer"]} for r in retain
+    ]
     assert forget_set(forget) == forget_set(forget) and retain_set(retain, forget) == d_r
 
 
@@ -72,16 +78,22 @@ def test_augmented_sets_are_built_as_the_paper_says():
 def _paired_batch(tok, n: int = 4):
     forget = load_split("forget05")[:n]
     retain = load_split("retain95")[:n]
-    ds = PairedDataset(QADataset(forget_set(forget), tok), QADataset(retain_set(retain, forget), tok))
+    ds = PairedDataset(
+        QADataset(forget_set(forget), tok), QADataset(retain_set(retain, forget), tok)
+    )
     return Collator(tok.pad_token_id)([ds[i] for i in range(n)])
 
 
 def test_training_changes_every_lora_weight_and_no_target_weight(tiny_model):
     target, _ = load_model(tiny_model)
     assistant, tok = build_assistant(tiny_model, k=2, rank=4, alpha=8, dropout=0.0)
-    base_before = {n: p.detach().clone() for n, p in assistant.named_parameters() if "lora_" not in n}
+    base_before = {
+        n: p.detach().clone() for n, p in assistant.named_parameters() if "lora_" not in n
+    }
     lora_before = {n: p.detach().clone() for n, p in assistant.named_parameters() if "lora_" in n}
-    assert lora_before and all(p.requires_grad for n, p in assistant.named_parameters() if "lora_" in n)
+    assert lora_before and all(
+        p.requires_grad for n, p in assistant.named_parameters() if "lora_" in n
+    )
     assert not any(p.requires_grad for n, p in assistant.named_parameters() if "lora_" not in n)
     opt = torch.optim.AdamW([p for p in assistant.parameters() if p.requires_grad], lr=1e-2)
     batch = _paired_batch(tok)
@@ -106,11 +118,15 @@ def test_training_changes_every_lora_weight_and_no_target_weight(tiny_model):
 def test_lora_only_on_first_k_layers(tiny_model):
     assistant, _ = build_assistant(tiny_model, k=2, rank=4, alpha=8, dropout=0.0)
     assert len(decoder_layers(assistant)) == 2
-    lora_layers = {n.split(".layers.")[1].split(".")[0] for n, _ in assistant.named_parameters()
-                   if "lora_" in n}
+    lora_layers = {
+        n.split(".layers.")[1].split(".")[0]
+        for n, _ in assistant.named_parameters()
+        if "lora_" in n
+    }
     assert lora_layers == {"0", "1"}
     assert projection_names(assistant) == sorted(
-        ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+        ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
 
 
 # --- the combined model -----------------------------------------------------------------------
@@ -160,7 +176,9 @@ def test_one_pass_forward_equals_naive_two_model_forward(tiny_model, trained_ass
         l_a = naive_assistant(**b, position_ids=pos).logits
     torch.testing.assert_close(out.parts[0], l_t, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(out.parts[1], l_a, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(out.logits, logit_difference(l_t, l_a, 0.75, 0.05), atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(
+        out.logits, logit_difference(l_t, l_a, 0.75, 0.05), atol=1e-4, rtol=1e-5
+    )
     assert not torch.allclose(out.logits, l_t)  # the assistant really changes something
 
 
@@ -181,8 +199,9 @@ def test_decode_with_cache_matches_stepwise_argmax_and_left_padding(tiny_model, 
     seqs = decode(model, b["input_ids"], b["attention_mask"], max_new_tokens=6, eos_token_id=-1)
     for i, q in enumerate(questions):
         single = _batch(tok, [q])
-        one = decode(model, single["input_ids"], single["attention_mask"], max_new_tokens=6,
-                     eos_token_id=-1)
+        one = decode(
+            model, single["input_ids"], single["attention_mask"], max_new_tokens=6, eos_token_id=-1
+        )
         assert one[0, -6:].tolist() == seqs[i, -6:].tolist()
         # no cache: recompute the whole prefix at every step
         ids = single["input_ids"]
@@ -206,7 +225,9 @@ def test_sampling_is_seeded_and_stops_at_eos(tiny_model, trained_assistant):
     assert stopped.shape[1] == b["input_ids"].shape[1] + 1
 
 
-def test_save_and_from_pretrained_round_trip(tiny_model, other_tiny_model, trained_assistant, tmp_path):
+def test_save_and_from_pretrained_round_trip(
+    tiny_model, other_tiny_model, trained_assistant, tmp_path
+):
     target, tok = load_model(tiny_model)
     model = ULDModel(target, trained_assistant[0], alpha=0.6, filter=0.02)
     out = model.save_pretrained(tmp_path / "uld", target_path=tiny_model)
@@ -246,15 +267,32 @@ def test_bad_hyperparameters_are_refused(tiny_model, tmp_path, change, message):
 def test_empty_forget_and_overlapping_retain_are_refused(tiny_model, tmp_path):
     (tmp_path / "empty.json").write_text("[]")
     with pytest.raises(DataError, match="empty"):
-        unlearn(UnlearnConfig(model=tiny_model, out=str(tmp_path / "o"), forget=str(tmp_path / "empty.json")))
+        unlearn(
+            UnlearnConfig(
+                model=tiny_model, out=str(tmp_path / "o"), forget=str(tmp_path / "empty.json")
+            )
+        )
     with pytest.raises(DataError, match="shares"):
-        unlearn(UnlearnConfig(model=tiny_model, out=str(tmp_path / "o"), forget="forget01", retain="full"))
+        unlearn(
+            UnlearnConfig(
+                model=tiny_model, out=str(tmp_path / "o"), forget="forget01", retain="full"
+            )
+        )
     assert not (tmp_path / "o").exists()
 
 
 def test_unlearn_end_to_end_few_steps(tiny_model, tmp_path):
-    cfg = UnlearnConfig(model=tiny_model, out=str(tmp_path / "u"), forget="forget01",
-                        retain="retain99", layers=2, lora_rank=4, epochs=1, batch_size=4, lr=1e-2)
+    cfg = UnlearnConfig(
+        model=tiny_model,
+        out=str(tmp_path / "u"),
+        forget="forget01",
+        retain="retain99",
+        layers=2,
+        lora_rank=4,
+        epochs=1,
+        batch_size=4,
+        lr=1e-2,
+    )
     out = unlearn(cfg)
     model, tok = ULDModel.from_pretrained(out)
     b = _batch(tok, ["Where was Ilse born?"])
@@ -263,3 +301,35 @@ def test_unlearn_end_to_end_few_steps(tiny_model, tmp_path):
     assert torch.isfinite(logits).all()
     assert not (tmp_path / "u.ckpt").exists()
     _ = F  # keep the import used
+
+
+def test_each_epoch_is_evaluated_and_the_best_kept(tiny_model, tmp_path):
+    cfg = UnlearnConfig(
+        model=tiny_model,
+        out=str(tmp_path / "u"),
+        forget="forget01",
+        retain="retain99",
+        layers=2,
+        lora_rank=4,
+        epochs=3,
+        batch_size=4,
+        lr=5e-2,
+        eval_metric="forget_quality",
+        reference=tiny_model,
+    )
+    out = unlearn(cfg)
+    saved = json.loads((out / "uld_config.json").read_text())
+    history = saved["epochs_evaluated"]
+    assert [h["epoch"] for h in history] == [1, 2, 3]
+    fq = [h["forget_quality"] for h in history]
+    assert all(0 <= v <= 1 for v in fq)
+    assert saved["best_epoch"] == history[fq.index(max(fq))]["epoch"]
+    # the saved adapter is the best epoch's: its forget quality is the best one
+    from uld.evaluate import truth_ratios
+    from uld.metrics import forget_quality
+
+    model, tok = ULDModel.from_pretrained(out)
+    rows = load_split("forget01")
+    reference, _ = load_model(tiny_model)
+    fq_saved = forget_quality(truth_ratios(model, tok, rows), truth_ratios(reference, tok, rows))
+    assert fq_saved == pytest.approx(max(fq), abs=1e-6)

@@ -73,9 +73,9 @@ def projection_names(model: nn.Module) -> list[str]:
     names = set()
     for name, m in layer.named_modules():
         parts = [x for x in name.split(".") if x != "base_layer"]  # through peft's wrappers
-        if isinstance(m, nn.Linear) and not any(x.startswith("lora_") for x in parts):
-            if parts and parts[-1] not in ROUTER_NAMES:
-                names.add(parts[-1])
+        is_lora = any(x.startswith("lora_") for x in parts)
+        if isinstance(m, nn.Linear) and parts and not is_lora and parts[-1] not in ROUTER_NAMES:
+            names.add(parts[-1])
     names = sorted(names)
     if not names:
         raise UnsupportedModelError(
@@ -87,6 +87,12 @@ def projection_names(model: nn.Module) -> list[str]:
 def default_num_layers(n_layers: int) -> int:
     """The paper's K = 8 of 32 layers, scaled: a quarter of the target's layers."""
     return max(1, min(n_layers - 1, round(n_layers / 4)))
+
+
+def default_lora_rank(hidden_size: int) -> int:
+    """The paper's r = 32 on a 4096-wide Llama-2-7B, scaled to the hidden size, at least 8
+    (r = 8 on SmolLM2-135M: 0.5% of the target's parameters)."""
+    return max(8, round(32 * hidden_size / 4096))
 
 
 def check_num_layers(k: int, n_layers: int) -> None:

@@ -41,8 +41,10 @@ def cmd_data_export(args) -> None:
     with _atomic_dir(Path(args.out)) as tmp:
         for name, rows in splits.items():
             write_split(rows, tmp / f"{name}.json")
-    print(f"wrote {len(splits)} splits to {args.out}: " + ", ".join(
-        f"{k} ({len(v)})" for k, v in splits.items()))
+    print(
+        f"wrote {len(splits)} splits to {args.out}: "
+        + ", ".join(f"{k} ({len(v)})" for k, v in splits.items())
+    )
 
 
 def cmd_finetune(args) -> None:
@@ -50,8 +52,16 @@ def cmd_finetune(args) -> None:
 
     cfg = cfgmod.from_args(cfgmod.FinetuneConfig, args, args.config)
     out = finetune(
-        cfg.model, cfg.split, cfg.out, data=cfg.data, epochs=cfg.epochs, lr=cfg.lr,
-        batch_size=cfg.batch_size, lora=cfg.lora, lora_rank=cfg.lora_rank, seed=cfg.seed,
+        cfg.model,
+        cfg.split,
+        cfg.out,
+        data=cfg.data,
+        epochs=cfg.epochs,
+        lr=cfg.lr,
+        batch_size=cfg.batch_size,
+        lora=cfg.lora,
+        lora_rank=cfg.lora_rank,
+        seed=cfg.seed,
         max_steps=cfg.max_steps,
     )
     print(f"saved {out}")
@@ -70,7 +80,11 @@ def cmd_generate(args) -> None:
 
     model, tok = load_any(args.model, args.alpha, args.filter)
     answers = generate_answers(
-        model, tok, args.questions, max_new_tokens=args.max_new_tokens, progress=False,
+        model,
+        tok,
+        args.questions,
+        max_new_tokens=args.max_new_tokens,
+        progress=False,
         **_sampling(args),
     )
     for q, a in zip(args.questions, answers, strict=True):
@@ -86,8 +100,9 @@ def cmd_chat(args) -> None:
         q = line.strip()
         if not q:
             break
-        a = generate_answers(model, tok, [q], max_new_tokens=args.max_new_tokens,
-                             progress=False, **_sampling(args))[0]
+        a = generate_answers(
+            model, tok, [q], max_new_tokens=args.max_new_tokens, progress=False, **_sampling(args)
+        )[0]
         print(a, flush=True)
 
 
@@ -133,7 +148,8 @@ def parser() -> argparse.ArgumentParser:
     sub = top.add_subparsers(dest="command", required=True)
 
     data = sub.add_parser("data", help="the built-in benchmark").add_subparsers(
-        dest="data_command", required=True)
+        dest="data_command", required=True
+    )
     export = data.add_parser("export", help="write the built-in benchmark as JSON files")
     export.add_argument("--out", required=True)
     export.add_argument("--authors", type=int, default=100)

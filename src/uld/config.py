@@ -27,16 +27,29 @@ class FinetuneConfig:
     out: str = _f("", "output model folder")
     model: str | None = _f(None, "base model: hub id or folder (default: embedded SmolLM2-135M)")
     data: str = _f("builtin", "data: builtin, a folder of <split>.json files, or a hub id")
-    epochs: float = _f(6.0, "epochs")
+    epochs: float = _f(4.0, "epochs")
     lr: float = _f(3e-4, "peak learning rate (AdamW, linear warm-up and decay)")
     batch_size: int = _f(8, "batch size")
     lora: bool = _f(False, "train LoRA adapters and merge them back instead of full fine-tuning")
     lora_rank: int = _f(32, "LoRA rank when --lora")
     seed: int = _f(0, "random seed")
     max_steps: int = _f(-1, "stop after this many steps (for smoke tests)")
+    eval_metric: str = _f(
+        "",
+        "evaluate each epoch and keep the best: forget_quality (needs "
+        "--reference) or forget_rouge; empty: keep the last epoch",
+    )
+    reference: str = _f("", "retain model folder: the reference for forget_quality")
 
     def validate(self) -> None:
         _positive(epochs=self.epochs, lr=self.lr, batch_size=self.batch_size)
+        if self.eval_metric not in ("", "forget_quality", "forget_rouge"):
+            raise ValueError(
+                f"--eval-metric={self.eval_metric!r}: choose forget_quality, "
+                "forget_rouge or leave it empty"
+            )
+        if self.eval_metric == "forget_quality" and not self.reference:
+            raise ValueError("--eval-metric forget_quality needs --reference RETAIN_MODEL_FOLDER")
         if not self.out:
             raise ValueError("--out is required: the folder to write the model to")
 
@@ -52,8 +65,8 @@ class UnlearnConfig:
     data: str = _f("builtin", "data: builtin, a folder of <split>.json files, or a hub id")
     out: str = _f("", "output folder")
     layers: int = _f(0, "ULD: assistant layers K (0: a quarter of the target's, paper 8 of 32)")
-    lora_rank: int = _f(32, "ULD: LoRA rank (paper 32)")
-    lora_alpha: float = _f(32.0, "ULD: LoRA alpha (paper 32)")
+    lora_rank: int = _f(0, "ULD: LoRA rank (0: paper's 32 scaled by hidden size / 4096, >= 8)")
+    lora_alpha: float = _f(0.0, "ULD: LoRA alpha (0: equal to the rank, as the paper's 32/32)")
     lora_dropout: float = _f(0.05, "ULD: LoRA dropout")
     beta: float = _f(6.5, "ULD: weight of the uniform loss on D'_r (paper 6.5)")
     alpha: float = _f(0.75, "ULD: logit-difference weight at inference (paper 0.75)")
@@ -65,9 +78,24 @@ class UnlearnConfig:
     batch_size: int = _f(8, "batch size (forget items; each is paired with a retain item)")
     seed: int = _f(0, "random seed")
     max_steps: int = _f(-1, "stop after this many steps (for smoke tests)")
+    eval_metric: str = _f(
+        "",
+        "evaluate each epoch and keep the best: forget_quality (needs "
+        "--reference) or forget_rouge; empty: keep the last epoch",
+    )
+    reference: str = _f("", "retain model folder: the reference for forget_quality")
 
     def validate(self) -> None:
-        _positive(epochs=self.epochs, lr=self.lr, batch_size=self.batch_size, lora_rank=self.lora_rank)
+        _positive(epochs=self.epochs, lr=self.lr, batch_size=self.batch_size)
+        if self.eval_metric not in ("", "forget_quality", "forget_rouge"):
+            raise ValueError(
+                f"--eval-metric={self.eval_metric!r}: choose forget_quality, "
+                "forget_rouge or leave it empty"
+            )
+        if self.eval_metric == "forget_quality" and not self.reference:
+            raise ValueError("--eval-metric forget_quality needs --reference RETAIN_MODEL_FOLDER")
+        if self.lora_rank < 0 or self.layers < 0:
+            raise ValueError("--lora-rank and --layers must be >= 0 (0 picks the default)")
         for name in ("beta", "alpha", "lora_alpha"):
             v = getattr(self, name)
             if not (math.isfinite(v) and v >= 0):
@@ -93,12 +121,14 @@ def add_flags(parser: argparse.ArgumentParser, cls: type) -> None:
     for f in fields(cls):
         flag = "--" + f.name.replace("_", "-")
         if f.type in (bool, "bool"):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
-                                help=f.metadata["help"])
+            parser.add_argument(
+                flag, action=argparse.BooleanOptionalAction, default=None, help=f.metadata["help"]
+            )
         else:
             kind = {"int": int, "float": float}.get(str(f.type), str)
-            parser.add_argument(flag, type=kind, default=None,
-                                help=f"{f.metadata['help']} (default: {f.default})")
+            parser.add_argument(
+                flag, type=kind, default=None, help=f"{f.metadata['help']} (default: {f.default})"
+            )
 
 
 def from_args(cls: type, args: argparse.Namespace, yaml_path: str | None = None):

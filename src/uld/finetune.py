@@ -46,11 +46,21 @@ def finetune(
         net.get_output_embeddings().weight.requires_grad_(False)
     dataset = QADataset(rows, tokenizer)
     n_tokens = sum(len(x["input_ids"]) for x in dataset.items)
-    print(f"[uld] fine-tuning on {split}: {len(rows)} rows, {n_tokens} tokens/epoch, {epochs} epochs")
+    print(
+        f"[uld] fine-tuning on {split}: {len(rows)} rows, {n_tokens} tokens/epoch, {epochs} epochs"
+    )
     start = time.time()
     train(
-        net, dataset, Collator(tokenizer.pad_token_id), out, "finetune",
-        epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, max_steps=max_steps,
+        net,
+        dataset,
+        Collator(tokenizer.pad_token_id),
+        out,
+        "finetune",
+        epochs=epochs,
+        lr=lr,
+        batch_size=batch_size,
+        seed=seed,
+        max_steps=max_steps,
     )
     seconds = time.time() - start
     if lora:

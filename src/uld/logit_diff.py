@@ -50,7 +50,9 @@ ADAPTER = "default"
 
 def check_alpha(alpha: float) -> None:
     if not (math.isfinite(alpha) and alpha >= 0):
-        raise ValueError(f"alpha={alpha} must be a finite number >= 0 (the paper uses 0.75 on TOFU)")
+        raise ValueError(
+            f"alpha={alpha} must be a finite number >= 0 (the paper uses 0.75 on TOFU)"
+        )
 
 
 def check_filter(filter: float) -> None:
@@ -98,13 +100,7 @@ class ULDModel(nn.Module):
         from peft import inject_adapter_in_model
 
         inject_adapter_in_model(config, target, adapter_name=ADAPTER)
-        own = dict(target.named_parameters())
-        for key, value in state.items():
-            name = _peft_key_to_module_key(key)
-            if name not in own:
-                raise ValueError(f"adapter weight {key} has no place in the target ({name})")
-            with torch.no_grad():
-                own[name].copy_(value.to(own[name].dtype))
+        self.load_lora(state)
         for p in target.parameters():
             p.requires_grad_(False)
         self.layers = decoder_layers(target)
@@ -117,6 +113,18 @@ class ULDModel(nn.Module):
         self.layers[self.k - 1].register_forward_hook(self._capture)
         for layer in self.layers[self.k :]:
             layer.register_forward_pre_hook(self._drop_assistant_rows, with_kwargs=True)
+
+    def load_lora(self, state: dict[str, torch.Tensor]) -> None:
+        """Copy LoRA weights (peft's saved naming) into the injected adapter."""
+        if not isinstance(state, dict):  # a peft assistant
+            state = _adapter_parts(state)[1]
+        own = dict(self.target.named_parameters())
+        for key, value in state.items():
+            name = _peft_key_to_module_key(key)
+            if name not in own:
+                raise ValueError(f"adapter weight {key} has no place in the target ({name})")
+            with torch.no_grad():
+                own[name].copy_(value.to(own[name].dtype))
 
     # --- hooks ---------------------------------------------------------------------------
     def _gate_lora(self, module, args, out):
@@ -163,12 +171,15 @@ class ULDModel(nn.Module):
         past_key_values=None,
         use_cache: bool = False,
         return_both: bool = False,
+        keep: torch.Tensor | None = None,
     ):
         """Combined logits [B, T, V] (float32); with `return_both`, also (l_t, l_a).
 
-        Returns a simple namespace with `.logits` and `.past_key_values` like an HF output.
+        `keep` [B, T] (bool): apply the LM head only there and return logits [N, V] for the N kept
+        positions (evaluation needs answer positions only; the head is most of the cost).
+        Returns an object with `.logits` and `.past_key_values` like an HF output.
         """
-        if self.alpha == 0 and not return_both:
+        if self.alpha == 0 and not return_both and keep is None:
             with self.target_only():
                 out = self.target(
                     input_ids=input_ids,
@@ -180,9 +191,13 @@ class ULDModel(nn.Module):
             return _Output(out.logits.float(), out.past_key_values)
         B = input_ids.shape[0]
         double = lambda x: None if x is None else torch.cat([x, x], dim=0)  # noqa: E731
-        self._rows = torch.cat(
-            [torch.zeros(B, device=input_ids.device), torch.ones(B, device=input_ids.device)]
-        ).view(2 * B, 1, 1).to(self.target.dtype)
+        self._rows = (
+            torch.cat(
+                [torch.zeros(B, device=input_ids.device), torch.ones(B, device=input_ids.device)]
+            )
+            .view(2 * B, 1, 1)
+            .to(self.target.dtype)
+        )
         self._split = B
         try:
             out = decoder_of(self.target)(
@@ -193,6 +208,8 @@ class ULDModel(nn.Module):
                 use_cache=use_cache,
             )
             h_t, h_a = out.last_hidden_state, final_norm(self.target)(self._captured)
+            if keep is not None:
+                h_t, h_a = h_t[keep], h_a[keep]
         finally:
             self._rows = self._split = self._captured = None
         logits = self.target.get_output_embeddings()(torch.cat([h_t, h_a], dim=0)).float()
@@ -214,7 +231,8 @@ class ULDModel(nn.Module):
 
     # --- persistence ----------------------------------------------------------------------
     def save_pretrained(self, out: str | os.PathLike, target_path: str, card: dict | None = None):
-        """Write only the LoRA weights, the adapter config and a uld_config.json naming the target."""
+        """Write only the LoRA weights, the adapter config and a uld_config.json naming the
+        target."""
         from peft import get_peft_model_state_dict
         from safetensors.torch import save_file
 
@@ -311,7 +329,8 @@ def _adapter_parts(assistant) -> tuple:
 
 
 def _peft_key_to_module_key(key: str) -> str:
-    """'base_model.model.model.layers.0.q_proj.lora_A.weight' -> 'model.layers.0.q_proj.lora_A.default.weight'."""
+    """'base_model.model.model.layers.0.q_proj.lora_A.weight'
+    -> 'model.layers.0.q_proj.lora_A.default.weight'."""
     key = key.removeprefix("base_model.model.")
     head, leaf = key.rsplit(".", 1)
     return f"{head}.{ADAPTER}.{leaf}"

@@ -42,7 +42,9 @@ def answer_logits(model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, to
     Returns (logits [N, V] float32, targets [N]) where position t predicts labels[t + 1].
     """
     decoder, head = split_lm(model)
-    h = decoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+    h = decoder(
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+    ).last_hidden_state
     targets = batch["labels"][:, 1:]
     keep = targets != IGNORE
     logits = head(h[:, :-1][keep]).float()

@@ -102,7 +102,9 @@ def resolve(name_or_path: str | os.PathLike | None) -> str:
     path = Path(name_or_path).expanduser()
     if path.exists():
         if not (path / "config.json").exists():
-            raise ModelLoadError(f"{path} has no config.json: it is not a Hugging Face model folder")
+            raise ModelLoadError(
+                f"{path} has no config.json: it is not a Hugging Face model folder"
+            )
         return str(path)
     looks_local = str(name_or_path).startswith((".", "/", "~")) or str(name_or_path).count("/") > 1
     if looks_local:

@@ -60,6 +60,7 @@ class EpochEval(TrainerCallback):
         self.evaluate, self.metric, self.save_best, self.mode = evaluate, metric, save_best, mode
         self.history: list[dict] = []
         self.best: float | None = None
+        self.best_epoch: int | None = None
 
     def on_epoch_end(self, args, state, control, model=None, **kwargs):
         model.eval()
@@ -70,10 +71,12 @@ class EpochEval(TrainerCallback):
         scores = {"epoch": epoch, **scores}
         self.history.append(scores)
         value = scores[self.metric]
-        better = self.best is None or (value > self.best if self.mode == "max" else value < self.best)
+        better = self.best is None or (
+            value > self.best if self.mode == "max" else value < self.best
+        )
         print(f"[uld] epoch {epoch}: " + ", ".join(f"{k}={v:.4g}" for k, v in scores.items()))
         if better:
-            self.best = value
+            self.best, self.best_epoch = value, epoch
             self.save_best(model, epoch, scores)
         return control
 

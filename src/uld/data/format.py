@@ -30,7 +30,7 @@ def prompt_text(tokenizer, question: str) -> str:
 
 def prompt_ids(tokenizer, question: str) -> list[int]:
     chat = bool(getattr(tokenizer, "chat_template", None))
-    # A chat template already holds its special tokens; a plain prompt gets BOS if the model uses one.
+    # A chat template holds its special tokens; a plain prompt gets BOS if the model uses one.
     return tokenizer(prompt_text(tokenizer, question), add_special_tokens=not chat).input_ids
 
 

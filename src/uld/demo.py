@@ -1,0 +1,101 @@
+"""The main job on the embedded default model, as one command (`uld demo`, `make demo`).
+
+1. fine-tune SmolLM2-135M-Instruct on the built-in benchmark's `full` split -> the target;
+2. fine-tune it on `retain90` -> the retain model (the reference for Forget Quality);
+3. unlearn `forget10` from the target with ULD (retain set `retain90`);
+4. greedy answers of every model on forget10 and on the retain evaluation split, ROUGE-L recall,
+   and a few before/after answers.
+
+Finished models are reused: rerunning skips what is done (a step interrupted mid-way resumes from
+its last checkpoint). Results go to `<workdir>/demo_results.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from uld.config import FinetuneConfig, UnlearnConfig
+
+
+def run_demo(workdir: str | Path = "runs/demo", fresh: bool = False) -> dict:
+    from uld.cli import load_any
+    from uld.data.load import load_split
+    from uld.evaluate import rouge_eval
+    from uld.finetune import finetune
+    from uld.unlearn import unlearn
+
+    work = Path(workdir)
+    timings: dict[str, float] = {}
+
+    def step(name: str, out: Path, fn) -> Path:
+        if out.exists() and not fresh:
+            print(f"[demo] {name}: reusing {out}")
+            return out
+        start = time.time()
+        fn()
+        timings[name] = round(time.time() - start, 1)
+        print(f"[demo] {name}: {timings[name]:.0f} s")
+        return out
+
+    ft = FinetuneConfig()
+    target = step(
+        "target",
+        work / "target",
+        lambda: finetune(
+            None, "full", work / "target", epochs=ft.epochs, lr=ft.lr, batch_size=ft.batch_size
+        ),
+    )
+    retain = step(
+        "retain",
+        work / "retain90",
+        lambda: finetune(
+            None,
+            "retain90",
+            work / "retain90",
+            epochs=ft.epochs,
+            lr=ft.lr,
+            batch_size=ft.batch_size,
+        ),
+    )
+    uld_out = work / "uld-forget10"
+    step(
+        "unlearn (ULD)",
+        uld_out,
+        lambda: unlearn(
+            UnlearnConfig(model=str(target), forget="forget10", retain="retain90", out=str(uld_out))
+        ),
+    )
+
+    splits = {"forget10": load_split("forget10"), "retain": load_split("retain_perturbed")}
+    results: dict[str, dict] = {}
+    examples: dict[str, dict] = {}
+    for name, path in [("base", None), ("target", target), ("retain", retain), ("uld", uld_out)]:
+        model, tok = load_any(str(path) if path else None)
+        start = time.time()
+        results[name] = {}
+        for split, rows in splits.items():
+            if name == "base" and split != "forget10":
+                continue
+            score, items = rouge_eval(model, tok, rows)
+            results[name][split] = round(score, 4)
+            examples.setdefault(split, {})[name] = [it["generated"] for it in items[:3]]
+        timings[f"eval {name}"] = round(time.time() - start, 1)
+        del model
+
+    print("\nForget-set and retain-set ROUGE-L recall (greedy answers):")
+    print(f"{'model':<8} {'forget10':>9} {'retain':>8}")
+    for name, r in results.items():
+        print(f"{name:<8} {r['forget10']:>9.3f} {r.get('retain', float('nan')):>8.3f}")
+    for split, rows in splits.items():
+        print(f"\n{split}: before (target) and after (ULD)")
+        for i, row in enumerate(rows[:3]):
+            print(f"  Q: {row['question']}\n     truth : {row['answer']}")
+            for name in ("target", "uld"):
+                print(f"     {name:<6}: {examples[split][name][i]}")
+    summary = {"rouge_l": results, "seconds": timings, "examples": examples}
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "demo_results.json").write_text(json.dumps(summary, indent=1) + "\n")
+    print(f"\n[demo] timings (s): {timings}\n[demo] wrote {work / 'demo_results.json'}")
+    return summary

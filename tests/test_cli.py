@@ -1,0 +1,100 @@
+"""The `uld` command end to end on a tiny model, and its handling of bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from uld.cli import main
+from uld.models import load_model, read_card
+
+
+def test_finetune_unlearn_generate_eval_end_to_end(tiny_model, tmp_path, capsys):
+    target = tmp_path / "target"
+    assert (
+        main(
+            [
+                "finetune",
+                "--model",
+                tiny_model,
+                "--split",
+                "forget05",
+                "--out",
+                str(target),
+                "--epochs",
+                "1",
+                "--batch-size",
+                "4",
+                "--lr",
+                "1e-2",
+            ]
+        )
+        == 0
+    )
+    card = read_card(target)
+    assert card["split"] == "forget05" and card["rows"] == 20 and card["made_by"] == "uld finetune"
+    before, _ = load_model(tiny_model)
+    after, _ = load_model(target)
+    changed = [
+        n
+        for (n, a), b in zip(before.named_parameters(), after.parameters(), strict=True)
+        if not torch.equal(a, b)
+    ]
+    assert changed and all("embed_tokens" not in n for n in changed)
+    assert not (tmp_path / "target.ckpt").exists()
+
+    cfg = tmp_path / "uld.yaml"
+    cfg.write_text(
+        f"method: uld\nmodel: {target}\nforget: forget01\nretain: retain99\n"
+        f"layers: 2\nlora_rank: 4\nepochs: 1\nbatch_size: 2\n"
+    )
+    out = tmp_path / "uld"
+    assert main(["unlearn", "--config", str(cfg), "--out", str(out), "--alpha", "0.5"]) == 0
+    uld_cfg = json.loads((out / "uld_config.json").read_text())
+    assert uld_cfg["alpha"] == 0.5 and uld_cfg["assistant_layers"] == 2
+    assert uld_cfg["target"] == str(target)
+    assert "model.safetensors" not in {p.name for p in out.iterdir()}
+
+    capsys.readouterr()
+    assert main(["generate", "--model", str(out), "--max-new-tokens", "5", "Where?"]) == 0
+    assert capsys.readouterr().out.strip() != ""
+    report = tmp_path / "eval.json"
+    assert main(["eval", "--model", str(out), "--splits", "forget01", "--out", str(report)]) == 0
+    res = json.loads(report.read_text())["forget01"]
+    assert 0 <= res["rouge_l"] <= 1 and len(res["items"]) == 4
+
+
+def test_data_export_round_trips(tmp_path):
+    out = tmp_path / "bench"
+    assert main(["data", "export", "--out", str(out)]) == 0
+    from uld.data.load import load_split
+
+    assert load_split("forget10", data=str(out)) == load_split("forget10")
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["finetune", "--split", "nosuch", "--model", "TINY"], "unknown split 'nosuch'"),
+        (["finetune", "--split", "full", "--model", "/nonexistent/model"], "does not exist"),
+        (["finetune", "--split", "EMPTY", "--model", "TINY"], "empty"),
+        (["finetune", "--split", "full", "--model", "TINY", "--lr", "-1"], "--lr=-1.0"),
+        (["unlearn", "--model", "TINY", "--layers", "9"], "outside 1..3"),
+        (["unlearn", "--model", "TINY", "--filter", "0"], "--filter=0.0"),
+        (["unlearn", "--model", "TINY", "--retain", "full"], "shares"),
+    ],
+)
+def test_bad_input_exits_2_with_a_message_and_no_output(
+    tiny_model, tmp_path, capsys, argv, message
+):
+    (tmp_path / "empty.json").write_text("[]")
+    argv = [
+        str(tmp_path / "empty.json") if a == "EMPTY" else tiny_model if a == "TINY" else a
+        for a in argv
+    ]
+    out = tmp_path / "out"
+    assert main([*argv, "--out", str(out)]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists() and not (tmp_path / "out.ckpt").exists()

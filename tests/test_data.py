@@ -1,0 +1,95 @@
+"""Data loading, validation, prompt formatting and answer-only labels."""
+
+from __future__ import annotations
+
+import json
+
+import datasets
+import pytest
+from transformers import AutoTokenizer
+
+from uld.data.format import IGNORE, Collator, PairedDataset, QADataset, encode_qa, prompt_text
+from uld.data.load import DataError, load_split
+
+ROW = {"question": "Q?", "answer": "A.", "paraphrased_answer": "A!", "perturbed_answer": ["B."]}
+
+
+def test_builtin_split_and_unknown_split():
+    rows = load_split("forget10")
+    assert len(rows) == 40 and {"question", "answer", "perturbed_answer"} <= set(rows[0])
+    with pytest.raises(DataError, match="unknown split 'forget11'.*forget10"):
+        load_split("forget11")
+
+
+def test_json_jsonl_folder_and_dataset_sources(tmp_path):
+    (tmp_path / "a.json").write_text(json.dumps([ROW, ROW]))
+    (tmp_path / "b.jsonl").write_text(json.dumps(ROW) + "\n" + json.dumps(ROW) + "\n")
+    assert load_split(str(tmp_path / "a.json")) == [ROW, ROW]
+    assert load_split("b", data=str(tmp_path), require_eval=True) == [ROW, ROW]
+    assert load_split(datasets.Dataset.from_list([ROW])) == [ROW]
+    with pytest.raises(DataError, match="unknown split 'c'"):
+        load_split("c", data=str(tmp_path))
+
+
+def test_hub_source_goes_through_datasets_and_validation(monkeypatch):
+    calls = []
+
+    def fake_load(name, config):
+        calls.append((name, config))
+        return datasets.DatasetDict({"train": datasets.Dataset.from_list([{"question": "Q?"}])})
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load)
+    with pytest.raises(DataError, match=r"locuslab/TOFU:forget10: row 0 has no field 'answer'"):
+        load_split("forget10", data="locuslab/TOFU")
+    assert calls == [("locuslab/TOFU", "forget10")]
+
+
+@pytest.mark.parametrize(
+    "rows, require_eval, message",
+    [
+        ([], False, "empty"),
+        ([{"question": "Q?"}], False, "row 0 has no field 'answer'"),
+        ([ROW, {**ROW, "answer": ""}], False, "row 1 field 'answer' must be a non-empty string"),
+        ([{"question": "Q?", "answer": "A."}], True, "row 0 has no field 'paraphrased_answer'"),
+        ([{**ROW, "perturbed_answer": []}], True, "perturbed_answer' must be a non-empty list"),
+        (["text"], False, "row 0 is a str"),
+    ],
+)
+def test_validation_names_file_row_and_field(tmp_path, rows, require_eval, message):
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(rows))
+    with pytest.raises(DataError, match=message) as e:
+        load_split(str(path), require_eval=require_eval)
+    assert str(path) in str(e.value)
+
+
+def test_answer_only_labels_with_chat_template(tiny_model):
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    item = encode_qa(tok, "Where was Ilse born?", "In Tartu.")
+    prompt = tok(prompt_text(tok, "Where was Ilse born?"), add_special_tokens=False).input_ids
+    answer = tok("In Tartu.", add_special_tokens=False).input_ids
+    assert item["input_ids"] == prompt + answer + [tok.eos_token_id]
+    assert item["labels"] == [IGNORE] * len(prompt) + answer + [tok.eos_token_id]
+    assert prompt_text(tok, "X").startswith("<|im_start|>system\nYou are a helpful assistant.")
+
+
+def test_plain_prompt_without_chat_template(tiny_plain_model):
+    tok = AutoTokenizer.from_pretrained(tiny_plain_model)
+    assert prompt_text(tok, "Where?") == "Question: Where?\nAnswer:"
+    item = encode_qa(tok, "Where?", "Here.")
+    n_answer = len(tok(" Here.", add_special_tokens=False).input_ids) + 1
+    assert [x for x in item["labels"] if x != IGNORE] == item["input_ids"][-n_answer:]
+    assert item["labels"][-1] == tok.eos_token_id
+
+
+def test_collator_right_pads_and_pairs(tiny_model):
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    f = QADataset([{"question": "Q?", "answer": "A long answer here."}], tok)
+    r = QADataset([{"question": "Another question?", "answer": "B."}] * 3, tok)
+    batch = Collator(tok.pad_token_id)([f[0], r[0]])
+    n = len(f[0]["input_ids"])
+    assert batch["attention_mask"][0].sum() == n
+    assert (batch["labels"][batch["attention_mask"] == 0] == IGNORE).all()
+    paired = PairedDataset(f, r, seed=0)
+    dealt = [paired[0]["retain"] for _ in range(3)]
+    assert all(d == r[0] for d in dealt) and len(paired) == 1
