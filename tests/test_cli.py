@@ -98,3 +98,24 @@ def test_bad_input_exits_2_with_a_message_and_no_output(
     assert main([*argv, "--out", str(out)]) == 2
     assert message in capsys.readouterr().err
     assert not out.exists() and not (tmp_path / "out.ckpt").exists()
+
+
+def test_chat_answers_each_line_until_an_empty_one(tiny_model, monkeypatch, capsys):
+    import io
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("Where was Ilse born?\nWho is she?\n\nignored\n"))
+    assert main(["chat", "--model", tiny_model, "--max-new-tokens", "3"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith("uld chat")
+    assert [line[:2] for line in lines[1:]] == ["A:", "A:"]
+
+
+def test_demo_settings_and_their_yaml_agree():
+    from pathlib import Path
+
+    import yaml
+
+    from uld.demo import DEMO_ULD
+
+    cfg = yaml.safe_load((Path(__file__).parents[1] / "configs" / "uld_smollm2.yaml").read_text())
+    assert {k: cfg[k] for k in DEMO_ULD} == DEMO_ULD

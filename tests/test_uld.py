@@ -333,3 +333,22 @@ def test_each_epoch_is_evaluated_and_the_best_kept(tiny_model, tmp_path):
     reference, _ = load_model(tiny_model)
     fq_saved = forget_quality(truth_ratios(model, tok, rows), truth_ratios(reference, tok, rows))
     assert fq_saved == pytest.approx(max(fq), abs=1e-6)
+
+
+def test_answer_probs_on_answer_positions_only_match_full_logits(tiny_model, trained_assistant):
+    from uld.data.format import encode_qa, pad
+    from uld.evaluate import answer_probs
+
+    target, tok = load_model(tiny_model)
+    model = ULDModel(target, trained_assistant[0], alpha=0.75, filter=0.05)
+    qs, ans = ["Where was Ilse born?", "Who?"], ["In Tartu, Estonia.", "Nobody at all."]
+    got = answer_probs(model, tok, qs, ans)
+    batch = pad([encode_qa(tok, q, a) for q, a in zip(qs, ans, strict=True)], tok.pad_token_id)
+    with torch.no_grad():
+        logits = model(batch["input_ids"], batch["attention_mask"]).logits
+    logp = torch.log_softmax(logits[:, :-1], -1)
+    labels = batch["labels"][:, 1:]
+    mask = labels != -100
+    tok_logp = logp.gather(-1, labels.clamp(min=0)[..., None]).squeeze(-1) * mask
+    expected = torch.exp(tok_logp.sum(-1) / mask.sum(-1))
+    torch.testing.assert_close(got.float(), expected, atol=1e-5, rtol=1e-4)

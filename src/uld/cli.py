@@ -103,7 +103,7 @@ def cmd_chat(args) -> None:
         a = generate_answers(
             model, tok, [q], max_new_tokens=args.max_new_tokens, progress=False, **_sampling(args)
         )[0]
-        print(a, flush=True)
+        print(f"A: {a}", flush=True)
 
 
 def cmd_eval(args) -> None:

@@ -34,22 +34,9 @@ class FinetuneConfig:
     lora_rank: int = _f(32, "LoRA rank when --lora")
     seed: int = _f(0, "random seed")
     max_steps: int = _f(-1, "stop after this many steps (for smoke tests)")
-    eval_metric: str = _f(
-        "",
-        "evaluate each epoch and keep the best: forget_quality (needs "
-        "--reference) or forget_rouge; empty: keep the last epoch",
-    )
-    reference: str = _f("", "retain model folder: the reference for forget_quality")
 
     def validate(self) -> None:
         _positive(epochs=self.epochs, lr=self.lr, batch_size=self.batch_size)
-        if self.eval_metric not in ("", "forget_quality", "forget_rouge"):
-            raise ValueError(
-                f"--eval-metric={self.eval_metric!r}: choose forget_quality, "
-                "forget_rouge or leave it empty"
-            )
-        if self.eval_metric == "forget_quality" and not self.reference:
-            raise ValueError("--eval-metric forget_quality needs --reference RETAIN_MODEL_FOLDER")
         if not self.out:
             raise ValueError("--out is required: the folder to write the model to")
 

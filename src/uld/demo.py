@@ -18,6 +18,24 @@ from pathlib import Path
 
 from uld.config import FinetuneConfig, UnlearnConfig
 
+# ULD settings for SmolLM2-135M on the built-in benchmark (configs/uld_smollm2.yaml says the
+# same). They differ from the paper's Llama-2-7B settings, by measurement on this model: with
+# beta = 6.5 and lr 1e-3 the 8-layer assistant stays near uniform on the forget set too (L_f
+# ~10 nats after 10 epochs); beta = 4, lr 3e-3 and batch 4 let it learn D'_f. The fine-tuned
+# target is so sure of its answers that the paper's filter 1e-2 leaves most answer tokens with
+# no plausible alternative to move to; 1e-3 with alpha = 1 does.
+DEMO_ULD = {
+    "layers": 8,
+    "lora_rank": 16,
+    "lora_alpha": 32.0,
+    "beta": 4.0,
+    "alpha": 1.0,
+    "filter": 1e-3,
+    "epochs": 10.0,
+    "lr": 3e-3,
+    "batch_size": 4,
+}
+
 
 def run_demo(workdir: str | Path = "runs/demo", fresh: bool = False) -> dict:
     from uld.cli import load_any

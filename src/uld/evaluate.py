@@ -90,7 +90,7 @@ def answer_probs(
         targets = batch["labels"][:, 1:]
         keep = targets != -100
         if isinstance(model, ULDModel):
-            pos = torch.zeros_like(keep)
+            pos = torch.zeros_like(batch["labels"], dtype=torch.bool)
             pos[:, :-1] = keep  # position t predicts token t + 1
             logits = model(batch["input_ids"], batch["attention_mask"], keep=pos).logits
             gold = targets[keep]

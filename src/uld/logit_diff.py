@@ -216,7 +216,8 @@ class ULDModel(nn.Module):
         cap = getattr(self.config, "final_logit_softcapping", None)
         if cap:
             logits = torch.tanh(logits / cap) * cap
-        l_t, l_a = logits[:B], logits[B:]
+        n = h_t.shape[0]  # B, or the number of kept positions
+        l_t, l_a = logits[:n], logits[n:]
         combined = logit_difference(l_t, l_a, self.alpha, self.filter)
         result = _Output(combined, out.past_key_values)
         if return_both:
