@@ -54,15 +54,19 @@ def main() -> None:
     args = ap.parse_args()
     torch.manual_seed(0)
 
-    target_path = args.target if Path(args.target).exists() else None
+    if Path(args.uld).exists():
+        from uld.logit_diff import read_uld_config
+
+        target_path = read_uld_config(args.uld)["target"]
+    else:
+        target_path = args.target if Path(args.target).exists() else None
     target, tok = load_model(target_path)
     target.eval()
     target_bytes = sum(p.numel() * p.element_size() for p in target.parameters())
-    rss_before = rss_bytes()
     if Path(args.uld).exists():
-        model, _ = ULDModel.from_pretrained(args.uld)  # loads its own target: measure on it
-        target = model.target
         adapter = args.uld
+        rss_before = rss_bytes()
+        model = ULDModel(target, args.uld, alpha=0.75)
     else:
         from uld.unlearn import build_assistant
 
@@ -83,6 +87,9 @@ def main() -> None:
         p.numel() * p.element_size() for n, p in model.named_parameters() if "lora_" in n
     )
 
+    # the target alone, timed as users run it: a separate copy without LoRA wrappers
+    plain, _ = load_model(target_path)
+    plain.eval()
     questions = [r["question"] for r in load_split("forget10")[:8]]
     rows = []
     for bs in (1, 8):
@@ -97,8 +104,7 @@ def main() -> None:
         t_speed, u_speed = [], []
         for rep in range(args.repeats + 1):  # the first round warms up
             for b in batches:
-                with model.target_only():
-                    t = tokens_per_second(model.target, b, args.new_tokens)
+                t = tokens_per_second(plain, b, args.new_tokens)
                 u = tokens_per_second(model, b, args.new_tokens)
                 if rep:
                     t_speed.append(t)

@@ -115,7 +115,9 @@ def test_demo_settings_and_their_yaml_agree():
 
     import yaml
 
-    from uld.demo import DEMO_ULD
+    from uld.demo import DEMO_ULD, uld_config
 
     cfg = yaml.safe_load((Path(__file__).parents[1] / "configs" / "uld_smollm2.yaml").read_text())
     assert {k: cfg[k] for k in DEMO_ULD} == DEMO_ULD
+    run = uld_config(Path("t"), Path("o"))
+    assert {k: getattr(run, k) for k in DEMO_ULD} == DEMO_ULD

@@ -37,6 +37,13 @@ DEMO_ULD = {
 }
 
 
+def uld_config(target: Path, out: Path) -> UnlearnConfig:
+    """The demo's ULD run: forget10 from the target, retain90 as the retain set."""
+    return UnlearnConfig(
+        model=str(target), forget="forget10", retain="retain90", out=str(out), **DEMO_ULD
+    )
+
+
 def run_demo(workdir: str | Path = "runs/demo", fresh: bool = False) -> dict:
     from uld.cli import load_any
     from uld.data.load import load_split
@@ -81,9 +88,7 @@ def run_demo(workdir: str | Path = "runs/demo", fresh: bool = False) -> dict:
     step(
         "unlearn (ULD)",
         uld_out,
-        lambda: unlearn(
-            UnlearnConfig(model=str(target), forget="forget10", retain="retain90", out=str(uld_out))
-        ),
+        lambda: unlearn(uld_config(target, uld_out)),
     )
 
     splits = {"forget10": load_split("forget10"), "retain": load_split("retain_perturbed")}

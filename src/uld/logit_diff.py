@@ -128,7 +128,12 @@ class ULDModel(nn.Module):
 
     # --- hooks ---------------------------------------------------------------------------
     def _gate_lora(self, module, args, out):
-        return out * self._rows if self._rows is not None else out
+        if self._rows is None:
+            return out
+        rows = self._rows  # [2B]
+        if out.shape[0] != rows.shape[0]:  # tokens flattened to [2B * T, ...] (MoE blocks)
+            rows = rows.repeat_interleave(out.shape[0] // rows.shape[0])
+        return out * rows.view(-1, *[1] * (out.dim() - 1))
 
     def _capture(self, module, args, out):
         if self._split is not None:
@@ -191,13 +196,9 @@ class ULDModel(nn.Module):
             return _Output(out.logits.float(), out.past_key_values)
         B = input_ids.shape[0]
         double = lambda x: None if x is None else torch.cat([x, x], dim=0)  # noqa: E731
-        self._rows = (
-            torch.cat(
-                [torch.zeros(B, device=input_ids.device), torch.ones(B, device=input_ids.device)]
-            )
-            .view(2 * B, 1, 1)
-            .to(self.target.dtype)
-        )
+        self._rows = torch.cat(
+            [torch.zeros(B, device=input_ids.device), torch.ones(B, device=input_ids.device)]
+        ).to(self.target.dtype)
         self._split = B
         try:
             out = decoder_of(self.target)(
