@@ -23,6 +23,7 @@ import json
 import math
 import os
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -105,11 +106,10 @@ class ULDModel(nn.Module):
             p.requires_grad_(False)
         self.layers = decoder_layers(target)
         self.lora = [m for m in target.modules() if hasattr(m, "lora_B") and ADAPTER in m.lora_B]
-        self._rows: torch.Tensor | None = None  # [2B, 1, 1] LoRA gate per row
-        self._split: int | None = None
+        self._split: int | None = None  # B while a doubled batch runs
         self._captured: torch.Tensor | None = None
-        for m in self.lora:
-            m.lora_B[ADAPTER].register_forward_hook(self._gate_lora)
+        for m in self.lora:  # peft's forward would apply the delta to every row
+            m.forward = partial(self._lora_forward, m)
         self.layers[self.k - 1].register_forward_hook(self._capture)
         for layer in self.layers[self.k :]:
             layer.register_forward_pre_hook(self._drop_assistant_rows, with_kwargs=True)
@@ -127,13 +127,17 @@ class ULDModel(nn.Module):
                 own[name].copy_(value.to(own[name].dtype))
 
     # --- hooks ---------------------------------------------------------------------------
-    def _gate_lora(self, module, args, out):
-        if self._rows is None:
-            return out
-        rows = self._rows  # [2B]
-        if out.shape[0] != rows.shape[0]:  # tokens flattened to [2B * T, ...] (MoE blocks)
-            rows = rows.repeat_interleave(out.shape[0] // rows.shape[0])
-        return out * rows.view(-1, *[1] * (out.dim() - 1))
+    def _lora_forward(self, m, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        """A LoRA-wrapped projection of the shared layers: W x for every row, plus the LoRA delta
+        B A x * scale for the assistant's rows only, the second half of the batch (also when an
+        MoE block has flattened [2B, T] to 2B*T token rows: the halves stay the same)."""
+        if self._split is None or m.disable_adapters:
+            return m.base_layer(x, *args, **kwargs)
+        y = _linear(m.base_layer, x)
+        half = x.shape[0] // 2
+        a, b = m.lora_A[ADAPTER].weight, m.lora_B[ADAPTER].weight
+        y[half:] += (x[half:].to(a.dtype) @ a.T @ b.T * m.scaling[ADAPTER]).to(y.dtype)
+        return y
 
     def _capture(self, module, args, out):
         if self._split is not None:
@@ -196,9 +200,6 @@ class ULDModel(nn.Module):
             return _Output(out.logits.float(), out.past_key_values)
         B = input_ids.shape[0]
         double = lambda x: None if x is None else torch.cat([x, x], dim=0)  # noqa: E731
-        self._rows = torch.cat(
-            [torch.zeros(B, device=input_ids.device), torch.ones(B, device=input_ids.device)]
-        ).to(self.target.dtype)
         self._split = B
         try:
             out = decoder_of(self.target)(
@@ -212,8 +213,8 @@ class ULDModel(nn.Module):
             if keep is not None:
                 h_t, h_a = h_t[keep], h_a[keep]
         finally:
-            self._rows = self._split = self._captured = None
-        logits = _head(self.target.get_output_embeddings(), torch.cat([h_t, h_a], dim=0)).float()
+            self._split = self._captured = None
+        logits = _linear(self.target.get_output_embeddings(), torch.cat([h_t, h_a], dim=0)).float()
         cap = getattr(self.config, "final_logit_softcapping", None)
         if cap:
             logits = torch.tanh(logits / cap) * cap
@@ -279,16 +280,17 @@ class ULDModel(nn.Module):
         return model.eval(), tokenizer
 
 
-def _head(head: nn.Module, h: torch.Tensor) -> torch.Tensor:
-    """The LM head on h [..., d]. For a few rows (decoding) as W @ h^T: on our CPU's BLAS that is
-    2-4x faster than F.linear's h @ W^T at 2 rows over the 49k-row head (measured in
-    benchmarks/uld_inference.py's notes); for many rows F.linear is as fast or faster."""
+def _linear(layer: nn.Module, h: torch.Tensor) -> torch.Tensor:
+    """layer(h) for an nn.Linear, h [..., d]. For a few rows (decoding a doubled batch) as
+    W @ h^T: on this project's CPU BLAS, F.linear's h @ W^T at 2 rows costs twice 1 row (5x on
+    the 49k-row LM head: 16.5 ms against 3.2 ms), while W @ h^T does not; from ~32 rows on
+    F.linear is as good."""
     rows = h.reshape(-1, h.shape[-1])
-    if not isinstance(head, nn.Linear) or rows.shape[0] > 32:
-        return head(h)
-    out = (head.weight @ rows.T).T
-    if head.bias is not None:
-        out = out + head.bias
+    if not isinstance(layer, nn.Linear) or rows.shape[0] > 32:
+        return layer(h)
+    out = (layer.weight @ rows.T).T
+    if layer.bias is not None:
+        out = out + layer.bias
     return out.reshape(*h.shape[:-1], -1)
 
 
