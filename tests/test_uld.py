@@ -9,7 +9,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from uld.assistant import decoder_layers, projection_names
 from uld.config import UnlearnConfig
@@ -281,38 +280,27 @@ def test_empty_forget_and_overlapping_retain_are_refused(tiny_model, tmp_path):
     assert not (tmp_path / "o").exists()
 
 
+def _small_run(model: str, out, **kw) -> UnlearnConfig:
+    """A ULD run on forget01 small enough for a test."""
+    base = dict(forget="forget01", retain="retain99", layers=2, lora_rank=4, batch_size=4)
+    return UnlearnConfig(model=model, out=str(out), **{**base, **kw})
+
+
 def test_unlearn_end_to_end_few_steps(tiny_model, tmp_path):
-    cfg = UnlearnConfig(
-        model=tiny_model,
-        out=str(tmp_path / "u"),
-        forget="forget01",
-        retain="retain99",
-        layers=2,
-        lora_rank=4,
-        epochs=1,
-        batch_size=4,
-        lr=1e-2,
-    )
-    out = unlearn(cfg)
+    out = unlearn(_small_run(tiny_model, tmp_path / "u", epochs=1, lr=1e-2))
     model, tok = ULDModel.from_pretrained(out)
     b = _batch(tok, ["Where was Ilse born?"])
     with torch.no_grad():
         logits = model(**b).logits
     assert torch.isfinite(logits).all()
     assert not (tmp_path / "u.ckpt").exists()
-    _ = F  # keep the import used
 
 
 def test_each_epoch_is_evaluated_and_the_best_kept(tiny_model, tmp_path):
-    cfg = UnlearnConfig(
-        model=tiny_model,
-        out=str(tmp_path / "u"),
-        forget="forget01",
-        retain="retain99",
-        layers=2,
-        lora_rank=4,
+    cfg = _small_run(
+        tiny_model,
+        tmp_path / "u",
         epochs=3,
-        batch_size=4,
         lr=5e-2,
         eval_metric="forget_quality",
         reference=tiny_model,
