@@ -340,3 +340,11 @@ def test_answer_probs_on_answer_positions_only_match_full_logits(tiny_model, tra
     tok_logp = logp.gather(-1, labels.clamp(min=0)[..., None]).squeeze(-1) * mask
     expected = torch.exp(tok_logp.sum(-1) / mask.sum(-1))
     torch.testing.assert_close(got.float(), expected, atol=1e-5, rtol=1e-4)
+
+
+def test_same_seed_same_adapter(tiny_model, tmp_path):
+    from safetensors.torch import load_file
+
+    outs = [unlearn(_small_run(tiny_model, tmp_path / f"u{i}", epochs=1, lr=1e-2)) for i in (0, 1)]
+    a, b = (load_file(str(o / "adapter_model.safetensors")) for o in outs)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

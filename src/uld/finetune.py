@@ -12,6 +12,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from transformers import set_seed
+
 from uld.data.format import Collator, QADataset
 from uld.data.load import load_split
 from uld.models import load_model, save_model
@@ -33,6 +35,7 @@ def finetune(
 ) -> Path:
     """Fine-tune `model` on `split` and save the result to `out` (an HF folder + uld_card.json)."""
     rows = load_split(split, data)
+    set_seed(seed)  # LoRA initialisation is random
     net, tokenizer = load_model(model)
     if lora:
         from peft import LoraConfig, get_peft_model

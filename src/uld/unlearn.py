@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from transformers import AutoConfig
+from transformers import AutoConfig, set_seed
 
 from uld import config as cfgmod
 from uld.assistant import (
@@ -68,6 +68,7 @@ def unlearn_uld(cfg: UnlearnConfig) -> Path:
         f"D'_r: {len(retain)} retain + {len(d_r) - len(retain)} perturbed = {len(d_r)} rows"
     )
 
+    set_seed(cfg.seed)  # the LoRA matrices are initialised at random: same seed, same run
     assistant, tokenizer = build_assistant(
         target, k, rank, cfg.lora_alpha or rank, cfg.lora_dropout
     )
