@@ -122,3 +122,38 @@ def test_demo_settings_and_their_yaml_agree():
     assert {k: cfg[k] for k in DEMO_ULD} == DEMO_ULD
     run = uld_config(Path("t"), Path("o"))
     assert {k: getattr(run, k) for k in DEMO_ULD} == DEMO_ULD
+
+
+def test_finetune_with_lora_merges_back_into_a_plain_model(tiny_model, tmp_path):
+    out = tmp_path / "lora"
+    argv = [
+        "finetune",
+        "--model",
+        tiny_model,
+        "--split",
+        "forget01",
+        "--out",
+        str(out),
+        "--epochs",
+        "2",
+        "--batch-size",
+        "2",
+        "--lr",
+        "5e-2",
+        "--lora",
+        "--lora-rank",
+        "4",
+    ]
+    assert main(argv) == 0
+    names = {p.name for p in out.iterdir()}
+    assert "model.safetensors" in names and "adapter_config.json" not in names
+    assert read_card(out)["mode"] == "lora r=4 merged"
+    before, _ = load_model(tiny_model)
+    after, _ = load_model(out)
+    assert not any("lora" in n for n, _ in after.named_parameters())
+    changed = {
+        n
+        for (n, a), b in zip(before.named_parameters(), after.parameters(), strict=True)
+        if not torch.equal(a, b)
+    }
+    assert changed and all("proj" in n for n in changed)
