@@ -27,7 +27,6 @@ def generate_answers(
 ) -> list[str]:
     """Answers to `questions` (greedy unless gen_kwargs say otherwise), in order."""
     device = next(iter(model.parameters())).device
-    answers: list[str] = []
     # Longest prompts first keeps padding low; results are put back in order.
     order = sorted(range(len(questions)), key=lambda i: -len(questions[i]))
     out: dict[int, str] = {}
@@ -52,8 +51,7 @@ def generate_answers(
             out[i] = text.strip()
         bar.update(len(idx))
     bar.close()
-    answers = [out[i] for i in range(len(questions))]
-    return answers
+    return [out[i] for i in range(len(questions))]
 
 
 def rouge_eval(model, tokenizer, rows: list[dict], batch_size: int = 8, progress: bool = True):

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from uld.assistant import base_lm, decoder_of
+
 IGNORE = -100
 
 
@@ -29,19 +31,12 @@ class Hyper:
     beta: float = 6.5  # ULD: weight of the uniform (retain) term, paper Eq. 5
 
 
-def split_lm(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module]:
-    """(decoder, lm_head) of an HF causal LM, through a peft wrapper if there is one."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    decoder = getattr(base, base.base_model_prefix)
-    return decoder, base.get_output_embeddings()
-
-
 def answer_logits(model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits at answer positions. batch: input_ids, attention_mask, labels [B, T].
 
     Returns (logits [N, V] float32, targets [N]) where position t predicts labels[t + 1].
     """
-    decoder, head = split_lm(model)
+    decoder, head = decoder_of(model), base_lm(model).get_output_embeddings()
     h = decoder(
         input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
     ).last_hidden_state

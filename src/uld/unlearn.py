@@ -174,6 +174,3 @@ def save_assistant(assistant, target_path: str, cfg: UnlearnConfig, k: int, extr
             {"made_by": "uld unlearn --method uld", **extra},
         )
         cfgmod.save(cfg, tmp / "run_config.yaml")
-
-
-__all__ = ["build_assistant", "unlearn", "checkpoint_dir"]
