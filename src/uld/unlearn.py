@@ -91,7 +91,7 @@ def unlearn_uld(cfg: UnlearnConfig) -> Path:
     best = checkpoint_dir(cfg.out) / "best"
     callbacks = []
     if cfg.eval_metric:
-        callbacks.append(epoch_evaluator(cfg, target, forget, tokenizer, k, best, extra))
+        callbacks.append(epoch_evaluator(cfg, target, tokenizer, best))
     start = time.time()
     train(
         assistant,
@@ -123,9 +123,7 @@ def unlearn_uld(cfg: UnlearnConfig) -> Path:
     return Path(cfg.out)
 
 
-def epoch_evaluator(
-    cfg: UnlearnConfig, target: str, forget: list[dict], tokenizer, k: int, best: Path, extra: dict
-):
+def epoch_evaluator(cfg: UnlearnConfig, target: str, tokenizer, best: Path):
     """EpochEval for the ULD model made of the full target and the assistant being trained."""
     from uld.evaluate import rouge_eval, truth_ratios
     from uld.logit_diff import ULDModel
@@ -143,9 +141,10 @@ def epoch_evaluator(
 
     def evaluate(assistant) -> dict:
         nonlocal model
-        if model is None:
+        if model is None:  # injects the adapter into the full target and copies its weights
             model = ULDModel(full, assistant, cfg.alpha, cfg.filter).eval()
-        model.load_lora(assistant)
+        else:
+            model.load_lora(assistant)
         if cfg.eval_metric == "forget_quality":
             return {"forget_quality": forget_quality(truth_ratios(model, tokenizer, rows), ref)}
         return {"forget_rouge": rouge_eval(model, tokenizer, rows, progress=False)[0]}
