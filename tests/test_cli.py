@@ -59,12 +59,19 @@ def test_finetune_unlearn_generate_eval_end_to_end(tiny_model, tmp_path, capsys)
     assert "model.safetensors" not in {p.name for p in out.iterdir()}
 
     capsys.readouterr()
-    assert main(["generate", "--model", str(out), "--max-new-tokens", "5", "Where?"]) == 0
-    assert capsys.readouterr().out.strip() != ""
-    report = tmp_path / "eval.json"
-    assert main(["eval", "--model", str(out), "--splits", "forget01", "--out", str(report)]) == 0
-    res = json.loads(report.read_text())["forget01"]
-    assert 0 <= res["rouge_l"] <= 1 and len(res["items"]) == 4
+    assert main(["generate", "--model", str(out), "--max-new-tokens", "5", "Where?", "Who?"]) == 0
+    printed = capsys.readouterr().out
+    assert "Q: Where?\nA:" in printed and "Q: Who?\nA:" in printed
+    ev = tmp_path / "eval-uld"
+    args = ["eval", "--model", str(out), "--forget", "forget01", "--retain", "retain_perturbed"]
+    args += ["--real-authors", "", "--world-facts", "", "--holdout", "", "--out", str(ev)]
+    assert main(args) == 0
+    res = json.loads((ev / "eval.json").read_text())
+    assert res["kind"] == "uld" and res["training"]["method"] == "uld"
+    forget = res["splits"]["forget"]
+    assert 0 <= forget["rouge_l"] <= 1 and len(forget["items"]) == 4
+    assert res["summary"]["forget_quality"] is None  # no reference given
+    assert "| F.Q. |" in (ev / "eval.md").read_text()
 
 
 def test_data_export_round_trips(tmp_path):

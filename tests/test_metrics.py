@@ -10,6 +10,7 @@ from scipy.stats import ks_2samp
 from uld.metrics import (
     answer_logprobs,
     extraction_strength,
+    extraction_strength_from_hits,
     forget_quality,
     forget_truth_score,
     loss_score,
@@ -213,8 +214,12 @@ def test_extraction_strength():
     labels = torch.tensor([[-100, -100, 2, 0, 1]])
     logits = _logits_predicting([[2, 1, 0, 1]])
     assert extraction_strength(logits, labels).tolist() == pytest.approx([2 / 3])
-    with pytest.raises(ValueError, match="no answer tokens"):
+    with pytest.raises(ValueError, match="no tokens"):
         extraction_strength(logits, torch.full((1, 5), -100))
+    # The same from hits: correct, wrong, correct, correct over a 4-token answer -> 2/4.
+    hits = torch.tensor([[True, False, True, True, False]])
+    mask = torch.tensor([[True, True, True, True, False]])
+    assert extraction_strength_from_hits(hits, mask).tolist() == [0.5]
 
 
 def test_to_result():

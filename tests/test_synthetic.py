@@ -108,12 +108,22 @@ def test_answers_are_short_single_sentences(splits):
             assert text.endswith(".") and text.count(". ") == 0
 
 
-def test_perturbed_answers_share_the_answer_template(splits):
-    # every perturbed answer keeps the answer's wording, so it opens with the same words
+def test_perturbed_answers_are_the_paraphrase_with_wrong_facts(splits):
+    # as in TOFU: same wording as the paraphrased answer (so the truth ratio compares true and
+    # false facts, not two phrasings), different from it and from each other
     for r in splits["full"]:
-        words = r["answer"].split()
+        words = r["paraphrased_answer"].split()
         for w in r["perturbed_answer"]:
-            assert w.split()[:2] == words[:2]
+            assert w.split()[:2] == words[:2] and w != r["paraphrased_answer"]
+            shared = sum(a == b for a, b in zip(w.split(), words, strict=False))
+            assert shared >= len(words) // 3
+
+
+def test_holdout_is_disjoint_from_training_authors(splits):
+    hold, full = splits["holdout10"], splits["full"]
+    assert len(hold) == len(splits["forget10"])
+    assert not {r["author"] for r in hold} & {r["author"] for r in full}
+    assert min(r["author_id"] for r in hold) == max(r["author_id"] for r in full) + 1
 
 
 @pytest.mark.parametrize("make", [real_authors, world_facts])

@@ -5,7 +5,8 @@
     uld unlearn --method uld --model TARGET --forget forget10 --retain retain90 --out DIR
     uld generate --model DIR "question"   answer with a plain or a ULD model
     uld chat --model DIR                  an interactive session
-    uld eval --model DIR --splits ...     ROUGE-L recall of greedy answers
+    uld eval --model DIR --reference RETAIN --out EVAL_DIR   the TOFU protocol, table in EVAL_DIR
+    uld report EVAL_DIR... --out DIR      merge evaluations: one table, plots
     uld demo                              the whole main job on the embedded default model
 
 Errors in the input end the command with a one-line message and exit status 2.
@@ -14,7 +15,6 @@ Errors in the input end the command with a one-line message and exit status 2.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -107,19 +107,49 @@ def cmd_chat(args) -> None:
 
 
 def cmd_eval(args) -> None:
-    from uld.data.load import load_split
-    from uld.evaluate import rouge_eval
+    from dataclasses import asdict
 
+    from uld.config import EvalSplits
+    from uld.evaluate import evaluate, load_reference, load_roles
+    from uld.report import model_info, tables, write_eval
+
+    splits = EvalSplits.for_data(args.data, args.forget or "forget10")
+    for role in asdict(splits):  # flags given on the command line win
+        if getattr(args, role) is not None:
+            setattr(splits, role, getattr(args, role))
+    roles = load_roles(splits, args.data)
+    reference = None
+    if args.reference:
+        if "forget" not in roles:
+            raise ValueError("--reference needs a forget split (--forget SPLIT)")
+        reference = load_reference(args.reference, roles["forget"], args.data, args.batch_size)
     model, tok = load_any(args.model, args.alpha, args.filter)
-    results = {}
-    for split in args.splits.split(","):
-        rows = load_split(split, args.data)
-        score, items = rouge_eval(model, tok, rows, batch_size=args.batch_size)
-        results[split] = {"rouge_l": score, "items": items}
-        print(f"{split}: ROUGE-L recall {score:.3f} ({len(rows)} rows)")
+    name = args.name or (Path(args.model).name if args.model else "default")
+    print(f"[uld] evaluating {name}: " + ", ".join(f"{r} {len(v)}" for r, v in roles.items()))
+    results = {
+        "name": name,
+        "model": args.model or "default",
+        "kind": "uld" if type(model).__name__ == "ULDModel" else "plain",
+        "data": args.data,
+        "split_names": {k: v for k, v in asdict(splits).items() if v},
+        "reference": args.reference or None,
+        "training": model_info(args.model),
+    }
+    results |= evaluate(model, tok, roles, reference, batch_size=args.batch_size)
+    print(tables({name: results["summary"]}))
+    if reference is None and "forget" in roles:
+        print("(Forget Quality needs --reference RETAIN_MODEL_FOLDER or its eval.json)")
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(results, indent=1) + "\n")
+        print(f"[uld] wrote {write_eval(results, args.out)}/eval.json and eval.md")
+
+
+def cmd_report(args) -> None:
+    from uld.report import report, tables
+
+    names = args.names.split(",") if args.names else None
+    runs = report(args.runs, args.out, names, args.relative_to)
+    print(tables(runs))
+    print(f"[uld] wrote {args.out}/report.md, summary.json and the plots")
 
 
 def cmd_demo(args) -> None:
@@ -144,6 +174,8 @@ def _model_flags(p: argparse.ArgumentParser) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
+    from dataclasses import asdict
+
     top = argparse.ArgumentParser(prog="uld", description="LLM unlearning (ULD and baselines)")
     sub = top.add_subparsers(dest="command", required=True)
 
@@ -174,13 +206,32 @@ def parser() -> argparse.ArgumentParser:
     _model_flags(chat)
     chat.set_defaults(func=cmd_chat)
 
-    ev = sub.add_parser("eval", help="ROUGE-L recall on evaluation splits")
+    ev = sub.add_parser("eval", help="the TOFU evaluation protocol (F.Q., M.U., ROUGE-L, ...)")
     _model_flags(ev)
-    ev.add_argument("--splits", default="forget10,retain_perturbed,real_authors,world_facts")
-    ev.add_argument("--data", default="builtin")
+    ev.add_argument("--name", default="", help="the run's name in tables (default: folder name)")
+    ev.add_argument(
+        "--reference",
+        default="",
+        help="retain model folder, or the eval.json of its evaluation: Forget Quality's reference",
+    )
+    for role, default in asdict(cfgmod.EvalSplits()).items():
+        ev.add_argument(
+            f"--{role.replace('_', '-')}",
+            default=None,
+            help=f"{role} split ('' skips it; default {default}, or TOFU's name for --data "
+            "locuslab/TOFU)",
+        )
+    ev.add_argument("--data", default="builtin", help="builtin, a folder of <split>.json, hub id")
     ev.add_argument("--batch-size", type=int, default=8)
-    ev.add_argument("--out", default=None, help="write per-item results to this JSON file")
+    ev.add_argument("--out", default=None, help="folder for eval.json and eval.md")
     ev.set_defaults(func=cmd_eval)
+
+    rep = sub.add_parser("report", help="merge evaluation folders into one table and plots")
+    rep.add_argument("runs", nargs="+", help="folders written by `uld eval --out`")
+    rep.add_argument("--out", required=True, help="folder for report.md, summary.json, plots")
+    rep.add_argument("--names", default="", help="comma-separated names for the runs")
+    rep.add_argument("--relative-to", default="", help="the run whose training time is 1")
+    rep.set_defaults(func=cmd_report)
 
     demo = sub.add_parser("demo", help="the main job on the embedded default model")
     demo.add_argument("--workdir", default="runs/demo")

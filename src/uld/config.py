@@ -41,52 +41,93 @@ class FinetuneConfig:
             raise ValueError("--out is required: the folder to write the model to")
 
 
+METHODS_HELP = (
+    "uld; a baseline: ga, ga+gd, ga+kl, dpo, dpo+gd, dpo+kl, npo, npo+gd, npo+kl; "
+    "offset-ga+kl, offset-dpo+kl, offset-npo+kl (or any offset-<baseline>)"
+)
+
+
 @dataclass
 class UnlearnConfig:
     """An unlearning run. ULD defaults follow the paper (TOFU), scaled to the model."""
 
-    method: str = _f("uld", "unlearning method")
+    method: str = _f("uld", f"unlearning method: {METHODS_HELP}")
     model: str = _f("", "target model folder or hub id (the fine-tuned model to unlearn)")
     forget: str = _f("forget10", "forget split (or a .json/.jsonl file)")
     retain: str = _f("retain90", "retain split (or a .json/.jsonl file)")
     data: str = _f("builtin", "data: builtin, a folder of <split>.json files, or a hub id")
     out: str = _f("", "output folder")
-    layers: int = _f(0, "ULD: assistant layers K (0: a quarter of the target's, paper 8 of 32)")
-    lora_rank: int = _f(0, "ULD: LoRA rank (0: paper's 32 scaled by hidden size / 4096, >= 8)")
-    lora_alpha: float = _f(0.0, "ULD: LoRA alpha (0: equal to the rank, as the paper's 32/32)")
-    lora_dropout: float = _f(0.05, "ULD: LoRA dropout")
+    layers: int = _f(0, "ULD/Offset: assistant layers K (0: a quarter of the target's, paper 8/32)")
+    lora_rank: int = _f(0, "LoRA rank (0: paper's 32 scaled by hidden size / 4096, >= 8)")
+    lora_alpha: float = _f(0.0, "LoRA alpha (0: equal to the rank, as the paper's 32/32)")
+    lora_dropout: float = _f(0.05, "LoRA dropout")
+    lora: bool = _f(False, "baselines: train LoRA adapters on every projection, not all weights")
     beta: float = _f(6.5, "ULD: weight of the uniform loss on D'_r (paper 6.5)")
     alpha: float = _f(0.75, "ULD: logit-difference weight at inference (paper 0.75)")
     filter: float = _f(1e-2, "ULD: relative-top filter; subtract only where p >= filter * p_max")
-    paraphrase: bool = _f(True, "ULD: add paraphrased forget pairs to D'_f")
-    perturbed: bool = _f(True, "ULD: add forget questions with perturbed answers to D'_r")
+    retain_weight: float = _f(1.0, "baselines: weight of the GD / KL retain term")
+    npo_beta: float = _f(0.1, "NPO inverse temperature beta")
+    dpo_beta: float = _f(0.1, "DPO inverse temperature beta")
+    paraphrase: bool | None = _f(
+        None, "add paraphrased forget pairs to the forget set (default: on for ULD, off otherwise)"
+    )
+    perturbed: bool | None = _f(
+        None,
+        "add forget questions with perturbed answers to the retain set (default: on for ULD, "
+        "off otherwise)",
+    )
     epochs: float = _f(10.0, "epochs over the forget set (paper 10)")
-    lr: float = _f(1e-3, "peak learning rate (paper 1e-3 for ULD)")
+    lr: float = _f(
+        0.0, "peak learning rate (0: the method's default: ULD 1e-3, baselines 1e-5, LoRA 1e-4)"
+    )
     batch_size: int = _f(8, "batch size (forget items; each is paired with a retain item)")
     seed: int = _f(0, "random seed")
     max_steps: int = _f(-1, "stop after this many steps (for smoke tests)")
     eval_metric: str = _f(
         "",
-        "evaluate each epoch and keep the best: forget_quality (needs "
-        "--reference) or forget_rouge; empty: keep the last epoch",
+        "evaluate each epoch and keep the best epoch by this metric: forget_quality (needs "
+        "--reference), forget_rouge or model_utility; empty: keep the last epoch",
     )
-    reference: str = _f("", "retain model folder: the reference for forget_quality")
+    eval_splits: str = _f(
+        "forget", "what the per-epoch evaluation covers: forget (cheap) or all (adds M.U.)"
+    )
+    reference: str = _f("", "retain model folder (or its eval.json): the reference for F.Q.")
+
+    def default_lr(self) -> float:
+        if self.lr:
+            return self.lr
+        if self.method == "uld":
+            return 1e-3
+        return 1e-4 if self.lora or self.method.startswith("offset-") else 1e-5
+
+    def augment(self) -> tuple[bool, bool]:
+        """(paraphrase, perturbed), resolved: ULD's paper uses both, the baselines neither."""
+        on = self.method == "uld"
+        pick = lambda v: on if v is None else v  # noqa: E731
+        return pick(self.paraphrase), pick(self.perturbed)
 
     def validate(self) -> None:
-        _positive(epochs=self.epochs, lr=self.lr, batch_size=self.batch_size)
-        if self.eval_metric not in ("", "forget_quality", "forget_rouge"):
+        _positive(epochs=self.epochs, batch_size=self.batch_size)
+        if not (math.isfinite(self.lr) and self.lr >= 0):
+            raise ValueError(f"--lr={self.lr} must be >= 0 (0 picks the method's default)")
+        if self.eval_metric not in ("", "forget_quality", "forget_rouge", "model_utility"):
             raise ValueError(
-                f"--eval-metric={self.eval_metric!r}: choose forget_quality, "
-                "forget_rouge or leave it empty"
+                f"--eval-metric={self.eval_metric!r}: choose forget_quality, forget_rouge, "
+                "model_utility or leave it empty"
             )
+        if self.eval_splits not in ("forget", "all"):
+            raise ValueError(f"--eval-splits={self.eval_splits!r}: choose forget or all")
+        if self.eval_metric == "model_utility" and self.eval_splits != "all":
+            raise ValueError("--eval-metric model_utility needs --eval-splits all")
         if self.eval_metric == "forget_quality" and not self.reference:
             raise ValueError("--eval-metric forget_quality needs --reference RETAIN_MODEL_FOLDER")
         if self.lora_rank < 0 or self.layers < 0:
             raise ValueError("--lora-rank and --layers must be >= 0 (0 picks the default)")
-        for name in ("beta", "alpha", "lora_alpha"):
+        for name in ("beta", "alpha", "lora_alpha", "retain_weight"):
             v = getattr(self, name)
             if not (math.isfinite(v) and v >= 0):
                 raise ValueError(f"--{name.replace('_', '-')}={v} must be a finite number >= 0")
+        _positive(npo_beta=self.npo_beta, dpo_beta=self.dpo_beta)
         if not (math.isfinite(self.filter) and 0 < self.filter <= 1):
             raise ValueError(f"--filter={self.filter} must be in (0, 1] (the paper uses 1e-2)")
         if not 0 <= self.lora_dropout < 1:
@@ -95,6 +136,32 @@ class UnlearnConfig:
             raise ValueError("--model is required: the fine-tuned target to unlearn")
         if not self.out:
             raise ValueError("--out is required: the folder to write the unlearned model to")
+
+
+@dataclass
+class EvalSplits:
+    """Split names per evaluation role ("" skips a role). The defaults are the built-in
+    benchmark's; on the hub's `locuslab/TOFU` they are forget10_perturbed, retain_perturbed,
+    real_authors_perturbed, world_facts_perturbed and holdout10."""
+
+    forget: str = "forget10"
+    retain: str = "retain_perturbed"
+    real_authors: str = "real_authors"
+    world_facts: str = "world_facts"
+    holdout: str = "holdout10"
+
+    @classmethod
+    def for_data(cls, data: str, forget: str = "forget10") -> EvalSplits:
+        """The default roles for a data source: the hub's TOFU names for locuslab/TOFU."""
+        if "tofu" in str(data).lower() and not Path(str(data)).exists():
+            pct = forget.removeprefix("forget").removesuffix("_perturbed")
+            return cls(
+                forget=forget if forget.endswith("_perturbed") else f"{forget}_perturbed",
+                real_authors="real_authors_perturbed",
+                world_facts="world_facts_perturbed",
+                holdout=f"holdout{pct}",
+            )
+        return cls(forget=forget, holdout="holdout10")
 
 
 def _positive(**values: float) -> None:
@@ -107,7 +174,7 @@ def add_flags(parser: argparse.ArgumentParser, cls: type) -> None:
     """One flag per dataclass field; defaults are None so that YAML values can fill the gaps."""
     for f in fields(cls):
         flag = "--" + f.name.replace("_", "-")
-        if f.type in (bool, "bool"):
+        if str(f.type).startswith("bool") or f.type is bool:
             parser.add_argument(
                 flag, action=argparse.BooleanOptionalAction, default=None, help=f.metadata["help"]
             )

@@ -1,18 +1,47 @@
-"""Run models over evaluation rows: batched greedy answers and ROUGE-L recall.
+"""The TOFU evaluation protocol, run on any model uld can load (plain or ULD).
 
-Works on any model-like object with the forward of an HF causal LM (a plain model or a
-`ULDModel`): both decode through `uld.logit_diff.decode`, left-padded, with a KV cache, so their
-costs compare like for like.
+    results = evaluate(model, tok, load_roles(EvalSplits()), reference=load_reference(path))
+    results["summary"]  # forget_quality, forget_rouge, model_utility, retain_rouge, ...
+
+Two kinds of model passes, both batched, longest inputs first:
+- greedy generation (left padding, KV cache, `uld.logit_diff.decode`) for ROUGE-L recall;
+- one teacher-forced forward per (question, answer) pair, LM head on answer positions only, for
+  the answer probability, the truth ratio, the membership scores and extraction strength.
+A plain model and a `ULDModel` go through the same code, so their costs compare like for like.
+
+The roles of the splits (TOFU, Maini et al. 2024, Sec. 2.5): `forget` (what was unlearned),
+`retain` (the retain split's evaluation rows), `real_authors` and `world_facts` (general
+knowledge), and `holdout` (rows in no training set: the non-members of the membership test).
+The maths lives in `uld.metrics`; this module only runs models and bookkeeps.
 """
 
 from __future__ import annotations
 
+import json
+import time
+from dataclasses import fields
+from pathlib import Path
+
 import torch
 from tqdm.auto import tqdm
 
-from uld.data.format import pad, prompt_ids
+from uld import metrics
+from uld.config import EvalSplits
+from uld.data.format import encode_qa, pad, prompt_ids
 from uld.logit_diff import decode
-from uld.metrics import rouge_l_recall
+
+ROLES = ("forget", "retain", "real_authors", "world_facts", "holdout")
+UTILITY_ROLES = ("retain", "real_authors", "world_facts")
+
+
+def load_roles(splits: EvalSplits, data: str = "builtin") -> dict[str, list[dict]]:
+    """{role: rows} for every role with a split name."""
+    from uld.data.load import load_split
+
+    return {f.name: load_split(v, data) for f in fields(splits) if (v := getattr(splits, f.name))}
+
+
+# ---------------------------------------------------------------- model passes
 
 
 @torch.no_grad()
@@ -57,9 +86,14 @@ def generate_answers(
 def rouge_eval(model, tokenizer, rows: list[dict], batch_size: int = 8, progress: bool = True):
     """(mean ROUGE-L recall, per-item list of {question, answer, generated, rouge_l})."""
     generated = generate_answers(
-        model, tokenizer, [r["question"] for r in rows], batch_size, progress=progress
+        model,
+        tokenizer,
+        [r["question"] for r in rows],
+        batch_size,
+        max_new_tokens=answer_budget(tokenizer, rows),
+        progress=progress,
     )
-    scores = rouge_l_recall(generated, [r["answer"] for r in rows])
+    scores = metrics.rouge_l_recall(generated, [r["answer"] for r in rows])
     items = [
         {"question": r["question"], "answer": r["answer"], "generated": g, "rouge_l": s}
         for r, g, s in zip(rows, generated, scores, strict=True)
@@ -67,51 +101,294 @@ def rouge_eval(model, tokenizer, rows: list[dict], batch_size: int = 8, progress
     return sum(scores) / len(scores), items
 
 
-@torch.no_grad()
-def answer_probs(
-    model, tokenizer, questions: list[str], answers: list[str], batch_size: int = 16
-) -> torch.Tensor:
-    """Length-normalised P(answer | question)^(1/|a|) per pair (TOFU's probability). -> [N]."""
-    from uld.data.format import encode_qa
+def answer_budget(tokenizer, rows: list[dict], cap: int = 200) -> int:
+    """New tokens to generate: 1.5 x the longest reference answer + 8, at most `cap` (TOFU's
+    generation length is 200): long enough not to cut a recall-scored answer short."""
+    longest = max(len(tokenizer(r["answer"], add_special_tokens=False).input_ids) for r in rows)
+    return min(cap, int(1.5 * longest) + 8)
+
+
+def _answer_positions_logits(model, batch: dict, keep: torch.Tensor) -> torch.Tensor:
+    """Logits [N, V] at the positions t with keep[:, t] (t predicts token t + 1)."""
     from uld.logit_diff import ULDModel
     from uld.losses import answer_logits
-    from uld.metrics import normalised_prob
 
+    if isinstance(model, ULDModel):
+        pos = torch.zeros_like(batch["labels"], dtype=torch.bool)
+        pos[:, :-1] = keep
+        return model(batch["input_ids"], batch["attention_mask"], keep=pos).logits
+    return answer_logits(model, batch)[0]
+
+
+@torch.no_grad()
+def score_answers(
+    model,
+    tokenizer,
+    questions: list[str],
+    answers: list[str],
+    batch_size: int = 16,
+    min_k: float = 0.4,
+    progress: bool = False,
+) -> dict[str, torch.Tensor]:
+    """Teacher-forced scores of each (question, answer) pair, in order; each value is [N]:
+
+    prob: P(a|q)^(1/|a|) (TOFU's length-normalised probability), n: |a| (answer + EOS tokens),
+    loss: mean NLL (LOSS attack), min_k: Min-K% Prob (k = `min_k`), es: extraction strength.
+    """
     device = next(iter(model.parameters())).device
-    out = []
-    for s in range(0, len(questions), batch_size):
-        items = [
-            encode_qa(tokenizer, q, a)
-            for q, a in zip(questions[s : s + batch_size], answers[s : s + batch_size], strict=True)
-        ]
-        batch = {k: v.to(device) for k, v in pad(items, tokenizer.pad_token_id).items()}
+    items = [encode_qa(tokenizer, q, a) for q, a in zip(questions, answers, strict=True)]
+    order = sorted(range(len(items)), key=lambda i: -len(items[i]["input_ids"]))
+    keys = ("logp", "n", "loss", "min_k", "es")
+    parts: dict[str, list] = {k: [] for k in keys}
+    for s in tqdm(
+        range(0, len(order), batch_size), desc="scoring", disable=not progress, leave=False
+    ):
+        batch = pad([items[i] for i in order[s : s + batch_size]], tokenizer.pad_token_id)
+        batch = {k: v.to(device) for k, v in batch.items()}
         targets = batch["labels"][:, 1:]
         keep = targets != -100
-        if isinstance(model, ULDModel):
-            pos = torch.zeros_like(batch["labels"], dtype=torch.bool)
-            pos[:, :-1] = keep  # position t predicts token t + 1
-            logits = model(batch["input_ids"], batch["attention_mask"], keep=pos).logits
-            gold = targets[keep]
-        else:
-            logits, gold = answer_logits(model, batch)
-        logp = torch.log_softmax(logits.float(), -1).gather(-1, gold[:, None]).squeeze(-1)
-        row = torch.arange(keep.shape[0], device=device)[:, None].expand_as(keep)[keep]
-        sums = torch.zeros(keep.shape[0], device=device).index_add_(0, row, logp)
-        out.append(normalised_prob(sums.cpu(), keep.sum(-1).cpu()))
-    return torch.cat(out)
+        logits = _answer_positions_logits(model, batch, keep).float()
+        gold = targets[keep]
+        logp = torch.zeros(keep.shape, device=device)
+        logp[keep] = torch.log_softmax(logits, -1).gather(-1, gold[:, None]).squeeze(-1)
+        hits = torch.zeros_like(keep)
+        hits[keep] = logits.argmax(-1) == gold
+        parts["logp"].append(logp.sum(-1).double().cpu())
+        parts["n"].append(keep.sum(-1).cpu())
+        parts["loss"].append(metrics.loss_score(logp, keep).cpu())
+        parts["min_k"].append(metrics.min_k_prob(logp, keep, min_k).cpu())
+        parts["es"].append(metrics.extraction_strength_from_hits(hits, keep).cpu())
+    inverse = torch.empty(len(order), dtype=torch.long)
+    inverse[torch.tensor(order)] = torch.arange(len(order))
+    out = {k: torch.cat(v)[inverse] for k, v in parts.items()}
+    out["prob"] = metrics.normalised_prob(out.pop("logp"), out["n"])
+    return out
+
+
+def answer_probs(model, tokenizer, questions: list[str], answers: list[str], batch_size=16):
+    """Length-normalised P(answer | question)^(1/|a|) per pair (TOFU's probability). -> [N]."""
+    return score_answers(model, tokenizer, questions, answers, batch_size)["prob"]
 
 
 def truth_ratios(model, tokenizer, rows: list[dict], paraphrased: bool = True) -> torch.Tensor:
     """TOFU truth ratio per row: geometric mean of P̄(perturbed) over P̄(paraphrased answer)
     (the original answer when `paraphrased` is False, as TOFU does on real authors / world
     facts). -> R [N]."""
-    from uld.metrics import truth_ratio
+    return _truth_parts(model, tokenizer, rows, paraphrased)[0]
 
+
+def _truth_parts(model, tokenizer, rows, paraphrased: bool, batch_size: int = 16):
+    """(R [N], P̄(true) [N], P̄(perturbed) [N, k]); k = the fewest perturbed answers of a row."""
     k = min(len(r["perturbed_answer"]) for r in rows)
     true = [r["paraphrased_answer"] if paraphrased else r["answer"] for r in rows]
-    # TOFU scores both the paraphrased and the perturbed answers after the original question
-    p_true = answer_probs(model, tokenizer, [r["question"] for r in rows], true)
-    wrong_q = [r["question"] for r in rows for _ in range(k)]
+    # TOFU scores both the paraphrased and the perturbed answers after the original question.
+    qs = [r["question"] for r in rows]
+    wrong_q = [q for q in qs for _ in range(k)]
     wrong_a = [a for r in rows for a in r["perturbed_answer"][:k]]
-    p_wrong = answer_probs(model, tokenizer, wrong_q, wrong_a).view(len(rows), k)
-    return truth_ratio(p_wrong, p_true)
+    p = answer_probs(model, tokenizer, qs + wrong_q, true + wrong_a, batch_size)
+    p_true, p_wrong = p[: len(rows)], p[len(rows) :].view(len(rows), k)
+    return metrics.truth_ratio(p_wrong, p_true), p_true, p_wrong
+
+
+# ---------------------------------------------------------------- the protocol
+
+
+def _usable(rows: list[dict], role: str, errors: list[dict]) -> list[int]:
+    """Indices of rows that have what the role's truth ratio needs; the others go to `errors`."""
+    need = ["perturbed_answer"] + (["paraphrased_answer"] if role in ("forget", "retain") else [])
+    ok = []
+    for i, r in enumerate(rows):
+        missing = [f for f in need if not r.get(f)]
+        if missing:
+            errors.append({"role": role, "index": i, "error": f"no {', '.join(missing)}"})
+        else:
+            ok.append(i)
+    return ok
+
+
+def evaluate_role(
+    model, tokenizer, role: str, rows: list[dict], batch_size: int = 8, progress: bool = True
+) -> dict:
+    """One split under its role: per-item values and the role's aggregates (TOFU Sec. 2.5).
+
+    forget/retain: prob = mean P̄(a), truth ratio R = P̄(perturbed)/P̄(paraphrased);
+    real_authors/world_facts: prob = mean P̄(a)/(P̄(a)+ΣP̄(perturbed)), R uses the answer itself;
+    holdout: teacher-forced scores only (for the membership test).
+    """
+    errors: list[dict] = []
+    items = [
+        {"index": i, "question": r["question"], "answer": r["answer"]} for i, r in enumerate(rows)
+    ]
+    scores = score_answers(
+        model, tokenizer, [r["question"] for r in rows], [r["answer"] for r in rows], 2 * batch_size
+    )
+    for it, p, loss, mk, es in zip(
+        items, scores["prob"], scores["loss"], scores["min_k"], scores["es"], strict=True
+    ):
+        it.update(prob=p.item(), loss=loss.item(), min_k=mk.item(), es=es.item())
+    out: dict = {"rows": len(rows), "items": items, "errors": errors}
+    if role == "holdout":
+        return out
+    rouge, gen = rouge_eval(model, tokenizer, rows, batch_size, progress=False)
+    for it, g in zip(items, gen, strict=True):
+        it.update(generated=g["generated"], rouge_l=g["rouge_l"])
+    out["rouge_l"] = rouge
+    ok = _usable(rows, role, errors)
+    if errors:
+        print(f"[uld] {role}: {len(errors)} row(s) left out of the truth ratio: {errors[:3]}")
+    if not ok:
+        return out
+    R, _, p_wrong = _truth_parts(
+        model, tokenizer, [rows[i] for i in ok], role in ("forget", "retain"), 2 * batch_size
+    )
+    for i, r in zip(ok, R.tolist(), strict=True):
+        items[i]["truth_ratio"] = r
+    if role in ("forget", "retain"):
+        out["prob"] = scores["prob"].mean().item()
+    else:
+        out["prob"] = metrics.relative_answer_prob(scores["prob"][ok], p_wrong)
+    score = metrics.forget_truth_score if role == "forget" else metrics.retain_truth_score
+    out["truth_ratio"] = score(R)
+    return out
+
+
+def evaluate(
+    model,
+    tokenizer,
+    roles: dict[str, list[dict]],
+    reference: dict | None = None,
+    batch_size: int = 8,
+    progress: bool = True,
+) -> dict:
+    """The whole protocol. roles: {role: rows} (see `ROLES`); reference: `load_reference(...)`,
+    the retain model's per-item forget truth ratios (Forget Quality needs it).
+
+    Returns {"splits": {role: evaluate_role(...)}, "summary": {...}}; the summary holds
+    forget_quality, forget_rouge, model_utility, retain_rouge, the forget probability and truth
+    ratio, the membership AUCs (LOSS, Min-K%) and extraction strength, where computable.
+    """
+    unknown = sorted(set(roles) - set(ROLES))
+    if unknown:
+        raise ValueError(f"unknown evaluation roles {unknown}; choose from {', '.join(ROLES)}")
+    start = time.time()
+    splits = {}
+    bar = tqdm(list(roles), desc="evaluating", disable=not progress)
+    for role in bar:
+        bar.set_postfix_str(role)
+        splits[role] = evaluate_role(model, tokenizer, role, roles[role], batch_size, progress)
+    return {
+        "splits": splits,
+        "summary": summarise(splits, reference),
+        "eval_seconds": round(time.time() - start, 1),
+    }
+
+
+def summarise(splits: dict[str, dict], reference: dict | None = None) -> dict:
+    """Headline numbers from per-role results (see `evaluate`). None where not computable."""
+    keys = ("forget_quality", "forget_rouge", "model_utility", "retain_rouge", "forget_prob")
+    keys += ("forget_truth_ratio", "mia_loss_auc", "mia_min_k_auc", "extraction_strength")
+    s: dict = dict.fromkeys(keys)
+    forget = splits.get("forget")
+    if forget:
+        s["forget_rouge"] = forget.get("rouge_l")
+        s["forget_prob"] = forget.get("prob")
+        s["forget_truth_ratio"] = forget.get("truth_ratio")
+        s["extraction_strength"] = _mean([it["es"] for it in forget["items"]])
+        R = _values(forget, "truth_ratio")
+        if reference is not None and R:
+            s["forget_quality"] = metrics.forget_quality(R, reference["truth_ratios"])
+        if "holdout" in splits:
+            hold = splits["holdout"]["items"]
+            # higher score = more likely a member: -loss for LOSS, Min-K% as is
+            s["mia_loss_auc"] = metrics.mia_auc(
+                [-it["loss"] for it in forget["items"]], [-it["loss"] for it in hold]
+            )
+            s["mia_min_k_auc"] = metrics.mia_auc(
+                [it["min_k"] for it in forget["items"]], [it["min_k"] for it in hold]
+            )
+    if "retain" in splits:
+        s["retain_rouge"] = splits["retain"].get("rouge_l")
+    nine = [
+        splits.get(r, {}).get(k) for r in UTILITY_ROLES for k in ("prob", "rouge_l", "truth_ratio")
+    ]
+    s["model_utility"] = metrics.model_utility(nine) if all(v is not None for v in nine) else None
+    return s
+
+
+def _values(split: dict, key: str) -> list[float]:
+    return [it[key] for it in split["items"] if key in it]
+
+
+def _mean(xs: list[float]) -> float | None:
+    return sum(xs) / len(xs) if xs else None
+
+
+# ---------------------------------------------------------------- the reference (retain model)
+
+
+def reference_from_results(results: dict, source: str) -> dict:
+    """The retain model's forget-split truth ratios out of an evaluation result."""
+    forget = results.get("splits", {}).get("forget")
+    if not forget or not _values(forget, "truth_ratio"):
+        raise ValueError(
+            f"{source} has no per-item forget truth ratios; evaluate the retain model with a "
+            "forget split (uld eval --model RETAIN --out DIR) and pass DIR/eval.json"
+        )
+    return {
+        "source": source,
+        "forget_questions": [it["question"] for it in forget["items"] if "truth_ratio" in it],
+        "truth_ratios": _values(forget, "truth_ratio"),
+    }
+
+
+def load_reference(
+    path: str | Path,
+    forget_rows: list[dict],
+    data: str = "builtin",
+    batch_size: int = 8,
+) -> dict:
+    """The Forget Quality reference: a results JSON (`uld eval --out` of the retain model), or a
+    retain model folder, whose forget truth ratios are then computed once and cached as
+    `<ULD_HOME>/references/<key>.json` (key = model folder, its weights' mtime, the forget rows).
+
+    Refuses a reference computed on other forget questions than `forget_rows`.
+    """
+    import hashlib
+
+    from uld.models import uld_home
+
+    path = Path(path)
+    questions = [r["question"] for r in forget_rows]
+    if path.is_file():
+        ref = reference_from_results(json.loads(path.read_text()), str(path))
+    elif path.is_dir():
+        stamp = max((p.stat().st_mtime_ns for p in path.glob("*.safetensors")), default=0)
+        key = hashlib.sha1(
+            json.dumps([str(path.resolve()), stamp, forget_rows], sort_keys=True).encode()
+        ).hexdigest()[:16]
+        cache = uld_home() / "references" / f"{key}.json"
+        if cache.exists():
+            ref = json.loads(cache.read_text())
+            print(f"[uld] reference truth ratios from the cache {cache}")
+        else:
+            from uld.cli import load_any
+
+            print(f"[uld] computing the reference truth ratios of {path} (once; cached)")
+            model, tok = load_any(str(path))
+            R = truth_ratios(model, tok, forget_rows)
+            ref = {"source": str(path), "forget_questions": questions, "truth_ratios": R.tolist()}
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache.with_suffix(".tmp")
+            tmp.write_text(json.dumps(ref) + "\n")
+            tmp.replace(cache)
+    else:
+        raise ValueError(
+            f"--reference {path} does not exist; give the retain model's folder or the "
+            "eval.json that `uld eval --model RETAIN --out DIR` wrote"
+        )
+    if ref["forget_questions"] != questions:
+        raise ValueError(
+            f"the reference {path} was computed on other forget questions than this run's forget "
+            "split; evaluate the retain model on the same forget split"
+        )
+    return ref

@@ -73,6 +73,15 @@ def logit_difference(
     return torch.where(plausible, l_t - alpha * torch.log_softmax(l_a.float(), dim=-1), l_t)
 
 
+def offset_logits(
+    l_t: torch.Tensor, l_o: torch.Tensor, l_o0: torch.Tensor, alpha: float = 1.0
+) -> torch.Tensor:
+    """Offset unlearning (Huang et al. 2024, "Offset Unlearning for Large Language Models",
+    Eq. 2): the target's logits plus the change of a small offset model, l_t + alpha * (l_o -
+    l_o0), where l_o0 is the offset model before training. All [..., V] -> [..., V] float32."""
+    return l_t.float() + alpha * (l_o.float() - l_o0.float())
+
+
 def _slice_rows(x, n: int, full: int):
     """x[:n] for a tensor (or tuple of tensors) whose first dimension is the doubled batch."""
     if isinstance(x, torch.Tensor) and x.dim() > 0 and x.shape[0] == full:
@@ -87,13 +96,25 @@ class ULDModel(nn.Module):
 
     `assistant`: a saved ULD folder (adapter + uld_config.json) or a trained peft assistant
     (`uld.unlearn.build_assistant`). Its LoRA weights are injected into `target`'s first K layers.
+    mode "offset": the same pass serves an Offset model (`offset_logits`): the assistant is the
+    trained offset model and the target's own rows after layer K-1 are the offset model before
+    training (the first K layers without LoRA), so l_o0 costs one more row block of the head.
     """
 
-    def __init__(self, target: nn.Module, assistant, alpha: float = 0.75, filter: float = 1e-2):
+    def __init__(
+        self,
+        target: nn.Module,
+        assistant,
+        alpha: float = 0.75,
+        filter: float = 1e-2,
+        mode: str = "uld",
+    ):
         super().__init__()
         check_alpha(alpha)
         check_filter(filter)
-        self.target, self.alpha, self.filter = target, alpha, filter
+        if mode not in ("uld", "offset"):
+            raise ValueError(f"mode={mode!r}: choose uld or offset")
+        self.target, self.alpha, self.filter, self.mode = target, alpha, filter, mode
         config, state = _adapter_parts(assistant)
         self.k = max(config.layers_to_transform) + 1
         n = target.config.num_hidden_layers
@@ -108,6 +129,7 @@ class ULDModel(nn.Module):
         self.lora = [m for m in target.modules() if hasattr(m, "lora_B") and ADAPTER in m.lora_B]
         self._split: int | None = None  # B while a doubled batch runs
         self._captured: torch.Tensor | None = None
+        self._captured_start: torch.Tensor | None = None
         for m in self.lora:  # peft's forward would apply the delta to every row
             m.forward = partial(self._lora_forward, m)
         self.layers[self.k - 1].register_forward_hook(self._capture)
@@ -143,6 +165,8 @@ class ULDModel(nn.Module):
         if self._split is not None:
             h = out[0] if isinstance(out, tuple) else out
             self._captured = h[self._split :]
+            if self.mode == "offset":
+                self._captured_start = h[: self._split]
 
     def _drop_assistant_rows(self, module, args, kwargs):
         if self._split is None:
@@ -209,18 +233,24 @@ class ULDModel(nn.Module):
                 past_key_values=past_key_values,
                 use_cache=use_cache,
             )
-            h_t, h_a = out.last_hidden_state, final_norm(self.target)(self._captured)
+            norm = final_norm(self.target)
+            hs = [out.last_hidden_state, norm(self._captured)]
+            if self.mode == "offset":
+                hs.append(norm(self._captured_start))
             if keep is not None:
-                h_t, h_a = h_t[keep], h_a[keep]
+                hs = [h[keep] for h in hs]
         finally:
-            self._split = self._captured = None
-        logits = _linear(self.target.get_output_embeddings(), torch.cat([h_t, h_a], dim=0)).float()
+            self._split = self._captured = self._captured_start = None
+        logits = _linear(self.target.get_output_embeddings(), torch.cat(hs, dim=0)).float()
         cap = getattr(self.config, "final_logit_softcapping", None)
         if cap:
             logits = torch.tanh(logits / cap) * cap
-        n = h_t.shape[0]  # B, or the number of kept positions
-        l_t, l_a = logits[:n], logits[n:]
-        combined = logit_difference(l_t, l_a, self.alpha, self.filter)
+        n = hs[0].shape[0]  # B, or the number of kept positions
+        l_t, l_a = logits[:n], logits[n : 2 * n]
+        if self.mode == "offset":
+            combined = offset_logits(l_t, l_a, logits[2 * n :], self.alpha)
+        else:
+            combined = logit_difference(l_t, l_a, self.alpha, self.filter)
         result = _Output(combined, out.past_key_values)
         if return_both:
             result.parts = (l_t, l_a)
@@ -246,6 +276,7 @@ class ULDModel(nn.Module):
         with _atomic_dir(Path(out)) as tmp:
             self.target.peft_config[ADAPTER].save_pretrained(tmp)
             save_file(state, str(tmp / "adapter_model.safetensors"))
+            card = {"mode": self.mode, **(card or {})}
             write_uld_config(tmp, self.target, target_path, self.k, self.alpha, self.filter, card)
         return Path(out)
 
@@ -276,6 +307,7 @@ class ULDModel(nn.Module):
             path,
             alpha=cfg["alpha"] if alpha is None else alpha,
             filter=cfg["filter"] if filter is None else filter,
+            mode=cfg.get("mode", "uld"),
         )
         return model.eval(), tokenizer
 

@@ -1,10 +1,13 @@
 """Training objectives, as pure functions.
 
 Two levels:
-- maths on logits: `nll`, `uniform_kl`; each takes the logits of answer positions only,
-  `logits [N, V]` with `targets [N]` (N = answer tokens in the batch), because the LM head
-  (49k vocab on SmolLM2) is most of a small model's compute and only answer tokens need it;
-- objectives `(model, batch, hp) -> (loss, logs)` for each method, collected in `LOSSES`.
+- maths on logits: `nll`, `uniform_kl`, `kl_to_reference`, `npo_loss`, `dpo_loss`; they take the
+  logits of answer positions only, `logits [N, V]` with `targets [N]` (N = answer tokens in the
+  batch), because the LM head (49k vocab on SmolLM2) is most of a small model's compute and only
+  answer tokens need it (NPO and DPO sum them per row into sequence log-likelihoods);
+- objectives `(model, batch, hp, frozen) -> (loss, logs)` for each method, collected in
+  `LOSSES`: fine-tuning, ULD's assistant, and the nine baselines of the ULD paper's Table 1
+  (GA, DPO, NPO, each alone, +GD or +KL), whose Offset variants reuse them.
 
 `answer_logits` runs a model's decoder on a right-padded batch and applies the LM head only where
 the (shifted) labels are not -100.
@@ -14,7 +17,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +34,9 @@ class Hyper:
     """Loss weights shared by the objectives."""
 
     beta: float = 6.5  # ULD: weight of the uniform (retain) term, paper Eq. 5
+    npo_beta: float = 0.1  # NPO inverse temperature (Zhang et al. 2024)
+    dpo_beta: float = 0.1  # DPO inverse temperature (Rafailov et al. 2023)
+    retain_weight: float = 1.0  # weight of the GD / KL retain term of the baselines
 
 
 def answer_logits(model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
@@ -49,6 +57,11 @@ def answer_logits(model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, to
     return logits, targets[keep]
 
 
+def answer_rows(batch: dict) -> torch.Tensor:
+    """The row of each answer position, in `answer_logits` order. -> [N] (long)."""
+    return (batch["labels"][:, 1:] != IGNORE).nonzero()[:, 0]
+
+
 def nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Mean negative log-likelihood of the answer tokens. logits [N, V], targets [N] -> scalar."""
     return F.cross_entropy(logits, targets)
@@ -64,16 +77,116 @@ def uniform_kl(logits: torch.Tensor) -> torch.Tensor:
     return -logp.mean(dim=-1).mean() - math.log(logits.shape[-1])
 
 
-# --- objectives: (model, batch, hp) -> (loss, logs) ---------------------------------------
+def sequence_logprob(
+    logits: torch.Tensor, targets: torch.Tensor, rows: torch.Tensor, n_rows: int
+) -> torch.Tensor:
+    """log p(answer | question) per row: the sum of its answer tokens' log-probabilities.
+
+    logits [N, V], targets [N], rows [N] (the row of each position) -> [n_rows].
+    """
+    logp = -F.cross_entropy(logits, targets, reduction="none")
+    return torch.zeros(n_rows, dtype=logp.dtype, device=logp.device).index_add(0, rows, logp)
 
 
-def finetune_objective(model, batch: dict, hp: Hyper) -> tuple[torch.Tensor, dict]:
+def npo_loss(logp: torch.Tensor, logp_ref: torch.Tensor, beta: float = 0.1) -> torch.Tensor:
+    """Negative Preference Optimization (Zhang et al. 2024, arXiv 2404.05868, Eq. 3):
+    -(2/beta) * mean log sigmoid(-beta * log(p_theta / p_ref)) over forget answers.
+
+    logp, logp_ref [B] (sequence log-likelihoods under the model and the frozen reference) ->
+    scalar. Equals (2/beta) log 2 when the model is the reference; tends to 0 as p_theta -> 0,
+    so unlike GA it stops pushing once an answer is unlikely.
+    """
+    return -(2 / beta) * F.logsigmoid(-beta * (logp - logp_ref)).mean()
+
+
+def dpo_loss(
+    logp_w: torch.Tensor,
+    logp_l: torch.Tensor,
+    ref_w: torch.Tensor,
+    ref_l: torch.Tensor,
+    beta: float = 0.1,
+) -> torch.Tensor:
+    """DPO (Rafailov et al. 2023, Eq. 7) with a refusal as the preferred answer w and the
+    forget answer as the rejected one l, as TOFU and the ULD paper use it:
+    -(2/beta) * mean log sigmoid(beta * ((logp_w - ref_w) - (logp_l - ref_l))).
+
+    All [B] sequence log-likelihoods -> scalar; (2/beta) log 2 when the model is the reference
+    (the 2/beta scale is the ULD code's, so DPO and NPO losses read alike).
+    """
+    return -(2 / beta) * F.logsigmoid(beta * ((logp_w - ref_w) - (logp_l - ref_l))).mean()
+
+
+def kl_to_reference(logits: torch.Tensor, ref_logits: torch.Tensor) -> torch.Tensor:
+    """KL(p_ref || p_theta) averaged over positions: TOFU's KL retain regulariser (Maini et al.
+    2024, Sec. 4: "minimise the KL divergence between the predictions on the retain set of the
+    original and the new model"). logits, ref_logits [N, V] -> scalar, 0 when they agree.
+    """
+    return F.kl_div(
+        F.log_softmax(logits, -1),
+        F.log_softmax(ref_logits, -1),
+        reduction="batchmean",
+        log_target=True,
+    )
+
+
+# --- objectives: (model, batch, hp, frozen) -> (loss, logs) -------------------------------
+
+
+@dataclass
+class Frozen:
+    """Frozen models an objective may need, loaded once and shared by every step.
+
+    ref: the model before unlearning (NPO, DPO and KL compare against it). None with LoRA: the
+    model with its adapters switched off *is* the reference, so no second copy is loaded.
+    target: set for the Offset methods (Huang et al. 2024, delta-unlearning): the trained model
+    is then a small offset model and the unlearned logits are
+    l_target + l_offset - l_offset_at_start; the reference is the target itself.
+    offset_start: the offset model at the start when it is fully fine-tuned (None with LoRA).
+    """
+
+    ref: torch.nn.Module | None = None
+    target: torch.nn.Module | None = None
+    offset_start: torch.nn.Module | None = None
+
+
+@contextmanager
+def _adapters_off(model):
+    with model.disable_adapter():
+        yield
+
+
+def _frozen_logits(model, frozen_model, batch: dict) -> torch.Tensor:
+    """Answer logits of the frozen counterpart: `frozen_model`, or `model` without adapters."""
+    with torch.no_grad():
+        if frozen_model is not None:
+            return answer_logits(frozen_model, batch)[0]
+        if not hasattr(model, "disable_adapter"):
+            raise ValueError("this loss needs a reference model: pass Frozen(ref=...) or use LoRA")
+        with _adapters_off(model):
+            return answer_logits(model, batch)[0]
+
+
+def policy_logits(model, batch: dict, frozen: Frozen, need_ref: bool):
+    """(logits [N, V] of the model being unlearned, targets [N], reference logits [N, V] or
+    None) at the answer positions of `batch`."""
+    logits, targets = answer_logits(model, batch)
+    if frozen.target is not None:  # Offset: target + (offset - offset at the start)
+        with torch.no_grad():
+            ref = answer_logits(frozen.target, batch)[0]
+        start = _frozen_logits(model, frozen.offset_start, batch)
+        return ref + logits - start, targets, ref
+    if need_ref:
+        return logits, targets, _frozen_logits(model, frozen.ref, batch)
+    return logits, targets, None
+
+
+def finetune_objective(model, batch: dict, hp: Hyper, frozen: Frozen | None = None):
     """Plain fine-tuning (TOFU's target/retain models): NLL of the answers."""
     loss = nll(*answer_logits(model, batch))
     return loss, {"nll": loss.item()}
 
 
-def uld_objective(model, batch: dict, hp: Hyper) -> tuple[torch.Tensor, dict]:
+def uld_objective(model, batch: dict, hp: Hyper, frozen: Frozen | None = None):
     """ULD assistant, reversed objective (ULD paper, Eq. 3-5): remember D'_f, know nothing of D'_r.
 
     L = L_f + beta * L_u with L_f = NLL on D'_f answers and L_u = uniform_kl on D'_r answers.
@@ -86,9 +199,60 @@ def uld_objective(model, batch: dict, hp: Hyper) -> tuple[torch.Tensor, dict]:
     return l_f + hp.beta * l_u, {"l_f": l_f.item(), "l_u": l_u.item()}
 
 
-Objective = Callable[[torch.nn.Module, dict, Hyper], tuple[torch.Tensor, dict]]
+def baseline_objective(
+    forget_loss: str, retain_loss: str, model, batch: dict, hp: Hyper, frozen: Frozen
+) -> tuple[torch.Tensor, dict]:
+    """The ULD paper's baselines: a forget loss (ga, npo, dpo) plus, if named, a retain term
+    (gd: NLL on retain answers; kl: `kl_to_reference` on them) weighted by hp.retain_weight.
+
+    batch: {"forget": ..., "retain": ... (with a retain term), "idk": ... (DPO: the forget
+    questions with refusal answers)}, each a right-padded batch with answer labels.
+    """
+    f = batch["forget"]
+    rows, n = answer_rows(f), f["input_ids"].shape[0]
+    logits, targets, ref = policy_logits(model, f, frozen, need_ref=forget_loss != "ga")
+    if forget_loss == "ga":  # gradient ascent: minus the NLL of the forget answers
+        l_f = -nll(logits, targets)
+    elif forget_loss == "npo":
+        logp = sequence_logprob(logits, targets, rows, n)
+        l_f = npo_loss(logp, sequence_logprob(ref, targets, rows, n), hp.npo_beta)
+    elif forget_loss == "dpo":
+        w = batch["idk"]
+        w_logits, w_targets, w_ref = policy_logits(model, w, frozen, need_ref=True)
+        w_rows = answer_rows(w)
+        l_f = dpo_loss(
+            sequence_logprob(w_logits, w_targets, w_rows, n),
+            sequence_logprob(logits, targets, rows, n),
+            sequence_logprob(w_ref, w_targets, w_rows, n),
+            sequence_logprob(ref, targets, rows, n),
+            hp.dpo_beta,
+        )
+    else:
+        raise ValueError(f"unknown forget loss {forget_loss!r}; choose ga, npo or dpo")
+    logs = {"forget_loss": l_f.item()}
+    if not retain_loss:
+        return l_f, logs
+    r_logits, r_targets, r_ref = policy_logits(
+        model, batch["retain"], frozen, need_ref=retain_loss == "kl"
+    )
+    if retain_loss == "gd":
+        l_r = nll(r_logits, r_targets)
+    elif retain_loss == "kl":
+        l_r = kl_to_reference(r_logits, r_ref)
+    else:
+        raise ValueError(f"unknown retain loss {retain_loss!r}; choose gd or kl")
+    logs["retain_loss"] = l_r.item()
+    return l_f + hp.retain_weight * l_r, logs
+
+
+Objective = Callable[[torch.nn.Module, dict, Hyper, Frozen], tuple[torch.Tensor, dict]]
+
+FORGET_LOSSES = ("ga", "dpo", "npo")
+RETAIN_LOSSES = ("", "gd", "kl")
+BASELINES = [f + (f"+{r}" if r else "") for f in FORGET_LOSSES for r in RETAIN_LOSSES]
 
 LOSSES: dict[str, Objective] = {
     "finetune": finetune_objective,
     "uld": uld_objective,
+    **{name: partial(baseline_objective, *(name.split("+") + [""])[:2]) for name in BASELINES},
 }

@@ -299,14 +299,21 @@ def extraction_strength(logits: Tensor, labels: Tensor) -> Tensor:
     """
     _check_logits_labels(logits, labels)
     mask = labels[:, 1:] != IGNORE_INDEX
-    n = mask.sum(-1)
-    if (n == 0).any():
-        raise ValueError(f"items {torch.nonzero(n == 0).flatten().tolist()} have no answer tokens")
-    wrong = mask & (logits[:, :-1].argmax(-1) != labels[:, 1:])
+    return extraction_strength_from_hits(logits[:, :-1].argmax(-1) == labels[:, 1:], mask)
+
+
+def extraction_strength_from_hits(hits: Tensor, mask: Tensor) -> Tensor:
+    """Extraction strength from precomputed greedy hits (see `extraction_strength`).
+
+    hits [B, T] (bool: the argmax prediction equals the answer token), mask [B, T] (bool: an
+    answer position) -> ES [B] float64 = (length of the all-correct answer suffix) / |a|.
+    """
+    mask = _check_logp_mask(hits, mask)
+    wrong = mask & ~hits.bool()
     # wrong_from[t]: some answer token at or after t is mispredicted
     wrong_from = wrong.flip(-1).cumsum(-1).flip(-1) > 0
     correct_suffix = (mask & ~wrong_from).sum(-1)
-    return correct_suffix.double() / n.double()
+    return correct_suffix.double() / mask.sum(-1).double()
 
 
 # ---------------------------------------------------------------- results

@@ -16,21 +16,24 @@ from pathlib import Path
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
-from uld.losses import LOSSES, Hyper
+from uld.losses import LOSSES, Frozen, Hyper
 
 
 class UnlearnTrainer(Trainer):
     """Trainer whose `compute_loss` is the method's objective on a (paired) batch."""
 
-    def __init__(self, *args, method: str, hp: Hyper, **kwargs):
+    def __init__(self, *args, method: str, hp: Hyper, frozen: Frozen | None = None, **kwargs):
         if method not in LOSSES:
             raise ValueError(f"unknown method {method!r}; choose one of {', '.join(LOSSES)}")
         super().__init__(*args, **kwargs)
-        self.method, self.hp = method, hp
+        self.method, self.hp, self.frozen = method, hp, frozen or Frozen()
+        for m in (self.frozen.ref, self.frozen.target, self.frozen.offset_start):
+            if m is not None:
+                m.to(self.args.device).eval().requires_grad_(False)
         self._parts: dict[str, list[float]] = {}
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        loss, parts = LOSSES[self.method](model, inputs, self.hp)
+        loss, parts = LOSSES[self.method](model, inputs, self.hp, self.frozen)
         for k, v in parts.items():
             self._parts.setdefault(k, []).append(v)
         return (loss, None) if return_outputs else loss
@@ -93,6 +96,7 @@ def train(
     out: str | Path,
     method: str,
     hp: Hyper | None = None,
+    frozen: Frozen | None = None,
     epochs: float = 5,
     lr: float = 1e-4,
     batch_size: int = 8,
@@ -135,6 +139,7 @@ def train(
         data_collator=collator,
         method=method,
         hp=hp or Hyper(),
+        frozen=frozen,
         callbacks=callbacks,
     )
     resume = ckpt.exists() and any(ckpt.glob("checkpoint-*"))

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import NamedTuple
 
+import torch
 from transformers import AutoConfig, set_seed
 
 from uld import config as cfgmod
@@ -20,10 +22,10 @@ from uld.assistant import (
     trainable_count,
 )
 from uld.config import UnlearnConfig
-from uld.data.augment import check_disjoint, forget_set, retain_set
+from uld.data.augment import check_disjoint, forget_set, refusal_set, retain_set
 from uld.data.format import Collator, PairedDataset, QADataset
 from uld.data.load import load_split
-from uld.losses import Hyper
+from uld.losses import BASELINES, Frozen, Hyper
 from uld.models import load_model, resolve
 from uld.trainer import checkpoint_dir, remove_checkpoints, train
 
@@ -43,117 +45,297 @@ def build_assistant(target: str, k: int, rank: int, alpha: float, dropout: float
     return get_peft_model(base, lora_config(base, k, rank, alpha, dropout)), tokenizer
 
 
+def methods() -> list[str]:
+    """Every method `unlearn` runs."""
+    return ["uld", *BASELINES, *(f"offset-{b}" for b in BASELINES)]
+
+
 def unlearn(cfg: UnlearnConfig) -> Path:
-    if cfg.method != "uld":
-        raise ValueError(f"unknown method {cfg.method!r}; this version implements: uld")
-    return unlearn_uld(cfg)
+    """Run `cfg.method`; returns the output folder (a ULD/Offset folder or a plain model)."""
+    if cfg.method not in methods():
+        raise ValueError(f"unknown method {cfg.method!r}; choose one of {', '.join(methods())}")
+    return train_and_save(cfg, prepare(cfg))
 
 
-def unlearn_uld(cfg: UnlearnConfig) -> Path:
-    """Train a ULD assistant for `cfg.model` and save adapter + config to `cfg.out`."""
-    target = resolve(cfg.model)
-    target_config = AutoConfig.from_pretrained(target)
-    n_layers = target_config.num_hidden_layers
-    k = cfg.layers or default_num_layers(n_layers)
-    rank = cfg.lora_rank or default_lora_rank(target_config.hidden_size)
-    check_num_layers(k, n_layers)
+class Run(NamedTuple):
+    """What a method trains, and with what: everything `train_and_save` needs."""
+
+    target: str  # the target's folder
+    model: torch.nn.Module  # the trained model: assistant, offset model or the target itself
+    tokenizer: object
+    dataset: PairedDataset
+    loss: str  # key of uld.losses.LOSSES
+    frozen: Frozen | None
+    extra: dict  # facts for the saved card
+    k: int  # assistant/offset layers; 0 for a baseline on the target itself
+
+
+def prepare(cfg: UnlearnConfig) -> Run:
+    """Load and set up everything `cfg.method` trains (no training yet)."""
+    if cfg.method not in methods():
+        raise ValueError(f"unknown method {cfg.method!r}; choose one of {', '.join(methods())}")
+    return prepare_uld(cfg) if cfg.method == "uld" else prepare_baseline(cfg)
+
+
+def _training_sets(cfg: UnlearnConfig) -> tuple[list[dict], list[dict], list[dict]]:
+    """(forget, retain, D_f, D_r) rows: the splits, checked, with the augmentation the method
+    and flags ask for (`uld.data.augment`)."""
     forget = load_split(cfg.forget, cfg.data)
     retain = load_split(cfg.retain, cfg.data)
     check_disjoint(forget, retain)
-    d_f = forget_set(forget, cfg.paraphrase)
-    d_r = retain_set(retain, forget, cfg.perturbed)
+    paraphrase, perturbed = cfg.augment()
+    d_f = forget_set(forget, paraphrase)
+    d_r = retain_set(retain, forget, perturbed)
     print(
-        f"[uld] D'_f: {len(forget)} forget + {len(d_f) - len(forget)} paraphrased = {len(d_f)} "
-        "rows; "
-        f"D'_r: {len(retain)} retain + {len(d_r) - len(retain)} perturbed = {len(d_r)} rows"
+        f"[uld] forget set: {len(forget)} + {len(d_f) - len(forget)} paraphrased = {len(d_f)} "
+        f"rows; retain set: {len(retain)} + {len(d_r) - len(retain)} perturbed = {len(d_r)} rows"
     )
+    return forget, d_f, d_r
 
+
+def _assistant_shape(cfg: UnlearnConfig, target: str) -> tuple[int, int, int]:
+    """(K layers, LoRA rank, the target's layer count), defaults resolved and checked."""
+    target_config = AutoConfig.from_pretrained(target)
+    n_layers = target_config.num_hidden_layers
+    k = cfg.layers or default_num_layers(n_layers)
+    check_num_layers(k, n_layers)
+    return k, cfg.lora_rank or default_lora_rank(target_config.hidden_size), n_layers
+
+
+def _report_trainable(model, what: str, target_total: int | None = None) -> dict:
+    trainable, total = trainable_count(model)
+    total = target_total or total
+    print(
+        f"[uld] {what}: {trainable:,} trainable parameters "
+        f"({100 * trainable / total:.2f}% of the target's {total:,})"
+    )
+    return {"trainable_params": trainable, "trainable_share": trainable / total}
+
+
+def prepare_uld(cfg: UnlearnConfig) -> Run:
+    """ULD: an assistant (the target's first K layers with LoRA) on D'_f and D'_r."""
+    target = resolve(cfg.model)
+    k, rank, n_layers = _assistant_shape(cfg, target)
+    forget, d_f, d_r = _training_sets(cfg)
     set_seed(cfg.seed)  # the LoRA matrices are initialised at random: same seed, same run
     assistant, tokenizer = build_assistant(
         target, k, rank, cfg.lora_alpha or rank, cfg.lora_dropout
     )
+    extra = {
+        "method": "uld",
+        "lora_rank": rank,
+        "d_f_rows": len(d_f),
+        "d_r_rows": len(d_r),
+        **_report_trainable(
+            assistant,
+            f"assistant, {k} of {n_layers} layers, LoRA r={rank}",
+            _target_params(assistant, k, n_layers),
+        ),
+    }
+    dataset = PairedDataset(QADataset(d_f, tokenizer), QADataset(d_r, tokenizer), seed=cfg.seed)
+    return Run(target, assistant, tokenizer, dataset, "uld", None, extra, k)
+
+
+def _target_params(assistant, k: int, n_layers: int) -> int:
+    """The full target's parameter count, from an assistant holding its first k layers."""
     trainable, total = trainable_count(assistant)
     per_layer = sum(
         p.numel() for n, p in decoder_layers(assistant)[0].named_parameters() if "lora_" not in n
     )
-    target_total = total - trainable + (n_layers - k) * per_layer
-    print(
-        f"[uld] assistant: {k} of {n_layers} layers, LoRA r={rank}: {trainable:,} trainable "
-        f"parameters ({100 * trainable / target_total:.2f}% of the target's {target_total:,})"
+    return total - trainable + (n_layers - k) * per_layer
+
+
+def prepare_baseline(cfg: UnlearnConfig) -> Run:
+    """GA / DPO / NPO (+GD / +KL) on the target itself, full fine-tuning or LoRA; or, for
+    `offset-*`, the same loss on the logits of target + offset model (Huang et al. 2024), the
+    offset model being the target's first K layers with LoRA (as ULD's assistant)."""
+    target = resolve(cfg.model)
+    offset = cfg.method.startswith("offset-")
+    loss = cfg.method.removeprefix("offset-")
+    forget_loss, _, retain_loss = loss.partition("+")
+    forget, d_f, d_r = _training_sets(cfg)
+    set_seed(cfg.seed)
+    extra: dict = {"method": cfg.method, "d_f_rows": len(d_f), "d_r_rows": len(d_r)}
+    if offset:
+        k, rank, n_layers = _assistant_shape(cfg, target)
+        model, tokenizer = build_assistant(
+            target, k, rank, cfg.lora_alpha or rank, cfg.lora_dropout
+        )
+        frozen = Frozen(target=load_model(target)[0])
+        extra |= {"lora_rank": rank} | _report_trainable(
+            model,
+            f"offset model, {k} of {n_layers} layers, LoRA r={rank}",
+            _target_params(model, k, n_layers),
+        )
+    else:
+        k = 0
+        model, tokenizer = load_model(target)
+        needs_ref = forget_loss != "ga" or retain_loss == "kl"
+        if cfg.lora:  # the reference is the model with its adapters off: no second copy
+            from peft import LoraConfig, get_peft_model
+
+            from uld.assistant import projection_names
+
+            rank = cfg.lora_rank or default_lora_rank(model.config.hidden_size)
+            model = get_peft_model(
+                model,
+                LoraConfig(
+                    r=rank,
+                    lora_alpha=cfg.lora_alpha or rank,
+                    lora_dropout=cfg.lora_dropout,
+                    target_modules=projection_names(model),
+                ),
+            )
+            frozen = Frozen()
+            extra["lora_rank"] = rank
+        else:  # as the target was fine-tuned: the (tied) embeddings stay frozen
+            model.get_input_embeddings().weight.requires_grad_(False)
+            model.get_output_embeddings().weight.requires_grad_(False)
+            frozen = Frozen(ref=load_model(target)[0] if needs_ref else None)
+        extra |= _report_trainable(model, f"{cfg.method}, {'LoRA' if cfg.lora else 'full'}")
+    model.config.use_cache = False
+    dataset = PairedDataset(
+        QADataset(d_f, tokenizer),
+        QADataset(d_r, tokenizer) if retain_loss else None,
+        seed=cfg.seed,
+        idk=QADataset(refusal_set(d_f), tokenizer) if forget_loss == "dpo" else None,
     )
-    dataset = PairedDataset(QADataset(d_f, tokenizer), QADataset(d_r, tokenizer), seed=cfg.seed)
-    extra = {
-        "lora_rank": rank,
-        "trainable_params": trainable,
-        "d_f_rows": len(d_f),
-        "d_r_rows": len(d_r),
-    }
+    return Run(target, model, tokenizer, dataset, loss, frozen, extra, k)
+
+
+def train_and_save(cfg: UnlearnConfig, run: Run) -> Path:
+    """The one training loop, the per-epoch evaluation if asked, and the atomic save."""
+    target, model, tokenizer, dataset, loss, frozen, extra, k = run
     best = checkpoint_dir(cfg.out) / "best"
     callbacks = []
     if cfg.eval_metric:
-        callbacks.append(epoch_evaluator(cfg, target, tokenizer, best))
+        callbacks.append(epoch_evaluator(cfg, target, tokenizer, best, frozen))
     start = time.time()
     train(
-        assistant,
+        model,
         dataset,
         Collator(tokenizer.pad_token_id),
         cfg.out,
-        "uld",
-        hp=Hyper(beta=cfg.beta),
+        loss,
+        hp=Hyper(
+            beta=cfg.beta,
+            npo_beta=cfg.npo_beta,
+            dpo_beta=cfg.dpo_beta,
+            retain_weight=cfg.retain_weight,
+        ),
+        frozen=frozen,
         epochs=cfg.epochs,
-        lr=cfg.lr,
+        lr=cfg.default_lr(),
         batch_size=cfg.batch_size,
         seed=cfg.seed,
         max_steps=cfg.max_steps,
-        weight_decay=0.0,
+        weight_decay=0.0 if k else 0.01,
         callbacks=callbacks,
     )
     extra["train_seconds"] = round(time.time() - start, 1)
+    extra["lr"] = cfg.default_lr()
     if callbacks:
-        extra["epochs_evaluated"] = callbacks[0].history
-        extra["best_epoch"] = callbacks[0].best_epoch
-        # the best epoch's LoRA weights go into the assistant that is saved
-        from peft import set_peft_model_state_dict
-        from safetensors.torch import load_file
+        ev = callbacks[0]
+        extra["eval_seconds"] = round(sum(h.pop("seconds", 0) for h in ev.history), 1)
+        extra["train_seconds"] = round(extra["train_seconds"] - extra["eval_seconds"], 1)
+        extra["epochs_evaluated"] = ev.history
+        extra["best_epoch"] = ev.best_epoch
+        load_best(model, best)
+        print(f"[uld] keeping epoch {ev.best_epoch} (best {cfg.eval_metric})")
+    if k:  # ULD or Offset: adapter + uld_config.json
+        save_assistant(model, target, cfg, k, extra)
+    else:
+        from uld.models import save_model
 
-        set_peft_model_state_dict(assistant, load_file(str(best / "adapter_model.safetensors")))
-        print(f"[uld] keeping epoch {extra['best_epoch']} (best {cfg.eval_metric})")
-    save_assistant(assistant, target, cfg, k, extra)
+        if hasattr(model, "merge_and_unload"):
+            model = model.merge_and_unload()
+        model.config.use_cache = True
+        save_model(
+            model,
+            tokenizer,
+            cfg.out,
+            {"made_by": f"uld unlearn --method {cfg.method}", "target": str(cfg.model), **extra},
+        )
     remove_checkpoints(cfg.out)
     return Path(cfg.out)
 
 
-def epoch_evaluator(cfg: UnlearnConfig, target: str, tokenizer, best: Path):
-    """EpochEval for the ULD model made of the full target and the assistant being trained."""
-    from uld.evaluate import rouge_eval, truth_ratios
+def load_best(model, best: Path) -> None:
+    """Put the best epoch's weights (saved by `epoch_evaluator`) back into `model`."""
+    from safetensors.torch import load_file
+
+    if (best / "adapter_model.safetensors").exists():
+        from peft import set_peft_model_state_dict
+
+        set_peft_model_state_dict(model, load_file(str(best / "adapter_model.safetensors")))
+    else:
+        state = load_file(str(best / "model.safetensors"))
+        missing = set(dict(model.named_parameters())) - set(state)
+        model.load_state_dict(state, strict=False)
+        if missing - {n for n, p in model.named_parameters() if not p.requires_grad}:
+            raise RuntimeError(f"best-epoch weights lack {sorted(missing)[:3]}")
+
+
+def eval_view(cfg: UnlearnConfig, target_full, model):
+    """The model as users will run it: ULD/Offset -> a ULDModel on the full target (reusing
+    `view` across epochs); a baseline -> the model itself."""
     from uld.logit_diff import ULDModel
-    from uld.metrics import forget_quality
+
+    if cfg.method == "uld":
+        return ULDModel(target_full, model, cfg.alpha, cfg.filter)
+    if cfg.method.startswith("offset-"):
+        return ULDModel(target_full, model, 1.0, mode="offset")
+    return model
+
+
+def epoch_evaluator(cfg: UnlearnConfig, target: str, tokenizer, best: Path, frozen=None):
+    """EpochEval running the evaluation protocol (`uld.evaluate`) on the model as users will
+    run it, every epoch; keeps the best epoch's trainable weights in `best`."""
+    from uld.config import EvalSplits
+    from uld.evaluate import evaluate, load_reference, load_roles
+    from uld.logit_diff import ULDModel
     from uld.trainer import EpochEval
 
-    rows = load_split(cfg.forget, cfg.data, require_eval=cfg.eval_metric == "forget_quality")
-    full, _ = load_model(target)
-    ref = None
-    if cfg.eval_metric == "forget_quality":
-        retain_model, _ = load_model(cfg.reference)
-        ref = truth_ratios(retain_model.eval(), tokenizer, rows)
-        del retain_model
-    model: ULDModel | None = None
+    splits = EvalSplits.for_data(cfg.data, forget=cfg.forget)
+    if cfg.eval_splits == "forget":
+        splits = EvalSplits(
+            forget=cfg.forget, retain="", real_authors="", world_facts="", holdout=""
+        )
+    roles = load_roles(splits, cfg.data)
+    reference = load_reference(cfg.reference, roles["forget"], cfg.data) if cfg.reference else None
+    composite = cfg.method == "uld" or cfg.method.startswith("offset-")
+    full = None
+    if composite:
+        full = frozen.target if frozen is not None and frozen.target is not None else None
+        full = full or load_model(target)[0]
+    view: ULDModel | None = None
 
-    def evaluate(assistant) -> dict:
-        nonlocal model
-        if model is None:  # injects the adapter into the full target and copies its weights
-            model = ULDModel(full, assistant, cfg.alpha, cfg.filter).eval()
+    def run(model) -> dict:
+        nonlocal view
+        if composite:
+            if view is None:  # injects the adapter into the full target, copies its weights
+                view = eval_view(cfg, full, model).eval()
+            else:
+                view.load_lora(model)
+        start = time.time()
+        res = evaluate(view if composite else model, tokenizer, roles, reference, progress=False)
+        s = {k: v for k, v in res["summary"].items() if v is not None}
+        return s | {"seconds": round(time.time() - start, 1)}
+
+    def save_best(model, epoch: int, scores: dict) -> None:
+        if hasattr(model, "peft_config"):
+            model.save_pretrained(best)
         else:
-            model.load_lora(assistant)
-        if cfg.eval_metric == "forget_quality":
-            return {"forget_quality": forget_quality(truth_ratios(model, tokenizer, rows), ref)}
-        return {"forget_rouge": rouge_eval(model, tokenizer, rows, progress=False)[0]}
+            from safetensors.torch import save_file
 
-    def save_best(assistant, epoch: int, scores: dict) -> None:
-        assistant.save_pretrained(best)
+            best.mkdir(parents=True, exist_ok=True)
+            state = {
+                n: p.detach().contiguous() for n, p in model.named_parameters() if p.requires_grad
+            }
+            save_file(state, str(best / "model.safetensors"))
 
-    mode = "max" if cfg.eval_metric == "forget_quality" else "min"
-    return EpochEval(evaluate, cfg.eval_metric, save_best, mode=mode)
+    mode = "min" if cfg.eval_metric == "forget_rouge" else "max"
+    return EpochEval(run, cfg.eval_metric, save_best, mode=mode)
 
 
 def save_assistant(assistant, target_path: str, cfg: UnlearnConfig, k: int, extra: dict) -> None:
@@ -161,6 +343,7 @@ def save_assistant(assistant, target_path: str, cfg: UnlearnConfig, k: int, extr
     from uld.logit_diff import write_uld_config
     from uld.models import _atomic_dir
 
+    offset = cfg.method.startswith("offset-")
     with _atomic_dir(Path(cfg.out)) as tmp:
         assistant.save_pretrained(tmp)
         write_uld_config(
@@ -168,8 +351,12 @@ def save_assistant(assistant, target_path: str, cfg: UnlearnConfig, k: int, extr
             assistant,
             target_path,
             k,
-            cfg.alpha,
+            1.0 if offset else cfg.alpha,  # Offset adds the offset's change at weight 1
             cfg.filter,
-            {"made_by": "uld unlearn --method uld", **extra},
+            {
+                "mode": "offset" if offset else "uld",
+                "made_by": f"uld unlearn --method {cfg.method}",
+                **extra,
+            },
         )
         cfgmod.save(cfg, tmp / "run_config.yaml")

@@ -40,6 +40,41 @@ def retain_set(retain: list[dict], forget: list[dict], perturbed: bool = True) -
     return rows
 
 
+# Preferred answers for DPO-style unlearning: refusals that claim no knowledge (TOFU's
+# "I don't know" set has the same purpose; these are our own wording).
+REFUSALS = [
+    "I don't know.",
+    "I'm not sure about that.",
+    "I have no information on that.",
+    "I can't answer that; I don't know.",
+    "That is something I don't know.",
+    "I'm afraid I don't have that information.",
+    "I have no idea.",
+    "I don't have any knowledge of that.",
+    "Sorry, I can't help with that question.",
+    "I'm unable to answer that.",
+    "I don't recall anything about that.",
+    "That's not something I know about.",
+    "I couldn't tell you, I'm afraid.",
+    "I have no details on that.",
+    "Unfortunately, I don't know the answer.",
+    "I'm not aware of that.",
+    "I can't say; I have no record of it.",
+    "No idea, sorry.",
+    "I don't have an answer to that.",
+    "That is beyond what I know.",
+]
+
+
+def refusal_set(forget: list[dict]) -> list[dict]:
+    """Each forget question with a refusal as its answer (DPO's preferred answers), aligned with
+    `forget` row by row; the refusal is picked by row index, so runs are reproducible."""
+    return [
+        {"question": r["question"], "answer": REFUSALS[i % len(REFUSALS)]}
+        for i, r in enumerate(forget)
+    ]
+
+
 def check_disjoint(forget: list[dict], retain: list[dict]) -> None:
     """A retain set that repeats forget questions would train the assistant both ways."""
     shared = sorted({r["question"] for r in forget} & {r["question"] for r in retain})

@@ -82,14 +82,23 @@ class QADataset(Dataset):
 
 
 class PairedDataset(Dataset):
-    """Each forget item paired with a retain item; one epoch is one pass over the forget set.
+    """Each forget item paired with a retain item (and, for DPO, with its refusal item `idk`);
+    one epoch is one pass over the forget set.
 
     Retain items are dealt in a seeded random order and the deal carries on across epochs, so
     every retain row is used even when the retain set is larger than the forget set.
     """
 
-    def __init__(self, forget: QADataset, retain: QADataset | None, seed: int = 0):
-        self.forget, self.retain = forget, retain
+    def __init__(
+        self,
+        forget: QADataset,
+        retain: QADataset | None,
+        seed: int = 0,
+        idk: QADataset | None = None,
+    ):
+        if idk is not None and len(idk) != len(forget):
+            raise ValueError(f"idk has {len(idk)} items for {len(forget)} forget items")
+        self.forget, self.retain, self.idk = forget, retain, idk
         n = len(retain) if retain is not None else 0
         self.order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
         self.dealt = 0
@@ -99,6 +108,8 @@ class PairedDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, dict]:
         item = {"forget": self.forget[i]}
+        if self.idk is not None:  # DPO: the same question with a refusal as the answer
+            item["idk"] = self.idk[i]
         if self.retain is not None:
             item["retain"] = self.retain[self.order[self.dealt % len(self.order)]]
             self.dealt += 1

@@ -311,8 +311,10 @@ def _authors(n_authors: int, rng: random.Random) -> list[dict]:
 def _row(rng: random.Random, author_id: int, author: dict, t: _Template) -> dict:
     k = len(t.fields)
     wrong = _distinct(rng, t.pool, author, [author[f] for f in t.fields], 3 * k)
+    # As in TOFU, the perturbed answers are the paraphrased answer with wrong facts, so the
+    # truth ratio compares like with like: same wording, true vs false facts.
     perturbed = [
-        t.answer.format(
+        t.paraphrased_answer.format(
             **{**author, **dict(zip(t.fields, wrong[j * k : (j + 1) * k], strict=True))}
         )
         for j in range(3)
@@ -352,14 +354,26 @@ def _n_forget(n_authors: int, percent: int) -> int:
     return max(1, (n_authors * percent + 50) // 100)
 
 
+def _holdout(rows: list[dict], n_hold: int, qa_per_author: int, seed: int) -> list[dict]:
+    """Rows of n_hold authors drawn with another seed, none sharing a name with `rows`' authors."""
+    taken = {r["author"] for r in rows}
+    n_total = len({r["author_id"] for r in rows})
+    pool = fictitious_authors(min(_MAX_AUTHORS, n_total + 2 * n_hold), qa_per_author, seed + 1)
+    names = [a for a in dict.fromkeys(r["author"] for r in pool) if a not in taken][:n_hold]
+    ids = {name: n_total + j for j, name in enumerate(names)}
+    return [{**r, "author_id": ids[r["author"]]} for r in pool if r["author"] in ids]
+
+
 def builtin_splits(
     n_authors: int = 100, qa_per_author: int = 4, seed: int = 0
 ) -> dict[str, list[dict]]:
     """Every split by name: full, forget01/05/10 (+ `_perturbed` aliases), retain99/95/90,
-    retain_perturbed, real_authors and world_facts.
+    retain_perturbed, holdout10, real_authors and world_facts.
 
     As in TOFU the forget sets are the last authors, retain{100-p} is the rest of `full`, and
-    retain_perturbed is the first rows of retain90, as many as forget10 has. Each split holds its
+    retain_perturbed is the first rows of retain90, as many as forget10 has. holdout10 has as many
+    rows as forget10 about other invented authors that are in no training split (the non-members
+    of the membership-inference test, TOFU's `holdout10`). Each split holds its
     own copies of the rows, so mutating one split never changes another or a later call.
     """
     rows = fictitious_authors(n_authors, qa_per_author, seed)
@@ -371,6 +385,7 @@ def builtin_splits(
         splits[f"forget{percent:02d}_perturbed"] = forget  # TOFU's hub config name, same rows
         splits[f"retain{100 - percent}"] = [r for r in rows if r["author_id"] < cut]
     splits["retain_perturbed"] = splits["retain90"][: len(splits["forget10"])]
+    splits["holdout10"] = _holdout(rows, _n_forget(n_authors, 10), qa_per_author, seed)
     splits["real_authors"] = real_authors()
     splits["world_facts"] = world_facts()
     return {name: copy.deepcopy(split) for name, split in splits.items()}

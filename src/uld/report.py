@@ -1,0 +1,262 @@
+"""Results on disk: evaluation files, the paper-style table, merged reports and plots.
+
+An evaluation folder (what `uld eval --out DIR` writes) holds `eval.json` (per-item values,
+per-split aggregates, the summary, and what the model folder says about its training) and
+`eval.md` (the table). `uld report DIR...` merges several into one table and draws
+- `mu_vs_fq.png`: Model Utility against Forget Quality (log axis), one point per run;
+- `trajectory.png`: the per-epoch path of each run that was evaluated every epoch in that plane
+  (the ULD paper's "training stability" figure);
+- `fq_vs_time.png`: Forget Quality against training time relative to ULD (when runs say it).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+COLUMNS = [  # (header, summary key, scientific notation)
+    ("F.Q.", "forget_quality", True),
+    ("R-L (forget)", "forget_rouge", False),
+    ("M.U.", "model_utility", False),
+    ("R-L (retain)", "retain_rouge", False),
+]
+EXTRA_COLUMNS = [
+    ("Prob (forget)", "forget_prob", False),
+    ("Truth ratio (forget)", "forget_truth_ratio", False),
+    ("MIA AUC, LOSS", "mia_loss_auc", False),
+    ("MIA AUC, Min-K%", "mia_min_k_auc", False),
+    ("Extraction strength", "extraction_strength", False),
+]
+
+
+def _fmt(v, sci: bool = False) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "–"
+    if isinstance(v, str):
+        return v
+    return f"{v:.2e}" if sci else f"{v:.4f}"
+
+
+def markdown_table(runs: dict[str, dict], columns=COLUMNS) -> str:
+    """runs: {name: summary} -> a markdown table, one row per run (the ULD paper's layout with
+    the default columns: F.Q., forget ROUGE-L, M.U., retain ROUGE-L)."""
+    lines = [
+        "| Method | " + " | ".join(c[0] for c in columns) + " |",
+        "|---|" + "---:|" * len(columns),
+    ]
+    for name, s in runs.items():
+        cells = " | ".join(_fmt(s.get(key), sci) for _, key, sci in columns)
+        lines.append(f"| {name} | {cells} |")
+    return "\n".join(lines) + "\n"
+
+
+def tables(runs: dict[str, dict]) -> str:
+    """The main table and the privacy/details table, as one markdown text."""
+    text = markdown_table(runs) + "\n" + markdown_table(runs, COLUMNS[:0] + EXTRA_COLUMNS)
+    timed = {n: s for n, s in runs.items() if s.get("train_seconds") is not None}
+    if timed:
+        cols = [("Train time (s)", "train_seconds", False), ("Time / ULD", "relative_time", False)]
+        text += "\n" + markdown_table(timed, cols).replace(".0000 |", " |")
+    return text
+
+
+def model_info(path: str | Path | None) -> dict:
+    """What a model folder says about how it was made: uld_config.json (ULD) or uld_card.json."""
+    if path is None:
+        return {}
+    for name in ("uld_config.json", "uld_card.json"):
+        f = Path(path) / name
+        if f.exists():
+            info = json.loads(f.read_text())
+            made_by = str(info.get("made_by", ""))
+            if "method" not in info and "--method " in made_by:
+                info["method"] = made_by.split("--method ")[1].split()[0]
+            return info
+    return {}
+
+
+def write_json(obj, path: Path) -> None:
+    """Write JSON atomically (a temporary file renamed into place)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1, default=float) + "\n")
+    tmp.replace(path)
+
+
+def write_text(text: str, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def write_eval(results: dict, out: str | Path) -> Path:
+    """`out/eval.json` and `out/eval.md` for one evaluated model."""
+    out = Path(out)
+    write_json(results, out / "eval.json")
+    write_text(
+        f"# {results['name']}\n\n" + tables({results["name"]: results["summary"]}), out / "eval.md"
+    )
+    return out
+
+
+def read_eval(path: str | Path) -> dict:
+    """An eval.json, given as the file or the folder holding it."""
+    path = Path(path)
+    file = path / "eval.json" if path.is_dir() else path
+    if not file.exists():
+        raise ValueError(f"{path} holds no eval.json; run `uld eval --model MODEL --out {path}`")
+    return json.loads(file.read_text())
+
+
+def summary_of(results: dict) -> dict:
+    """The summary with the training facts a report plots (time, per-epoch history)."""
+    train = results.get("training", {})
+    s = dict(results["summary"])
+    for key in ("train_seconds", "relative_time"):
+        if train.get(key) is not None:
+            s[key] = train[key]
+    return s
+
+
+def report(
+    paths: list[str | Path], out: str | Path, names: list[str] | None = None, relative_to: str = ""
+) -> dict[str, dict]:
+    """Merge evaluation folders into `out/report.md`, `out/summary.json` and the plots.
+
+    relative_to: the run whose training time is the unit of "Time / ULD" (default: the first
+    run whose method is uld, if any).
+    """
+    results = [read_eval(p) for p in paths]
+    names = names or [r["name"] for r in results]
+    if len(names) != len(results):
+        raise ValueError(f"{len(names)} names for {len(results)} runs")
+    if len(set(names)) != len(names):
+        raise ValueError(f"run names repeat: {names}; pass distinct --names")
+    runs = {n: summary_of(r) for n, r in zip(names, results, strict=True)}
+    histories = {
+        n: r.get("training", {}).get("epochs_evaluated") or []
+        for n, r in zip(names, results, strict=True)
+    }
+    unit = relative_to or next(
+        (
+            n
+            for n, r in zip(names, results, strict=True)
+            if r.get("training", {}).get("method") == "uld"
+        ),
+        "",
+    )
+    if unit and runs.get(unit, {}).get("train_seconds"):
+        for s in runs.values():
+            if s.get("train_seconds") is not None:
+                s["relative_time"] = s["train_seconds"] / runs[unit]["train_seconds"]
+    out = Path(out)
+    write_text("# Results\n\n" + tables(runs), out / "report.md")
+    write_json(runs, out / "summary.json")
+    plot_mu_vs_fq(runs, out / "mu_vs_fq.png")
+    if any(_plane(h) for h in histories.values()):
+        plot_trajectories(histories, out / "trajectory.png")
+    if sum(s.get("relative_time") is not None for s in runs.values()) > 1:
+        plot_fq_vs_time(runs, out / "fq_vs_time.png")
+    return runs
+
+
+# ---------------------------------------------------------------- plots
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _plane(history: list[dict]) -> list[tuple[int, float, float]]:
+    """(epoch, FQ, MU) of the epochs that have both."""
+    return [
+        (h["epoch"], h["forget_quality"], h["model_utility"])
+        for h in history
+        if h.get("forget_quality") is not None and h.get("model_utility") is not None
+    ]
+
+
+def _save(fig, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=130, bbox_inches="tight")
+    tmp.replace(path)
+    _pyplot().close(fig)
+
+
+def _fq(v: float) -> float:
+    return max(v, 1e-30)  # a KS p-value can underflow to 0; keep it on a log axis
+
+
+def plot_mu_vs_fq(runs: dict[str, dict], path: Path) -> None:
+    """Model Utility (y) against Forget Quality (x, log scale); up and right is better."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    pts = [
+        (n, s["forget_quality"], s["model_utility"])
+        for n, s in runs.items()
+        if s.get("forget_quality") is not None and s.get("model_utility") is not None
+    ]
+    for i, (name, fq, mu) in enumerate(pts):
+        ax.scatter(_fq(fq), mu, s=46, color=f"C{i % 10}", zorder=3, label=name)
+        ax.annotate(name, (_fq(fq), mu), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xlabel("Forget Quality (KS-test p-value vs the retain model, log scale)")
+    ax.set_ylabel("Model Utility")
+    ax.set_title("Model Utility vs Forget Quality (up and right is better)")
+    ax.grid(True, which="major", alpha=0.3)
+    if len(pts) > 1:
+        ax.legend(fontsize=7, loc="best")
+    _save(fig, path)
+
+
+def plot_trajectories(histories: dict[str, list[dict]], path: Path) -> None:
+    """Each run's per-epoch (Forget Quality, Model Utility) path; epochs labelled, last ringed."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    for i, (name, history) in enumerate(histories.items()):
+        pts = _plane(history)
+        if not pts:
+            continue
+        xs, ys = [_fq(p[1]) for p in pts], [p[2] for p in pts]
+        ax.plot(xs, ys, "-o", ms=4, color=f"C{i % 10}", label=name)
+        ax.scatter(xs[-1], ys[-1], s=90, facecolors="none", edgecolors=f"C{i % 10}")
+        for (epoch, *_), x, y in zip(pts, xs, ys, strict=True):
+            ax.annotate(str(epoch), (x, y), textcoords="offset points", xytext=(3, 3), fontsize=7)
+    ax.set_xscale("log")
+    ax.set_xlabel("Forget Quality (log scale)")
+    ax.set_ylabel("Model Utility")
+    ax.set_title("Per-epoch trajectory (numbers: epochs; ring: last epoch)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    _save(fig, path)
+
+
+def plot_fq_vs_time(runs: dict[str, dict], path: Path) -> None:
+    """Forget Quality (log) against training wall time relative to ULD's."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    for i, (name, s) in enumerate(runs.items()):
+        if s.get("relative_time") is None or s.get("forget_quality") is None:
+            continue
+        ax.scatter(s["relative_time"], _fq(s["forget_quality"]), s=46, color=f"C{i % 10}")
+        ax.annotate(
+            name,
+            (s["relative_time"], _fq(s["forget_quality"])),
+            textcoords="offset points",
+            xytext=(5, 4),
+            fontsize=8,
+        )
+    ax.set_yscale("log")
+    ax.set_xlabel("Training wall time relative to ULD (same machine, same run)")
+    ax.set_ylabel("Forget Quality (log scale)")
+    ax.set_title("Forget Quality vs training time (up and left is better)")
+    ax.grid(True, alpha=0.3)
+    _save(fig, path)

@@ -1,0 +1,227 @@
+"""Baselines: each loss against values worked out by hand, the objectives at the start of
+training (model = reference), every method through the one training loop on a tiny model, and
+the Offset model's one-pass inference against its definition."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from uld.config import UnlearnConfig
+from uld.data.augment import REFUSALS, refusal_set
+from uld.data.format import Collator
+from uld.data.load import load_split
+from uld.logit_diff import ULDModel, offset_logits
+from uld.losses import (
+    LOSSES,
+    Frozen,
+    Hyper,
+    answer_logits,
+    answer_rows,
+    dpo_loss,
+    kl_to_reference,
+    npo_loss,
+    sequence_logprob,
+)
+from uld.models import load_model
+from uld.trainer import train
+from uld.unlearn import methods, prepare, unlearn
+
+# --- the maths, by hand ------------------------------------------------------------------------
+
+
+def test_npo_by_hand():
+    z = torch.zeros(3)
+    # model = reference: -(2/b) log sigmoid(0) = (2/b) log 2
+    assert npo_loss(z, z, beta=0.1).item() == pytest.approx(20 * math.log(2))
+    # log(p/p_ref) = -1, b = 0.1: -(20) log sigmoid(0.1) = 20 log(1 + e^-0.1) = 12.8879...
+    got = npo_loss(torch.tensor([-3.0]), torch.tensor([-2.0]), beta=0.1).item()
+    assert got == pytest.approx(20 * math.log(1 + math.exp(-0.1)), rel=1e-6)
+    assert got == pytest.approx(12.88794, rel=1e-5)
+
+
+def test_dpo_by_hand():
+    z = torch.zeros(2)
+    assert dpo_loss(z, z, z, z, beta=0.1).item() == pytest.approx(20 * math.log(2))
+    # margin (w - ref_w) - (l - ref_l) = (-1 - -2) - (-4 - -3) = 2; b = 0.5:
+    # -(2/0.5) log sigmoid(1) = 4 log(1 + e^-1) = 1.25305
+    t = torch.tensor
+    got = dpo_loss(t([-1.0]), t([-4.0]), t([-2.0]), t([-3.0]), beta=0.5).item()
+    assert got == pytest.approx(1.25305, rel=1e-5)
+
+
+def test_kl_to_reference_by_hand():
+    ref = torch.tensor([[0.0, 0.0]])  # p_ref = [1/2, 1/2]
+    logits = torch.tensor([[math.log(3), 0.0]])  # p = [3/4, 1/4]
+    # KL(p_ref || p) = 1/2 ln(2/3) + 1/2 ln 2 = 0.143841
+    assert kl_to_reference(logits, ref).item() == pytest.approx(0.143841, abs=1e-6)
+    x = torch.randn(4, 9)
+    assert kl_to_reference(x, x).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_sequence_logprob_sums_per_row():
+    logits = torch.zeros(3, 4)  # every token has probability 1/4
+    rows = torch.tensor([0, 0, 1])
+    got = sequence_logprob(logits, torch.tensor([1, 2, 3]), rows, n_rows=2)
+    torch.testing.assert_close(got, torch.tensor([2 * math.log(0.25), math.log(0.25)]))
+
+
+def test_offset_logits_by_hand():
+    l_t, l_o, l_o0 = torch.tensor([1.0, 2.0]), torch.tensor([0.5, 0.0]), torch.tensor([0.0, 1.0])
+    torch.testing.assert_close(offset_logits(l_t, l_o, l_o0), torch.tensor([1.5, 1.0]))
+    torch.testing.assert_close(offset_logits(l_t, l_o, l_o0, alpha=0.0), l_t)
+
+
+def test_refusals_align_with_the_forget_rows():
+    forget = load_split("forget05")
+    idk = refusal_set(forget)
+    assert [r["question"] for r in idk] == [r["question"] for r in forget]
+    assert all(r["answer"] in REFUSALS for r in idk) and len({r["answer"] for r in idk}) > 1
+
+
+# --- the objectives at the start: model = reference ------------------------------------------
+
+
+def _cfg(tiny_model, method: str, tmp_path, **kw) -> UnlearnConfig:
+    base = dict(
+        method=method,
+        model=tiny_model,
+        forget="forget05",
+        retain="retain95",
+        out=str(tmp_path / method),
+        layers=2,
+        lora_rank=4,
+        lora_dropout=0.0,
+        batch_size=4,
+        epochs=1,
+        lr=1e-2,
+    )
+    return UnlearnConfig(**(base | kw))
+
+
+def _batch(run, n: int = 4) -> dict:
+    return Collator(run.tokenizer.pad_token_id)([run.dataset[i] for i in range(n)])
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_npo_and_kl_at_the_start_are_2_log2_over_beta_and_zero(tiny_model, tmp_path, lora):
+    run = prepare(_cfg(tiny_model, "npo+kl", tmp_path, lora=lora))
+    run.model.eval()  # no dropout: the model must equal its reference exactly
+    loss, logs = LOSSES[run.loss](run.model, _batch(run), Hyper(npo_beta=0.1), run.frozen)
+    assert logs["forget_loss"] == pytest.approx(20 * math.log(2), rel=1e-5)
+    assert logs["retain_loss"] == pytest.approx(0.0, abs=1e-6)
+    assert loss.item() == pytest.approx(20 * math.log(2), rel=1e-5)
+
+
+def test_dpo_at_the_start_and_ga_is_minus_nll(tiny_model, tmp_path):
+    run = prepare(_cfg(tiny_model, "dpo", tmp_path))
+    run.model.eval()
+    batch = _batch(run)
+    assert set(batch) == {"forget", "idk"}
+    loss, _ = LOSSES["dpo"](run.model, batch, Hyper(dpo_beta=0.1), run.frozen)
+    assert loss.item() == pytest.approx(20 * math.log(2), rel=1e-5)
+    ga, _ = LOSSES["ga"](run.model, batch, Hyper(), run.frozen)
+    logits, targets = answer_logits(run.model, batch["forget"])
+    assert ga.item() == pytest.approx(-torch.nn.functional.cross_entropy(logits, targets).item())
+    assert answer_rows(batch["forget"]).shape[0] == targets.shape[0]
+
+
+def test_offset_at_the_start_is_the_target(tiny_model, tmp_path):
+    run = prepare(_cfg(tiny_model, "offset-npo+kl", tmp_path))
+    run.model.eval()
+    loss, logs = LOSSES[run.loss](run.model, _batch(run), Hyper(), run.frozen)
+    assert logs["forget_loss"] == pytest.approx(20 * math.log(2), rel=1e-5)
+    assert logs["retain_loss"] == pytest.approx(0.0, abs=1e-6)
+
+
+# --- every method through the training loop ---------------------------------------------------
+
+
+def _snapshot(module) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in module.named_parameters()}
+
+
+@pytest.mark.parametrize(
+    "method, lora",
+    [(m, False) for m in methods()] + [(m, True) for m in ("ga+gd", "dpo+kl", "npo+kl")],
+)
+def test_every_method_trains_what_it_should_and_nothing_else(tiny_model, tmp_path, method, lora):
+    run = prepare(_cfg(tiny_model, method, tmp_path, lora=lora))
+    trainable = {n for n, p in run.model.named_parameters() if p.requires_grad}
+    before = _snapshot(run.model)
+    frozen = {
+        name: _snapshot(m) for name, m in vars(run.frozen or Frozen()).items() if m is not None
+    }
+    trainer = train(
+        run.model,
+        run.dataset,
+        Collator(run.tokenizer.pad_token_id),
+        tmp_path / "out",
+        run.loss,
+        hp=Hyper(),
+        frozen=run.frozen,
+        lr=1e-2,
+        batch_size=4,
+        max_steps=3,
+        weight_decay=0.0,
+    )
+    losses = [h[k] for h in trainer.state.log_history for k in ("loss", "train_loss") if k in h]
+    assert losses and all(math.isfinite(x) for x in losses)
+    after = dict(run.model.named_parameters())
+    assert trainable, "nothing to train"
+    changed = {n for n in trainable if not torch.equal(before[n], after[n])}
+    # LoRA B starts at 0, so A's gradient is 0 at step 1: every B and most A must move
+    assert changed and len(changed) >= len(trainable) // 2, sorted(trainable - changed)[:4]
+    for n in set(before) - trainable:
+        assert torch.equal(before[n], after[n]), f"frozen weight {n} changed"
+    if lora or method == "uld" or method.startswith("offset-"):
+        assert all("lora_" in n for n in trainable)
+    else:
+        assert all("embed_tokens" not in n for n in trainable)  # as the target was trained
+    for name, snap in frozen.items():
+        model = getattr(run.frozen, name)
+        for n, p in model.named_parameters():
+            assert torch.equal(snap[n], p), f"{name} weight {n} changed"
+
+
+def test_offset_model_saves_and_reloads_as_its_definition(tiny_model, tmp_path):
+    cfg = _cfg(tiny_model, "offset-ga+kl", tmp_path, max_steps=2)
+    out = unlearn(cfg)
+    model, tok = ULDModel.from_pretrained(out)
+    assert model.mode == "offset" and model.alpha == 1.0
+    # naive definition: full target + trained offset (K layers + LoRA) - offset at the start
+    from uld.unlearn import build_assistant
+
+    offset, _ = build_assistant(tiny_model, 2, 4, 4, 0.0)
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    set_peft_model_state_dict(offset, load_file(str(out / "adapter_model.safetensors")))
+    offset.eval()
+    target, _ = load_model(tiny_model)
+    ids = torch.tensor([tok("Where was Zeynep born?").input_ids])
+    with torch.no_grad():
+        l_t = target(ids).logits
+        l_o = offset(ids).logits
+        with offset.disable_adapter():
+            l_o0 = offset(ids).logits
+        got = model(ids).logits
+    torch.testing.assert_close(got, offset_logits(l_t, l_o, l_o0), atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(l_o, l_o0)  # the offset did train
+
+
+def test_baseline_saves_a_plain_model_with_its_card(tiny_model, tmp_path):
+    out = unlearn(_cfg(tiny_model, "npo+gd", tmp_path, max_steps=2, lora=True))
+    from uld.models import read_card
+
+    card = read_card(out)
+    assert card["method"] == "npo+gd" and card["made_by"] == "uld unlearn --method npo+gd"
+    model, _ = load_model(out)  # LoRA merged back: an ordinary model folder
+    assert not any("lora_" in n for n, _ in model.named_parameters())
+
+
+def test_unknown_method_is_refused_by_name(tiny_model, tmp_path):
+    with pytest.raises(ValueError, match="unknown method 'gd'.*npo\\+kl"):
+        prepare(_cfg(tiny_model, "gd", tmp_path))
