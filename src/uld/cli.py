@@ -7,6 +7,7 @@
     uld chat --model DIR                  an interactive session
     uld eval --model DIR --reference RETAIN --out EVAL_DIR   the TOFU protocol, table in EVAL_DIR
     uld report EVAL_DIR... --out DIR      merge evaluations: one table, plots
+    uld compare --config configs/compare.yaml   every method side by side (resumable)
     uld demo                              the whole main job on the embedded default model
 
 Errors in the input end the command with a one-line message and exit status 2.
@@ -152,6 +153,12 @@ def cmd_report(args) -> None:
     print(f"[uld] wrote {args.out}/report.md, summary.json and the plots")
 
 
+def cmd_compare(args) -> None:
+    from uld.compare import compare
+
+    compare(args.config, args.only.split(",") if args.only else None)
+
+
 def cmd_demo(args) -> None:
     from uld.demo import run_demo
 
@@ -232,6 +239,11 @@ def parser() -> argparse.ArgumentParser:
     rep.add_argument("--names", default="", help="comma-separated names for the runs")
     rep.add_argument("--relative-to", default="", help="the run whose training time is 1")
     rep.set_defaults(func=cmd_report)
+
+    cmp = sub.add_parser("compare", help="run, evaluate and tabulate several methods")
+    cmp.add_argument("--config", required=True, help="the comparison's YAML file")
+    cmp.add_argument("--only", default="", help="comma-separated run names (default: all)")
+    cmp.set_defaults(func=cmd_compare)
 
     demo = sub.add_parser("demo", help="the main job on the embedded default model")
     demo.add_argument("--workdir", default="runs/demo")

@@ -359,6 +359,8 @@ def load_reference(
 
     path = Path(path)
     questions = [r["question"] for r in forget_rows]
+    if path.is_dir() and (path / "eval.json").exists():  # a `uld eval --out` folder
+        path = path / "eval.json"
     if path.is_file():
         ref = reference_from_results(json.loads(path.read_text()), str(path))
     elif path.is_dir():

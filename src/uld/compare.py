@@ -1,0 +1,121 @@
+"""`uld compare`: every method on the same target, forget and retain data, evaluated alike.
+
+A YAML file says what to run:
+
+    target: runs/demo/target          # the model to unlearn
+    reference: runs/demo/retain90     # the retain model: Forget Quality's reference
+    out: runs/compare
+    common: {forget: forget10, retain: retain90, epochs: 5}   # UnlearnConfig fields for all
+    models: {retain: runs/demo/retain90}    # extra rows evaluated as they are (target is one)
+    runs:                             # name -> UnlearnConfig fields (method defaults to name)
+      uld: {config: configs/uld_smollm2.yaml}
+      npo+kl: {lr: 5.0e-5}
+      uld-no-paraphrase: {method: uld, config: configs/uld_smollm2.yaml, paraphrase: false}
+
+Each run trains into `<out>/<name>/model` and is evaluated into `<out>/<name>/eval`; a run whose
+evaluation exists is skipped, so an interrupted comparison continues where it stopped (also in a
+later session). The merged table and plots go to `<out>/report` (`uld.report.report`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+
+import yaml
+
+from uld.config import EvalSplits, UnlearnConfig
+
+KNOWN = {"target", "reference", "out", "common", "models", "runs", "eval", "data"}
+
+
+def load_plan(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise ValueError(f"comparison file {path} does not exist")
+    plan = yaml.safe_load(path.read_text()) or {}
+    unknown = sorted(set(plan) - KNOWN)
+    if unknown:
+        raise ValueError(f"{path}: unknown keys {unknown}; known keys are {sorted(KNOWN)}")
+    for key in ("target", "out", "runs"):
+        if not plan.get(key):
+            raise ValueError(f"{path}: '{key}' is required")
+    return plan
+
+
+def run_config(plan: dict, name: str, out: Path) -> UnlearnConfig:
+    """The UnlearnConfig of one run: defaults < common < its `config:` file < its own fields."""
+    spec = dict(plan["runs"][name] or {})
+    values: dict = dict(plan.get("common") or {})
+    if spec.get("config"):
+        values |= yaml.safe_load(Path(spec.pop("config")).read_text()) or {}
+    values |= spec
+    values.setdefault("method", name)
+    values |= {"model": str(plan["target"]), "out": str(out), "data": plan.get("data", "builtin")}
+    known = {f.name for f in dataclasses.fields(UnlearnConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"run {name!r}: unknown settings {unknown}; known: {sorted(known)}")
+    cfg = UnlearnConfig(**values)
+    if cfg.eval_metric and not cfg.reference and plan.get("reference"):
+        cfg.reference = str(plan["reference"])
+    cfg.validate()
+    return cfg
+
+
+def compare(path: str | Path, only: list[str] | None = None) -> dict:
+    """Run, evaluate and report every run of the plan at `path` (see the module docstring)."""
+    from uld.cli import load_any
+    from uld.evaluate import evaluate, load_reference, load_roles
+    from uld.report import model_info, report, write_eval
+    from uld.unlearn import unlearn
+
+    plan = load_plan(path)
+    out = Path(plan["out"])
+    names = only or list(plan["runs"])
+    missing = sorted(set(names) - set(plan["runs"]))
+    if missing:
+        raise ValueError(f"no runs named {missing} in {path}; it has {list(plan['runs'])}")
+    configs = {n: run_config(plan, n, out / n / "model") for n in names}  # all checked first
+    data = plan.get("data", "builtin")
+    forget = (plan.get("common") or {}).get("forget", "forget10")
+    splits = EvalSplits.for_data(data, forget)
+    for role, split in (plan.get("eval") or {}).items():
+        setattr(splits, role, split)
+    roles = load_roles(splits, data)
+    reference = None
+    if plan.get("reference"):
+        reference = load_reference(plan["reference"], roles["forget"], data)
+
+    def evaluated(name: str, model_path: Path | str, kind: str) -> Path:
+        folder = out / name / "eval"
+        if (folder / "eval.json").exists():
+            print(f"[compare] {name}: evaluated already ({folder})")
+            return folder
+        model, tok = load_any(str(model_path))
+        print(f"[compare] evaluating {name}")
+        res = {"name": name, "model": str(model_path), "kind": kind, "data": data}
+        res["training"] = model_info(model_path)
+        res |= evaluate(model, tok, roles, reference)
+        write_eval(res, folder)
+        del model
+        return folder
+
+    folders = [evaluated("target", plan["target"], "plain")]
+    for name, model_path in (plan.get("models") or {}).items():
+        folders.append(evaluated(name, model_path, "plain"))
+    for name, cfg in configs.items():
+        model_dir = Path(cfg.out)
+        if not model_dir.exists() and not (out / name / "eval" / "eval.json").exists():
+            start = time.time()
+            print(f"[compare] training {name} ({cfg.method})")
+            unlearn(cfg)
+            print(f"[compare] {name}: trained in {time.time() - start:.0f} s")
+        kind = "uld" if cfg.method == "uld" or cfg.method.startswith("offset-") else "plain"
+        folders.append(evaluated(name, model_dir, kind))
+    # the report covers every run of the plan evaluated so far, in the plan's order
+    done = [out / n / "eval" for n in plan["runs"] if (out / n / "eval" / "eval.json").exists()]
+    runs = report(folders[: 1 + len(plan.get("models") or {})] + done, out / "report")
+    print(f"[compare] wrote {out / 'report'}/report.md and the plots")
+    return runs

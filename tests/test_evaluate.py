@@ -1,0 +1,166 @@
+"""The evaluation protocol on tiny models: per-role aggregates recomputed from per-item values,
+the teacher-forced scores against a full forward, Forget Quality of a model against itself,
+the reference cache, failed rows reported, ULD/plain parity, and the report's table and plots."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from uld import metrics
+from uld.config import EvalSplits
+from uld.evaluate import evaluate, load_reference, load_roles, score_answers
+from uld.models import load_model
+from uld.report import markdown_table, report, write_eval
+
+
+@pytest.fixture(scope="module")
+def roles():
+    splits = EvalSplits(forget="forget01", retain="retain_perturbed", holdout="holdout10")
+    r = load_roles(splits)
+    # keep it small: 4 rows per role
+    return {k: v[:4] for k, v in r.items()}
+
+
+@pytest.fixture(scope="module")
+def model(tiny_model):
+    m, tok = load_model(tiny_model)
+    return m.eval(), tok
+
+
+def test_score_answers_matches_a_full_forward(model):
+    m, tok = model
+    from uld.data.format import encode_qa, pad
+
+    qs, ans = ["Who is she?", "Where?"], ["A writer of many books.", "Paris."]
+    got = score_answers(m, tok, qs, ans, batch_size=1)
+    batch = pad([encode_qa(tok, q, a) for q, a in zip(qs, ans, strict=True)], tok.pad_token_id)
+    with torch.no_grad():
+        logits = m(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    logp, n = metrics.answer_logprobs(logits, batch["labels"])
+    torch.testing.assert_close(got["prob"], metrics.normalised_prob(logp, n), rtol=1e-4, atol=0)
+    torch.testing.assert_close(got["n"], n)
+    es = metrics.extraction_strength(logits, batch["labels"])
+    torch.testing.assert_close(got["es"], es)
+
+
+def test_protocol_aggregates_follow_the_tofu_definitions(model, roles):
+    m, tok = model
+    res = evaluate(m, tok, roles, progress=False)
+    s, sp = res["summary"], res["splits"]
+    f_items = sp["forget"]["items"]
+    R = torch.tensor([it["truth_ratio"] for it in f_items], dtype=torch.float64)
+    assert sp["forget"]["truth_ratio"] == pytest.approx(torch.minimum(R, 1 / R).mean().item())
+    assert sp["forget"]["prob"] == pytest.approx(sum(it["prob"] for it in f_items) / 4)
+    R_r = torch.tensor([it["truth_ratio"] for it in sp["retain"]["items"]], dtype=torch.float64)
+    assert sp["retain"]["truth_ratio"] == pytest.approx((1 - R_r).clamp(min=0).mean().item())
+    nine = [
+        sp[r][k]
+        for r in ("retain", "real_authors", "world_facts")
+        for k in ("prob", "rouge_l", "truth_ratio")
+    ]
+    assert s["model_utility"] == pytest.approx(metrics.model_utility(nine))
+    assert s["forget_rouge"] == sp["forget"]["rouge_l"]
+    for key in ("mia_loss_auc", "mia_min_k_auc", "extraction_strength"):
+        assert 0 <= s[key] <= 1
+    assert s["forget_quality"] is None  # no reference
+    # real authors / world facts: probability relative to the perturbed options, in (0, 1)
+    assert 0 < sp["real_authors"]["prob"] < 1
+
+
+def test_forget_quality_of_a_model_against_itself_is_one(model, roles, tiny_model, tmp_path):
+    m, tok = model
+    res = evaluate(m, tok, {"forget": roles["forget"]}, progress=False)
+    write_eval(res | {"name": "x"}, tmp_path / "ev")
+    ref = load_reference(tmp_path / "ev" / "eval.json", roles["forget"])
+    again = evaluate(m, tok, {"forget": roles["forget"]}, reference=ref, progress=False)
+    assert again["summary"]["forget_quality"] == 1.0
+
+
+def test_reference_from_a_model_folder_is_cached(tiny_model, roles, tmp_path, monkeypatch):
+    monkeypatch.setenv("ULD_HOME", str(tmp_path / "home"))
+    ref = load_reference(tiny_model, roles["forget"])
+    cached = list((tmp_path / "home" / "references").glob("*.json"))
+    assert len(cached) == 1 and len(ref["truth_ratios"]) == 4
+    planted = json.loads(cached[0].read_text()) | {"truth_ratios": [7.0, 7.0, 7.0, 7.0]}
+    cached[0].write_text(json.dumps(planted))
+    # read back from the cache, not recomputed
+    assert load_reference(tiny_model, roles["forget"])["truth_ratios"] == [7.0] * 4
+
+
+def test_reference_must_match_the_forget_questions(model, roles, tmp_path):
+    m, tok = model
+    res = evaluate(m, tok, {"forget": roles["forget"]}, progress=False)
+    write_eval(res | {"name": "x"}, tmp_path / "ev")
+    with pytest.raises(ValueError, match="other forget questions"):
+        load_reference(tmp_path / "ev", roles["forget"][:3])
+    with pytest.raises(ValueError, match="does not exist"):
+        load_reference(tmp_path / "nowhere", roles["forget"])
+
+
+def test_rows_without_perturbed_answers_are_reported_not_fatal(model, roles):
+    m, tok = model
+    rows = [dict(r) for r in roles["world_facts"]]
+    del rows[1]["perturbed_answer"]
+    res = evaluate(m, tok, {"world_facts": rows}, progress=False)
+    wf = res["splits"]["world_facts"]
+    assert wf["errors"] == [{"role": "world_facts", "index": 1, "error": "no perturbed_answer"}]
+    assert "truth_ratio" not in wf["items"][1] and "rouge_l" in wf["items"][1]
+    assert math.isfinite(wf["truth_ratio"])
+
+
+def test_uld_model_with_alpha_zero_scores_like_its_target(tiny_model, roles):
+    from uld.logit_diff import ULDModel
+    from uld.unlearn import build_assistant
+
+    target, tok = load_model(tiny_model)
+    assistant, _ = build_assistant(tiny_model, 2, 4, 4, 0.0)
+    uld = ULDModel(load_model(tiny_model)[0], assistant, alpha=0.0).eval()
+    a = evaluate(target.eval(), tok, {"forget": roles["forget"]}, progress=False)
+    b = evaluate(uld, tok, {"forget": roles["forget"]}, progress=False)
+    for x, y in zip(a["splits"]["forget"]["items"], b["splits"]["forget"]["items"], strict=True):
+        assert x["generated"] == y["generated"]
+        assert x["prob"] == pytest.approx(y["prob"], rel=1e-4)
+
+
+def test_markdown_table_has_the_papers_layout():
+    runs = {"target": {"forget_quality": 1.2e-7, "forget_rouge": 0.85, "model_utility": 0.5}}
+    table = markdown_table(runs)
+    assert table.splitlines()[0] == "| Method | F.Q. | R-L (forget) | M.U. | R-L (retain) |"
+    assert "| target | 1.20e-07 | 0.8500 | 0.5000 | – |" in table
+
+
+def test_report_merges_runs_and_draws_the_plots(tmp_path):
+    def fake(name, fq, mu, method=None, seconds=None, history=None):
+        s = dict.fromkeys(["forget_rouge", "retain_rouge"], 0.5)
+        s |= {"forget_quality": fq, "model_utility": mu}
+        training = {"method": method, "train_seconds": seconds, "epochs_evaluated": history or []}
+        write_eval({"name": name, "summary": s, "training": training}, tmp_path / name)
+        return tmp_path / name
+
+    hist = [
+        {"epoch": e, "forget_quality": 10.0 ** -(5 - e), "model_utility": 0.5 - 0.01 * e}
+        for e in (1, 2, 3)
+    ]
+    runs = [
+        fake("target", 1e-9, 0.52),
+        fake("uld", 0.3, 0.51, "uld", 100.0, hist),
+        fake("npo+kl", 1e-3, 0.45, "npo+kl", 650.0, hist[:2]),
+        fake("ga", 0.0, 0.0, "ga", 200.0),
+    ]
+    merged = report(runs, tmp_path / "rep")
+    assert merged["npo+kl"]["relative_time"] == pytest.approx(6.5)
+    assert merged["uld"]["relative_time"] == 1.0
+    text = (tmp_path / "rep" / "report.md").read_text()
+    assert "| npo+kl | 1.00e-03 |" in text and "Time / ULD" in text
+    for png in ("mu_vs_fq.png", "trajectory.png", "fq_vs_time.png"):
+        data = (tmp_path / "rep" / png).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+    assert json.loads((tmp_path / "rep" / "summary.json").read_text())["ga"]["model_utility"] == 0
+    with pytest.raises(ValueError, match="repeat"):
+        report(runs[:2], tmp_path / "rep2", names=["a", "a"])
+    with pytest.raises(ValueError, match="no eval.json"):
+        report([tmp_path / "missing"], tmp_path / "rep3")
