@@ -3,8 +3,10 @@
 1. fine-tune SmolLM2-135M-Instruct on the built-in benchmark's `full` split -> the target;
 2. fine-tune it on `retain90` -> the retain model (the reference for Forget Quality);
 3. unlearn `forget10` from the target with ULD (retain set `retain90`);
-4. greedy answers of every model on forget10 and on the retain evaluation split, ROUGE-L recall,
-   and a few before/after answers.
+4. the TOFU evaluation protocol on the target, the retain model and the ULD model (Forget
+   Quality against the retain model, Model Utility, ROUGE-L, ...): the paper-style table in
+   `<workdir>/report/report.md`, the Model Utility vs Forget Quality plot, a few before/after
+   answers.
 
 Finished models are reused: rerunning skips what is done (a step interrupted mid-way resumes from
 its last checkpoint). Results go to `<workdir>/demo_results.json`.
@@ -46,9 +48,10 @@ def uld_config(target: Path, out: Path) -> UnlearnConfig:
 
 def run_demo(workdir: str | Path = "runs/demo", fresh: bool = False) -> dict:
     from uld.cli import load_any
-    from uld.data.load import load_split
-    from uld.evaluate import rouge_eval
+    from uld.config import EvalSplits
+    from uld.evaluate import evaluate, load_reference, load_roles
     from uld.finetune import finetune
+    from uld.report import model_info, read_eval, report, tables, write_eval
     from uld.unlearn import unlearn
 
     work = Path(workdir)
@@ -91,34 +94,32 @@ def run_demo(workdir: str | Path = "runs/demo", fresh: bool = False) -> dict:
         lambda: unlearn(uld_config(target, uld_out)),
     )
 
-    splits = {"forget10": load_split("forget10"), "retain": load_split("retain_perturbed")}
-    results: dict[str, dict] = {}
-    examples: dict[str, dict] = {}
-    for name, path in [("base", None), ("target", target), ("retain", retain), ("uld", uld_out)]:
-        model, tok = load_any(str(path) if path else None)
-        start = time.time()
-        results[name] = {}
-        for split, rows in splits.items():
-            if name == "base" and split != "forget10":
-                continue
-            score, items = rouge_eval(model, tok, rows)
-            results[name][split] = round(score, 4)
-            examples.setdefault(split, {})[name] = [it["generated"] for it in items[:3]]
-        timings[f"eval {name}"] = round(time.time() - start, 1)
-        del model
-
-    print("\nForget-set and retain-set ROUGE-L recall (greedy answers):")
-    print(f"{'model':<8} {'forget10':>9} {'retain':>8}")
-    for name, r in results.items():
-        print(f"{name:<8} {r['forget10']:>9.3f} {r.get('retain', float('nan')):>8.3f}")
-    for split, rows in splits.items():
-        print(f"\n{split}: before (target) and after (ULD)")
-        for i, row in enumerate(rows[:3]):
-            print(f"  Q: {row['question']}\n     truth : {row['answer']}")
-            for name in ("target", "uld"):
-                print(f"     {name:<6}: {examples[split][name][i]}")
-    summary = {"rouge_l": results, "seconds": timings, "examples": examples}
+    # the TOFU protocol on every model; the retain model is its own reference (F.Q. = 1)
+    roles = load_roles(EvalSplits())
+    reference = load_reference(retain, roles["forget"])
+    folders = []
+    for name, path in [("target", target), ("retain", retain), ("uld", uld_out)]:
+        folder = work / "eval" / name
+        if not (folder / "eval.json").exists() or fresh:
+            model, tok = load_any(str(path))
+            start = time.time()
+            res = {"name": name, "model": str(path), "training": model_info(path)}
+            write_eval(res | evaluate(model, tok, roles, reference), folder)
+            timings[f"eval {name}"] = round(time.time() - start, 1)
+            del model
+        folders.append(folder)
+    runs = report(folders, work / "report")
+    print("\n" + tables(runs))
+    examples = {}
+    for name, folder in zip(("target", "uld"), folders[::2], strict=True):
+        items = read_eval(folder)["splits"]["forget"]["items"][:3]
+        examples[name] = [(it["question"], it["answer"], it["generated"]) for it in items]
+    print("forget10: before (target) and after (ULD)")
+    for (q, a, before), (_, _, after) in zip(examples["target"], examples["uld"], strict=True):
+        print(f"  Q: {q}\n     truth : {a}\n     target: {before}\n     uld   : {after}")
+    summary = {"summary": runs, "seconds": timings, "examples": examples}
     work.mkdir(parents=True, exist_ok=True)
     (work / "demo_results.json").write_text(json.dumps(summary, indent=1) + "\n")
-    print(f"\n[demo] timings (s): {timings}\n[demo] wrote {work / 'demo_results.json'}")
+    print(f"\n[demo] timings (s): {timings}")
+    print(f"[demo] wrote {work / 'demo_results.json'}, the table and plots in {work / 'report'}")
     return summary

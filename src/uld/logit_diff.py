@@ -19,6 +19,7 @@ little more than the target alone.
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import os
@@ -212,7 +213,7 @@ class ULDModel(nn.Module):
         positions (evaluation needs answer positions only; the head is most of the cost).
         Returns an object with `.logits` and `.past_key_values` like an HF output.
         """
-        if self.alpha == 0 and not return_both and keep is None:
+        if self.alpha == 0 and not return_both:  # the target alone, bit for bit
             with self.target_only():
                 out = self.target(
                     input_ids=input_ids,
@@ -221,7 +222,8 @@ class ULDModel(nn.Module):
                     past_key_values=past_key_values,
                     use_cache=use_cache,
                 )
-            return _Output(out.logits.float(), out.past_key_values)
+            logits = out.logits.float()
+            return _Output(logits if keep is None else logits[keep], out.past_key_values)
         B = input_ids.shape[0]
         double = lambda x: None if x is None else torch.cat([x, x], dim=0)  # noqa: E731
         self._split = B
@@ -390,6 +392,12 @@ def _peft_key_to_module_key(key: str) -> str:
 # --- decoding ---------------------------------------------------------------------------------
 
 
+def _last_column(ids: torch.Tensor) -> torch.Tensor:
+    keep = torch.zeros_like(ids, dtype=torch.bool)
+    keep[:, -1] = True
+    return keep
+
+
 def decode(
     model,
     input_ids: torch.Tensor,
@@ -433,6 +441,14 @@ def decode(
     sequences, mask = input_ids, attention_mask
     done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
     step_ids = input_ids
+    # Only the last position's logits are needed: on the prompt (prefill) that saves the LM head
+    # on every other position, which on a small model is a large part of the pass.
+    if isinstance(model, ULDModel):
+        last = lambda ids: {"keep": _last_column(ids)}  # noqa: E731
+    elif "logits_to_keep" in inspect.signature(base_lm(model).forward).parameters:
+        last = lambda ids: {"logits_to_keep": 1}  # noqa: E731
+    else:
+        last = lambda ids: {}  # noqa: E731
     for _ in range(max_new_tokens):
         position_ids = (mask.cumsum(-1) - 1).clamp(min=0)[:, -step_ids.shape[1] :]
         out = model(
@@ -441,8 +457,10 @@ def decode(
             position_ids=position_ids,
             past_key_values=cache,
             use_cache=True,
+            **last(step_ids),
         )
-        scores = processors(sequences, out.logits[:, -1, :].float())
+        logits = out.logits if out.logits.dim() == 2 else out.logits[:, -1, :]
+        scores = processors(sequences, logits.float())
         if do_sample:
             probs = torch.softmax(scores, dim=-1)
             nxt = torch.multinomial(probs, 1, generator=generator).squeeze(1)
