@@ -145,7 +145,8 @@ def _snapshot(module) -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize(
     "method, lora",
-    [(m, False) for m in methods()] + [(m, True) for m in ("ga+gd", "dpo+kl", "npo+kl")],
+    [(m, False) for m in methods() if not m.startswith("uoe+")]
+    + [(m, True) for m in ("ga+gd", "dpo+kl", "npo+kl")],
 )
 def test_every_method_trains_what_it_should_and_nothing_else(tiny_model, tmp_path, method, lora):
     run = prepare(_cfg(tiny_model, method, tmp_path, lora=lora))
@@ -225,3 +226,93 @@ def test_baseline_saves_a_plain_model_with_its_card(tiny_model, tmp_path):
 def test_unknown_method_is_refused_by_name(tiny_model, tmp_path):
     with pytest.raises(ValueError, match="unknown method 'gd'.*npo\\+kl"):
         prepare(_cfg(tiny_model, "gd", tmp_path))
+
+
+# --- UOE on a tiny Mixtral: the method end to end -------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_moe(tiny_model, tmp_path_factory) -> str:
+    import transformers as tf
+
+    tok = tf.AutoTokenizer.from_pretrained(tiny_model)
+    torch.manual_seed(0)
+    config = tf.MixtralConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        num_local_experts=4,
+        num_experts_per_tok=2,
+        max_position_embeddings=256,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        tie_word_embeddings=True,
+    )
+    model = tf.MixtralForCausalLM(config)
+    path = tmp_path_factory.mktemp("moe") / "tiny-mixtral"
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return str(path)
+
+
+@pytest.mark.parametrize("method", ["uoe+ga", "uoe+npo+kl"])
+def test_uoe_trains_one_expert_and_its_router_only(tiny_moe, tmp_path, method):
+    from uld.moe import moe_layer
+
+    run = prepare(_cfg(tiny_moe, method, tmp_path))
+    ((layer, expert),) = run.extra["experts"]
+    assert (run.extra["anchor_layer"], run.extra["anchor_expert"]) == (layer, expert)
+    before = _snapshot(run.model)
+    train(
+        run.model,
+        run.dataset,
+        Collator(run.tokenizer.pad_token_id),
+        tmp_path / "o",
+        run.loss,
+        hp=Hyper(anchor_layer=layer, anchor_expert=expert),
+        frozen=run.frozen,
+        lr=1e-2,
+        batch_size=4,
+        max_steps=3,
+    )  # weight decay 0.01, as every method trains
+    run.finish()
+    moe = moe_layer(run.model, layer)
+    expert_names = {
+        n
+        for n, p in run.model.named_parameters()
+        if any(p is q for q in moe.expert_params().values())
+    }
+    router_name = next(n for n, p in run.model.named_parameters() if p is moe.router.weight)
+    for n, p in run.model.named_parameters():
+        if n in expert_names:
+            others = [e for e in range(4) if e != expert]
+            assert torch.equal(before[n][others], p[others]), f"{n}: another expert moved"
+            assert not torch.equal(before[n][expert], p[expert]), f"{n}: the expert did not move"
+        elif n == router_name:
+            assert not torch.equal(before[n], p), "the router did not train"
+        else:
+            assert torch.equal(before[n], p), f"{n} changed"
+    assert 0 < run.extra["trainable_share"] < 0.5
+
+
+def test_uoe_objective_adds_the_anchor(tiny_moe, tmp_path):
+    run = prepare(_cfg(tiny_moe, "uoe+ga", tmp_path))
+    run.model.eval()
+    batch = _batch(run)
+    layer, expert = run.extra["anchor_layer"], run.extra["anchor_expert"]
+    hp = Hyper(anchor=2.0, anchor_layer=layer, anchor_expert=expert)
+    loss, logs = LOSSES["uoe+ga"](run.model, batch, hp, run.frozen)
+    assert loss.item() == pytest.approx(logs["forget_loss"] + 2.0 * logs["anchor"], rel=1e-5)
+    assert 0 < logs["anchor"] < 2  # ||g - a||^2 of probability vectors is in [0, 2]
+    run.finish()
+
+
+def test_uoe_refuses_a_dense_model(tiny_model, tmp_path):
+    from uld.moe import NotMoEError
+
+    with pytest.raises(NotMoEError, match="not a supported Mixture-of-Experts"):
+        prepare(_cfg(tiny_model, "uoe+ga", tmp_path))

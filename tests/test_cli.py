@@ -164,3 +164,28 @@ def test_finetune_with_lora_merges_back_into_a_plain_model(tiny_model, tmp_path)
         if not torch.equal(a, b)
     }
     assert changed and all("proj" in n for n in changed)
+
+
+def test_compare_runs_evaluates_reports_and_resumes(tiny_model, tmp_path, capsys):
+    plan = tmp_path / "compare.yaml"
+    out = tmp_path / "cmp"
+    plan.write_text(
+        f"target: {tiny_model}\nreference: {tiny_model}\nout: {out}\n"
+        "common: {forget: forget01, retain: retain99, epochs: 1, batch_size: 4, max_steps: 1}\n"
+        "eval: {forget: forget01, retain: '', real_authors: '', world_facts: '', holdout: ''}\n"
+        "runs:\n  uld: {layers: 2, lora_rank: 4}\n  ga: {lr: 1.0e-3}\n"
+    )
+    assert main(["compare", "--config", str(plan)]) == 0
+    for name in ("target", "uld", "ga"):
+        assert (out / name / "eval" / "eval.json").exists()
+    summary = json.loads((out / "report" / "summary.json").read_text())
+    assert list(summary) == ["target", "uld", "ga"]
+    assert summary["target"]["forget_quality"] == 1.0  # the reference is the target itself
+    assert summary["uld"]["relative_time"] == 1.0 and summary["ga"]["train_seconds"] > 0
+    assert (out / "report" / "mu_vs_fq.png").exists() or summary["uld"]["model_utility"] is None
+    capsys.readouterr()
+    assert main(["compare", "--config", str(plan)]) == 0  # a rerun trains nothing
+    printed = capsys.readouterr().out
+    assert "training" not in printed and printed.count("evaluated already") == 3
+    plan.write_text(plan.read_text() + "  bogus: {method: nope}\n")
+    assert main(["compare", "--config", str(plan)]) == 2  # checked before anything runs

@@ -8,6 +8,7 @@
     uld eval --model DIR --reference RETAIN --out EVAL_DIR   the TOFU protocol, table in EVAL_DIR
     uld report EVAL_DIR... --out DIR      merge evaluations: one table, plots
     uld compare --config configs/compare.yaml   every method side by side (resumable)
+    uld experts --model MOE --forget forget10   MoE: the experts the forget set engages (UOE)
     uld demo                              the whole main job on the embedded default model
 
 Errors in the input end the command with a one-line message and exit status 2.
@@ -153,6 +154,33 @@ def cmd_report(args) -> None:
     print(f"[uld] wrote {args.out}/report.md, summary.json and the plots")
 
 
+def cmd_experts(args) -> None:
+    from uld.data.load import load_split
+    from uld.models import load_model
+    from uld.moe import expert_attribution, plot_attribution, ranking_rows, top_experts
+    from uld.report import write_json
+
+    rows = load_split(args.forget, args.data)
+    model, tok = load_model(args.model)
+    attribution = expert_attribution(model.eval(), tok, rows, tokens=args.tokens)
+    layer = None if args.layer < 0 else args.layer
+    selected = top_experts(attribution, args.m, layer)
+    print(f"Expert attribution on {args.forget} ({len(rows)} rows; UOE Eq. 2), top {args.top}:")
+    print("| rank | layer | expert | score | share of its layer |\n|---:|---:|---:|---:|---:|")
+    for r in ranking_rows(attribution, args.top):
+        print(
+            f"| {r['rank']} | {r['layer']} | {r['expert']} | {r['score']:.4f} | {r['share']:.3f} |"
+        )
+    print(f"selected (M={args.m}{'' if layer is None else f', layer {layer}'}): {selected}")
+    out = Path(args.out)
+    plot_attribution(attribution, out / "experts.png", selected)
+    write_json(
+        {"forget": args.forget, "selected": selected, "attribution": attribution.tolist()},
+        out / "experts.json",
+    )
+    print(f"wrote {out / 'experts.png'} (heat map, layers x experts) and {out / 'experts.json'}")
+
+
 def cmd_compare(args) -> None:
     from uld.compare import compare
 
@@ -239,6 +267,17 @@ def parser() -> argparse.ArgumentParser:
     rep.add_argument("--names", default="", help="comma-separated names for the runs")
     rep.add_argument("--relative-to", default="", help="the run whose training time is 1")
     rep.set_defaults(func=cmd_report)
+
+    ex = sub.add_parser("experts", help="MoE: which experts the forget set engages (UOE)")
+    ex.add_argument("--model", required=True, help="an MoE model folder or hub id")
+    ex.add_argument("--forget", default="forget10", help="the forget split")
+    ex.add_argument("--data", default="builtin")
+    ex.add_argument("--layer", type=int, default=-1, help="choose within this layer (-1: all)")
+    ex.add_argument("--m", type=int, default=1, help="how many experts to select")
+    ex.add_argument("--top", type=int, default=10, help="rows of the ranking table")
+    ex.add_argument("--tokens", default="all", choices=["all", "answer"])
+    ex.add_argument("--out", default="runs/experts", help="folder for experts.png and .json")
+    ex.set_defaults(func=cmd_experts)
 
     cmp = sub.add_parser("compare", help="run, evaluate and tabulate several methods")
     cmp.add_argument("--config", required=True, help="the comparison's YAML file")

@@ -64,6 +64,16 @@ def run_config(plan: dict, name: str, out: Path) -> UnlearnConfig:
     return cfg
 
 
+def is_moe(model_path: str | Path) -> bool:
+    """Whether a model folder holds one of the MoE families `uld.moe` knows."""
+    from transformers import AutoConfig
+
+    from uld.models import resolve
+    from uld.moe import SCORES
+
+    return getattr(AutoConfig.from_pretrained(resolve(str(model_path))), "model_type", "") in SCORES
+
+
 def compare(path: str | Path, only: list[str] | None = None) -> dict:
     """Run, evaluate and report every run of the plan at `path` (see the module docstring)."""
     from uld.cli import load_any
@@ -88,7 +98,10 @@ def compare(path: str | Path, only: list[str] | None = None) -> dict:
     if plan.get("reference"):
         reference = load_reference(plan["reference"], roles["forget"], data)
 
+    original = None  # the target, loaded once if routing shifts are measured (MoE targets)
+
     def evaluated(name: str, model_path: Path | str, kind: str) -> Path:
+        nonlocal original
         folder = out / name / "eval"
         if (folder / "eval.json").exists():
             print(f"[compare] {name}: evaluated already ({folder})")
@@ -98,6 +111,16 @@ def compare(path: str | Path, only: list[str] | None = None) -> dict:
         res = {"name": name, "model": str(model_path), "kind": kind, "data": data}
         res["training"] = model_info(model_path)
         res |= evaluate(model, tok, roles, reference)
+        if is_moe(plan["target"]) and "retain" in roles:
+            from uld.moe import routing_shift
+
+            if kind == "plain":  # how far unlearning moved the routing of retain tokens
+                original = original or load_any(str(plan["target"]))[0]
+                shift = routing_shift(original, model, tok, roles["retain"])
+                res["routing_shift"] = shift
+                res["summary"]["routing_shift"] = shift["agg_value"]
+            else:  # ULD / Offset leave the target, and so its routing, untouched
+                res["summary"]["routing_shift"] = 0.0
         write_eval(res, folder)
         del model
         return folder

@@ -43,7 +43,8 @@ class FinetuneConfig:
 
 METHODS_HELP = (
     "uld; a baseline: ga, ga+gd, ga+kl, dpo, dpo+gd, dpo+kl, npo, npo+gd, npo+kl; "
-    "offset-ga+kl, offset-dpo+kl, offset-npo+kl (or any offset-<baseline>)"
+    "offset-ga+kl, offset-dpo+kl, offset-npo+kl (or any offset-<baseline>); on MoE models "
+    "uoe+<baseline> (e.g. uoe+ga, uoe+npo+kl)"
 )
 
 
@@ -67,6 +68,9 @@ class UnlearnConfig:
     filter: float = _f(1e-2, "ULD: relative-top filter; subtract only where p >= filter * p_max")
     retain_weight: float = _f(1.0, "baselines: weight of the GD / KL retain term")
     npo_beta: float = _f(0.1, "NPO inverse temperature beta")
+    anchor: float = _f(1.0, "UOE: weight alpha of the router anchor loss")
+    uoe_layer: int = _f(-1, "UOE: the MoE layer to take experts from (-1: the best across layers)")
+    uoe_experts: int = _f(1, "UOE: how many top experts to unlearn (the paper: 1)")
     dpo_beta: float = _f(0.1, "DPO inverse temperature beta")
     paraphrase: bool | None = _f(
         None, "add paraphrased forget pairs to the forget set (default: on for ULD, off otherwise)"
@@ -127,7 +131,9 @@ class UnlearnConfig:
             v = getattr(self, name)
             if not (math.isfinite(v) and v >= 0):
                 raise ValueError(f"--{name.replace('_', '-')}={v} must be a finite number >= 0")
-        _positive(npo_beta=self.npo_beta, dpo_beta=self.dpo_beta)
+        _positive(npo_beta=self.npo_beta, dpo_beta=self.dpo_beta, uoe_experts=self.uoe_experts)
+        if not (math.isfinite(self.anchor) and self.anchor >= 0):
+            raise ValueError(f"--anchor={self.anchor} must be a finite number >= 0")
         if not (math.isfinite(self.filter) and 0 < self.filter <= 1):
             raise ValueError(f"--filter={self.filter} must be in (0, 1] (the paper uses 1e-2)")
         if not 0 <= self.lora_dropout < 1:

@@ -7,7 +7,8 @@ Two levels:
   answer tokens need it (NPO and DPO sum them per row into sequence log-likelihoods);
 - objectives `(model, batch, hp, frozen) -> (loss, logs)` for each method, collected in
   `LOSSES`: fine-tuning, ULD's assistant, and the nine baselines of the ULD paper's Table 1
-  (GA, DPO, NPO, each alone, +GD or +KL), whose Offset variants reuse them.
+  (GA, DPO, NPO, each alone, +GD or +KL), whose Offset variants reuse them, and UOE's
+  (a baseline's loss plus the router anchor).
 
 `answer_logits` runs a model's decoder on a right-padded batch and applies the LM head only where
 the (shifted) labels are not -100.
@@ -37,6 +38,9 @@ class Hyper:
     npo_beta: float = 0.1  # NPO inverse temperature (Zhang et al. 2024)
     dpo_beta: float = 0.1  # DPO inverse temperature (Rafailov et al. 2023)
     retain_weight: float = 1.0  # weight of the GD / KL retain term of the baselines
+    anchor: float = 1.0  # UOE: weight alpha of the router anchor loss
+    anchor_layer: int = -1  # UOE: the decoder layer of the unlearned expert
+    anchor_expert: int = -1  # UOE: the unlearned expert, the anchor's one-hot target
 
 
 def answer_logits(model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
@@ -245,6 +249,27 @@ def baseline_objective(
     return l_f + hp.retain_weight * l_r, logs
 
 
+def uoe_objective(
+    forget_loss: str, retain_loss: str, model, batch: dict, hp: Hyper, frozen: Frozen
+) -> tuple[torch.Tensor, dict]:
+    """UOE (Zhuang et al. 2024, arXiv 2411.18797, Sec. 4): a baseline's loss, with only the
+    selected expert and its router trainable (`uld.moe.select_experts`), plus the router anchor
+    alpha * ||g - a||^2 on the forget tokens at the expert's layer (`uld.moe.anchor_loss`), which
+    keeps them routed to the expert being unlearned instead of letting the router steer around it.
+    """
+    from uld.moe import anchor_loss, moe_layer, record_routing, router_probs
+
+    layer = moe_layer(model, hp.anchor_layer)
+    with record_routing(model, [layer]) as seen:
+        loss, logs = baseline_objective(forget_loss, retain_loss, model, batch, hp, frozen)
+    forget_routing = seen[layer.index][0]  # the objective's first pass is the forget batch
+    tokens = batch["forget"]["attention_mask"].reshape(-1).bool()
+    g = router_probs(forget_routing.logits, layer.score)[tokens]
+    anchor = anchor_loss(g, hp.anchor_expert)
+    logs["anchor"] = anchor.item()
+    return loss + hp.anchor * anchor, logs
+
+
 Objective = Callable[[torch.nn.Module, dict, Hyper, Frozen], tuple[torch.Tensor, dict]]
 
 FORGET_LOSSES = ("ga", "dpo", "npo")
@@ -255,4 +280,5 @@ LOSSES: dict[str, Objective] = {
     "finetune": finetune_objective,
     "uld": uld_objective,
     **{name: partial(baseline_objective, *(name.split("+") + [""])[:2]) for name in BASELINES},
+    **{f"uoe+{b}": partial(uoe_objective, *(b.split("+") + [""])[:2]) for b in BASELINES},
 }

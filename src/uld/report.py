@@ -28,6 +28,11 @@ EXTRA_COLUMNS = [
     ("MIA AUC, Min-K%", "mia_min_k_auc", False),
     ("Extraction strength", "extraction_strength", False),
 ]
+MOE_COLUMNS = [
+    ("Trainable params", "trainable_params", False),
+    ("Trainable share", "trainable_share", True),
+    ("Routing shift (retain)", "routing_shift", False),
+]
 
 
 def _fmt(v, sci: bool = False) -> str:
@@ -35,6 +40,8 @@ def _fmt(v, sci: bool = False) -> str:
         return "–"
     if isinstance(v, str):
         return v
+    if isinstance(v, int):
+        return f"{v:,}"
     return f"{v:.2e}" if sci else f"{v:.4f}"
 
 
@@ -54,6 +61,8 @@ def markdown_table(runs: dict[str, dict], columns=COLUMNS) -> str:
 def tables(runs: dict[str, dict]) -> str:
     """The main table and the privacy/details table, as one markdown text."""
     text = markdown_table(runs) + "\n" + markdown_table(runs, COLUMNS[:0] + EXTRA_COLUMNS)
+    if any(s.get("routing_shift") is not None for s in runs.values()):
+        text += "\n" + markdown_table(runs, MOE_COLUMNS)
     timed = {n: s for n, s in runs.items() if s.get("train_seconds") is not None}
     if timed:
         cols = [("Train time (s)", "train_seconds", False), ("Time / ULD", "relative_time", False)]
@@ -114,7 +123,7 @@ def summary_of(results: dict) -> dict:
     """The summary with the training facts a report plots (time, per-epoch history)."""
     train = results.get("training", {})
     s = dict(results["summary"])
-    for key in ("train_seconds", "relative_time"):
+    for key in ("train_seconds", "relative_time", "trainable_params", "trainable_share"):
         if train.get(key) is not None:
             s[key] = train[key]
     return s

@@ -6,6 +6,7 @@ Everything that can be wrong with the inputs is checked before any model is load
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
@@ -47,7 +48,12 @@ def build_assistant(target: str, k: int, rank: int, alpha: float, dropout: float
 
 def methods() -> list[str]:
     """Every method `unlearn` runs."""
-    return ["uld", *BASELINES, *(f"offset-{b}" for b in BASELINES)]
+    return [
+        "uld",
+        *BASELINES,
+        *(f"offset-{b}" for b in BASELINES),
+        *(f"uoe+{b}" for b in BASELINES),
+    ]
 
 
 def unlearn(cfg: UnlearnConfig) -> Path:
@@ -68,13 +74,16 @@ class Run(NamedTuple):
     frozen: Frozen | None
     extra: dict  # facts for the saved card
     k: int  # assistant/offset layers; 0 for a baseline on the target itself
+    finish: Callable[[], None] | None = None  # undo training-only hooks (UOE)
 
 
 def prepare(cfg: UnlearnConfig) -> Run:
     """Load and set up everything `cfg.method` trains (no training yet)."""
     if cfg.method not in methods():
         raise ValueError(f"unknown method {cfg.method!r}; choose one of {', '.join(methods())}")
-    return prepare_uld(cfg) if cfg.method == "uld" else prepare_baseline(cfg)
+    if cfg.method == "uld":
+        return prepare_uld(cfg)
+    return prepare_uoe(cfg) if cfg.method.startswith("uoe+") else prepare_baseline(cfg)
 
 
 def _training_sets(cfg: UnlearnConfig) -> tuple[list[dict], list[dict], list[dict]]:
@@ -203,9 +212,54 @@ def prepare_baseline(cfg: UnlearnConfig) -> Run:
     return Run(target, model, tokenizer, dataset, loss, frozen, extra, k)
 
 
+def prepare_uoe(cfg: UnlearnConfig) -> Run:
+    """UOE on an MoE target: attribute the forget set to experts (UOE Eq. 2), make only the top
+    expert(s) and their router trainable, and train with a baseline's loss plus the anchor."""
+    from uld.moe import expert_attribution, moe_layers, select_experts, top_experts
+
+    target = resolve(cfg.model)
+    loss = cfg.method.removeprefix("uoe+")
+    forget_loss, _, retain_loss = loss.partition("+")
+    forget, d_f, d_r = _training_sets(cfg)
+    model, tokenizer = load_model(target)
+    moe_layers(model)  # a dense or unknown model stops here, with the reason
+    attribution = expert_attribution(model, tokenizer, forget)
+    experts = top_experts(
+        attribution, cfg.uoe_experts, None if cfg.uoe_layer < 0 else cfg.uoe_layer
+    )
+    selection = select_experts(model, experts)
+    layer, expert = experts[0]
+    print(
+        f"[uld] UOE: unlearning expert(s) {experts} (layer, expert) with the router anchor on "
+        f"({layer}, {expert}); {selection.trainable:,} trainable parameters "
+        f"({100 * selection.share:.3f}% of {selection.total:,})"
+    )
+    needs_ref = forget_loss != "ga" or retain_loss == "kl"
+    frozen = Frozen(ref=load_model(target)[0] if needs_ref else None)
+    model.config.use_cache = False
+    extra = {
+        "method": cfg.method,
+        "d_f_rows": len(d_f),
+        "d_r_rows": len(d_r),
+        "experts": [list(e) for e in experts],
+        "anchor_layer": layer,
+        "anchor_expert": expert,
+        "attribution": [[round(v, 5) for v in row] for row in attribution.tolist()],
+        "trainable_params": selection.trainable,
+        "trainable_share": selection.share,
+    }
+    dataset = PairedDataset(
+        QADataset(d_f, tokenizer),
+        QADataset(d_r, tokenizer) if retain_loss else None,
+        seed=cfg.seed,
+        idk=QADataset(refusal_set(d_f), tokenizer) if forget_loss == "dpo" else None,
+    )
+    return Run(target, model, tokenizer, dataset, cfg.method, frozen, extra, 0, selection.remove)
+
+
 def train_and_save(cfg: UnlearnConfig, run: Run) -> Path:
     """The one training loop, the per-epoch evaluation if asked, and the atomic save."""
-    target, model, tokenizer, dataset, loss, frozen, extra, k = run
+    target, model, tokenizer, dataset, loss, frozen, extra, k, finish = run
     best = checkpoint_dir(cfg.out) / "best"
     callbacks = []
     if cfg.eval_metric:
@@ -222,6 +276,9 @@ def train_and_save(cfg: UnlearnConfig, run: Run) -> Path:
             npo_beta=cfg.npo_beta,
             dpo_beta=cfg.dpo_beta,
             retain_weight=cfg.retain_weight,
+            anchor=cfg.anchor,
+            anchor_layer=extra.get("anchor_layer", -1),
+            anchor_expert=extra.get("anchor_expert", -1),
         ),
         frozen=frozen,
         epochs=cfg.epochs,
@@ -232,6 +289,8 @@ def train_and_save(cfg: UnlearnConfig, run: Run) -> Path:
         weight_decay=0.0 if k else 0.01,
         callbacks=callbacks,
     )
+    if finish is not None:
+        finish()
     extra["train_seconds"] = round(time.time() - start, 1)
     extra["lr"] = cfg.default_lr()
     if callbacks:
