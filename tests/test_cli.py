@@ -189,3 +189,17 @@ def test_compare_runs_evaluates_reports_and_resumes(tiny_model, tmp_path, capsys
     assert "training" not in printed and printed.count("evaluated already") == 3
     plan.write_text(plan.read_text() + "  bogus: {method: nope}\n")
     assert main(["compare", "--config", str(plan)]) == 2  # checked before anything runs
+
+
+def test_upcycle_then_experts(tiny_model, tmp_path, capsys):
+    moe = tmp_path / "moe"
+    assert main(["upcycle", "--model", tiny_model, "--out", str(moe), "--experts", "3"]) == 0
+    assert read_card(moe)["n_experts"] == 3
+    out = tmp_path / "experts"
+    args = ["experts", "--model", str(moe), "--forget", "forget01", "--top", "4", "--out", str(out)]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "| rank | layer | expert |" in printed and printed.count("\n| ") >= 4
+    assert (out / "experts.png").read_bytes()[:4] == b"\x89PNG"
+    assert len(json.loads((out / "experts.json").read_text())["attribution"][0]) == 3
+    assert main(["experts", "--model", tiny_model, "--out", str(out)]) == 2  # dense: refused

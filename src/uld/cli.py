@@ -9,6 +9,7 @@
     uld report EVAL_DIR... --out DIR      merge evaluations: one table, plots
     uld compare --config configs/compare.yaml   every method side by side (resumable)
     uld experts --model MOE --forget forget10   MoE: the experts the forget set engages (UOE)
+    uld upcycle --out runs/moe/base       the embedded model as a 4-expert top-2 Mixtral
     uld demo                              the whole main job on the embedded default model
 
 Errors in the input end the command with a one-line message and exit status 2.
@@ -181,6 +182,19 @@ def cmd_experts(args) -> None:
     print(f"wrote {out / 'experts.png'} (heat map, layers x experts) and {out / 'experts.json'}")
 
 
+def cmd_upcycle(args) -> None:
+    from uld.models import load_model, save_model
+    from uld.upcycle import upcycle
+
+    dense, tok = load_model(args.model)
+    moe = upcycle(dense, args.experts, args.top_k, args.noise, seed=args.seed)
+    card = {"made_by": "uld upcycle", "base_model": str(args.model or "default")}
+    card |= {"n_experts": args.experts, "top_k": args.top_k, "expert_noise": args.noise}
+    save_model(moe, tok, args.out, card | {"seed": args.seed})
+    n = sum(p.numel() for p in moe.parameters())
+    print(f"saved {args.out}: a {args.experts}-expert top-{args.top_k} Mixtral, {n:,} parameters")
+
+
 def cmd_compare(args) -> None:
     from uld.compare import compare
 
@@ -278,6 +292,15 @@ def parser() -> argparse.ArgumentParser:
     ex.add_argument("--tokens", default="all", choices=["all", "answer"])
     ex.add_argument("--out", default="runs/experts", help="folder for experts.png and .json")
     ex.set_defaults(func=cmd_experts)
+
+    up = sub.add_parser("upcycle", help="a dense Llama-family model -> an MoE (Mixtral)")
+    up.add_argument("--model", default=None, help="dense model (default: embedded SmolLM2)")
+    up.add_argument("--experts", type=int, default=4)
+    up.add_argument("--top-k", type=int, default=2)
+    up.add_argument("--noise", type=float, default=0.01, help="relative noise on expert copies")
+    up.add_argument("--seed", type=int, default=0)
+    up.add_argument("--out", required=True)
+    up.set_defaults(func=cmd_upcycle)
 
     cmp = sub.add_parser("compare", help="run, evaluate and tabulate several methods")
     cmp.add_argument("--config", required=True, help="the comparison's YAML file")
