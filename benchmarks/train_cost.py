@@ -15,6 +15,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -27,30 +28,22 @@ from uld.trainer import train
 from uld.unlearn import prepare
 
 
-def seconds_per_step(cfg: UnlearnConfig, steps: int, out: Path) -> tuple[float, dict]:
-    run = prepare(cfg)
-    args = dict(hp=None, frozen=run.frozen, lr=cfg.default_lr(), batch_size=cfg.batch_size)
-    # one warm-up step, then the timed ones (a fresh output folder each time: no resuming)
-    train(
-        run.model,
-        run.dataset,
-        Collator(run.tokenizer.pad_token_id),
-        out / "warm",
-        run.loss,
-        max_steps=1,
-        **args,
-    )
+def timed_steps(run, cfg: UnlearnConfig, steps: int, out: Path) -> float:
+    """Seconds per step of `steps` training steps (a fresh output folder: no resuming)."""
+    collator = Collator(run.tokenizer.pad_token_id)
     start = time.perf_counter()
     train(
         run.model,
         run.dataset,
-        Collator(run.tokenizer.pad_token_id),
-        out / "timed",
+        collator,
+        out,
         run.loss,
+        frozen=run.frozen,
+        lr=cfg.default_lr(),
+        batch_size=cfg.batch_size,
         max_steps=steps,
-        **args,
     )
-    return (time.perf_counter() - start) / steps, run.extra
+    return (time.perf_counter() - start) / steps
 
 
 def main() -> None:
@@ -58,7 +51,8 @@ def main() -> None:
     ap.add_argument("--target", default="runs/demo/target")
     ap.add_argument("--config", default="configs/uld_smollm2.yaml")
     ap.add_argument("--methods", default="npo+kl")
-    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--steps", type=int, default=5, help="timed steps per round")
+    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--out", default="benchmarks/results/train_cost.json")
     args = ap.parse_args()
@@ -74,20 +68,30 @@ def main() -> None:
         perturbed=True,
         out="unused",
     )
-    rows = []
+    methods = ["uld", *args.methods.split(",")]
+    runs, cfgs = {}, {}
+    for method in methods:
+        extra = {k: v for k, v in uld.items() if k not in same} if method == "uld" else {}
+        cfgs[method] = UnlearnConfig(**(extra | same | {"method": method}))
+        runs[method] = prepare(cfgs[method])
+    # interleaved rounds (the first warms up), so a change in machine load hits every method
+    times: dict[str, list[float]] = {m: [] for m in methods}
     with tempfile.TemporaryDirectory() as tmp:
-        for method in ["uld", *args.methods.split(",")]:
-            extra = {k: v for k, v in uld.items() if k not in same} if method == "uld" else {}
-            cfg = UnlearnConfig(**(extra | same | {"method": method}))
-            s, info = seconds_per_step(cfg, args.steps, Path(tmp) / method)
-            rows.append(
-                {
-                    "method": method,
-                    "seconds_per_step": round(s, 3),
-                    "trainable_params": info.get("trainable_params"),
-                }
-            )
-            print(f"{method}: {s:.2f} s/step")
+        for r in range(args.rounds + 1):
+            for m in methods:
+                s = timed_steps(runs[m], cfgs[m], args.steps, Path(tmp) / f"{m}-{r}")
+                if r:
+                    times[m].append(s)
+                print(f"round {r} {m}: {s:.2f} s/step")
+    rows = [
+        {
+            "method": m,
+            "seconds_per_step": round(statistics.median(times[m]), 3),
+            "trainable_params": runs[m].extra.get("trainable_params"),
+            "all_rounds": times[m],
+        }
+        for m in methods
+    ]
     base = rows[0]["seconds_per_step"]
     for r in rows:
         r["relative_to_uld"] = round(r["seconds_per_step"] / base, 2)

@@ -203,12 +203,7 @@ def prepare_baseline(cfg: UnlearnConfig) -> Run:
             frozen = Frozen(ref=load_model(target)[0] if needs_ref else None)
         extra |= _report_trainable(model, f"{cfg.method}, {'LoRA' if cfg.lora else 'full'}")
     model.config.use_cache = False
-    dataset = PairedDataset(
-        QADataset(d_f, tokenizer),
-        QADataset(d_r, tokenizer) if retain_loss else None,
-        seed=cfg.seed,
-        idk=QADataset(refusal_set(d_f), tokenizer) if forget_loss == "dpo" else None,
-    )
+    dataset = _loss_dataset(d_f, d_r, tokenizer, loss, cfg.seed)
     return Run(target, model, tokenizer, dataset, loss, frozen, extra, k)
 
 
@@ -248,13 +243,20 @@ def prepare_uoe(cfg: UnlearnConfig) -> Run:
         "trainable_params": selection.trainable,
         "trainable_share": selection.share,
     }
-    dataset = PairedDataset(
+    dataset = _loss_dataset(d_f, d_r, tokenizer, loss, cfg.seed)
+    return Run(target, model, tokenizer, dataset, cfg.method, frozen, extra, 0, selection.remove)
+
+
+def _loss_dataset(d_f, d_r, tokenizer, loss: str, seed: int) -> PairedDataset:
+    """Forget items, paired with retain items if the loss has a retain term (+gd, +kl) and with
+    refusals of the same questions for DPO."""
+    forget_loss, _, retain_loss = loss.partition("+")
+    return PairedDataset(
         QADataset(d_f, tokenizer),
         QADataset(d_r, tokenizer) if retain_loss else None,
-        seed=cfg.seed,
+        seed=seed,
         idk=QADataset(refusal_set(d_f), tokenizer) if forget_loss == "dpo" else None,
     )
-    return Run(target, model, tokenizer, dataset, cfg.method, frozen, extra, 0, selection.remove)
 
 
 def train_and_save(cfg: UnlearnConfig, run: Run) -> Path:
