@@ -164,3 +164,13 @@ def test_report_merges_runs_and_draws_the_plots(tmp_path):
         report(runs[:2], tmp_path / "rep2", names=["a", "a"])
     with pytest.raises(ValueError, match="no eval.json"):
         report([tmp_path / "missing"], tmp_path / "rep3")
+
+
+def test_eval_split_names_follow_the_data_source():
+    hub = EvalSplits.for_data("locuslab/TOFU", "forget05")
+    assert (hub.forget, hub.real_authors, hub.holdout) == (
+        "forget05_perturbed",
+        "real_authors_perturbed",
+        "holdout05",
+    )
+    assert EvalSplits.for_data("builtin", "forget01").forget == "forget01"
