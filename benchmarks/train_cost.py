@@ -100,7 +100,9 @@ def main() -> None:
         f"{torch.get_num_threads()} threads",
         "target": args.target,
         "batch_size": args.batch_size,
-        "timed_steps": args.steps,
+        "steps_per_round": args.steps,
+        "rounds": args.rounds,
+        "load": os.getloadavg(),
         "data": "forget10 + paraphrases (D'_f), retain90 + perturbed forget answers (D'_r)",
         "rows": rows,
     }
