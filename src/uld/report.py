@@ -15,34 +15,36 @@ import json
 import math
 from pathlib import Path
 
-COLUMNS = [  # (header, summary key, scientific notation)
-    ("F.Q.", "forget_quality", True),
-    ("R-L (forget)", "forget_rouge", False),
-    ("M.U.", "model_utility", False),
-    ("R-L (retain)", "retain_rouge", False),
+COLUMNS = [  # (header, summary key, format)
+    ("F.Q.", "forget_quality", ".2e"),
+    ("R-L (forget)", "forget_rouge", ".4f"),
+    ("M.U.", "model_utility", ".4f"),
+    ("R-L (retain)", "retain_rouge", ".4f"),
 ]
 EXTRA_COLUMNS = [
-    ("Prob (forget)", "forget_prob", False),
-    ("Truth ratio (forget)", "forget_truth_ratio", False),
-    ("MIA AUC, LOSS", "mia_loss_auc", False),
-    ("MIA AUC, Min-K%", "mia_min_k_auc", False),
-    ("Extraction strength", "extraction_strength", False),
+    ("Prob (forget)", "forget_prob", ".4f"),
+    ("Truth ratio (forget)", "forget_truth_ratio", ".4f"),
+    ("MIA AUC, LOSS", "mia_loss_auc", ".4f"),
+    ("MIA AUC, Min-K%", "mia_min_k_auc", ".4f"),
+    ("Extraction strength", "extraction_strength", ".4f"),
 ]
 MOE_COLUMNS = [
-    ("Trainable params", "trainable_params", False),
-    ("Trainable share", "trainable_share", True),
-    ("Routing shift (retain)", "routing_shift", False),
+    ("Trainable params", "trainable_params", ","),
+    ("Trainable share", "trainable_share", ".2e"),
+    ("Routing shift (retain)", "routing_shift", ".4f"),
+]
+TIME_COLUMNS = [
+    ("Unlearning time (s)", "train_seconds", ".0f"),
+    ("Time / ULD", "relative_time", ".2f"),
 ]
 
 
-def _fmt(v, sci: bool = False) -> str:
+def _fmt(v, spec: str = ".4f") -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "–"
     if isinstance(v, str):
         return v
-    if isinstance(v, int):
-        return f"{v:,}"
-    return f"{v:.2e}" if sci else f"{v:.4f}"
+    return format(int(v) if spec == "," else v, spec)
 
 
 def markdown_table(runs: dict[str, dict], columns=COLUMNS) -> str:
@@ -53,20 +55,19 @@ def markdown_table(runs: dict[str, dict], columns=COLUMNS) -> str:
         "|---|" + "---:|" * len(columns),
     ]
     for name, s in runs.items():
-        cells = " | ".join(_fmt(s.get(key), sci) for _, key, sci in columns)
+        cells = " | ".join(_fmt(s.get(key), spec) for _, key, spec in columns)
         lines.append(f"| {name} | {cells} |")
     return "\n".join(lines) + "\n"
 
 
 def tables(runs: dict[str, dict]) -> str:
     """The main table and the privacy/details table, as one markdown text."""
-    text = markdown_table(runs) + "\n" + markdown_table(runs, COLUMNS[:0] + EXTRA_COLUMNS)
+    text = markdown_table(runs) + "\n" + markdown_table(runs, EXTRA_COLUMNS)
     if any(s.get("routing_shift") is not None for s in runs.values()):
         text += "\n" + markdown_table(runs, MOE_COLUMNS)
     timed = {n: s for n, s in runs.items() if s.get("train_seconds") is not None}
     if timed:
-        cols = [("Train time (s)", "train_seconds", False), ("Time / ULD", "relative_time", False)]
-        text += "\n" + markdown_table(timed, cols).replace(".0000 |", " |")
+        text += "\n" + markdown_table(timed, TIME_COLUMNS)
     return text
 
 
@@ -123,9 +124,10 @@ def summary_of(results: dict) -> dict:
     """The summary with the training facts a report plots (time, per-epoch history)."""
     train = results.get("training", {})
     s = dict(results["summary"])
-    for key in ("train_seconds", "relative_time", "trainable_params", "trainable_share"):
-        if train.get(key) is not None:
-            s[key] = train[key]
+    if train.get("method"):  # an unlearning run (not the target's or retain model's training)
+        for key in ("train_seconds", "trainable_params", "trainable_share"):
+            if train.get(key) is not None:
+                s[key] = train[key]
     return s
 
 
@@ -217,6 +219,7 @@ def plot_mu_vs_fq(runs: dict[str, dict], path: Path) -> None:
         ax.scatter(_fq(fq), mu, s=46, color=f"C{i % 10}", zorder=3, label=name)
         ax.annotate(name, (_fq(fq), mu), textcoords="offset points", xytext=(5, 4), fontsize=8)
     ax.set_xscale("log")
+    ax.margins(x=0.12, y=0.08)  # room for the labels of the outermost points
     ax.set_xlabel("Forget Quality (KS-test p-value vs the retain model, log scale)")
     ax.set_ylabel("Model Utility")
     ax.set_title("Model Utility vs Forget Quality (up and right is better)")
