@@ -114,12 +114,12 @@ def compare(path: str | Path, only: list[str] | None = None) -> dict:
         if is_moe(plan["target"]) and "retain" in roles:
             from uld.moe import routing_shift
 
-            if kind == "plain":  # how far unlearning moved the routing of retain tokens
+            if kind == "plain" and is_moe(model_path):  # how far routing on retain moved
                 original = original or load_any(str(plan["target"]))[0]
                 shift = routing_shift(original, model, tok, roles["retain"])
                 res["routing_shift"] = shift
                 res["summary"]["routing_shift"] = shift["agg_value"]
-            else:  # ULD / Offset leave the target, and so its routing, untouched
+            elif kind != "plain":  # ULD / Offset leave the target, and its routing, untouched
                 res["summary"]["routing_shift"] = 0.0
         write_eval(res, folder)
         del model
