@@ -150,6 +150,7 @@ def report(
         n: r.get("training", {}).get("epochs_evaluated") or []
         for n, r in zip(names, results, strict=True)
     }
+    kept = {n: r.get("training", {}).get("best_epoch") for n, r in zip(names, results, strict=True)}
     unit = relative_to or next(
         (
             n
@@ -167,7 +168,7 @@ def report(
     write_json(runs, out / "summary.json")
     plot_mu_vs_fq(runs, out / "mu_vs_fq.png")
     if any(_plane(h) for h in histories.values()):
-        plot_trajectories(histories, out / "trajectory.png")
+        plot_trajectories(histories, out / "trajectory.png", kept)
     if sum(s.get("relative_time") is not None for s in runs.values()) > 1:
         plot_fq_vs_time(runs, out / "fq_vs_time.png")
     return runs
@@ -229,8 +230,11 @@ def plot_mu_vs_fq(runs: dict[str, dict], path: Path) -> None:
     _save(fig, path)
 
 
-def plot_trajectories(histories: dict[str, list[dict]], path: Path) -> None:
-    """Each run's per-epoch (Forget Quality, Model Utility) path; epochs labelled, last ringed."""
+def plot_trajectories(
+    histories: dict[str, list[dict]], path: Path, kept: dict[str, int | None] | None = None
+) -> None:
+    """Each run's per-epoch (Forget Quality, Model Utility) path; epochs labelled, the kept
+    (best) epoch starred."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     for i, (name, history) in enumerate(histories.items()):
@@ -239,13 +243,16 @@ def plot_trajectories(histories: dict[str, list[dict]], path: Path) -> None:
             continue
         xs, ys = [_fq(p[1]) for p in pts], [p[2] for p in pts]
         ax.plot(xs, ys, "-o", ms=4, color=f"C{i % 10}", label=name)
-        ax.scatter(xs[-1], ys[-1], s=90, facecolors="none", edgecolors=f"C{i % 10}")
+        best = (kept or {}).get(name)
+        for (epoch, *_), x, y in zip(pts, xs, ys, strict=True):
+            if epoch == best:
+                ax.scatter(x, y, s=160, marker="*", color=f"C{i % 10}", zorder=4)
         for (epoch, *_), x, y in zip(pts, xs, ys, strict=True):
             ax.annotate(str(epoch), (x, y), textcoords="offset points", xytext=(3, 3), fontsize=7)
     ax.set_xscale("log")
     ax.set_xlabel("Forget Quality (log scale)")
     ax.set_ylabel("Model Utility")
-    ax.set_title("Per-epoch trajectory (numbers: epochs; ring: last epoch)")
+    ax.set_title("Per-epoch trajectory (numbers: epochs; star: the epoch kept)")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7, loc="best")
     _save(fig, path)
@@ -267,7 +274,7 @@ def plot_fq_vs_time(runs: dict[str, dict], path: Path) -> None:
             fontsize=8,
         )
     ax.set_yscale("log")
-    ax.set_xlabel("Training wall time relative to ULD (same machine, same run)")
+    ax.set_xlabel("Unlearning wall time relative to ULD's (as each run was configured)")
     ax.set_ylabel("Forget Quality (log scale)")
     ax.set_title("Forget Quality vs training time (up and left is better)")
     ax.grid(True, alpha=0.3)
