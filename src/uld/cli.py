@@ -125,7 +125,7 @@ def cmd_eval(args) -> None:
     if args.reference:
         if "forget" not in roles:
             raise ValueError("--reference needs a forget split (--forget SPLIT)")
-        reference = load_reference(args.reference, roles["forget"], args.data, args.batch_size)
+        reference = load_reference(args.reference, roles["forget"])
     model, tok = load_any(args.model, args.alpha, args.filter)
     name = args.name or (Path(args.model).name if args.model else "default")
     print(f"[uld] evaluating {name}: " + ", ".join(f"{r} {len(v)}" for r, v in roles.items()))

@@ -96,7 +96,7 @@ def compare(path: str | Path, only: list[str] | None = None) -> dict:
     roles = load_roles(splits, data)
     reference = None
     if plan.get("reference"):
-        reference = load_reference(plan["reference"], roles["forget"], data)
+        reference = load_reference(plan["reference"], roles["forget"])
 
     original = None  # the target, loaded once if routing shifts are measured (MoE targets)
 

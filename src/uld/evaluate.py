@@ -1,6 +1,7 @@
 """The TOFU evaluation protocol, run on any model uld can load (plain or ULD).
 
-    results = evaluate(model, tok, load_roles(EvalSplits()), reference=load_reference(path))
+    roles = load_roles(EvalSplits())
+    results = evaluate(model, tok, roles, reference=load_reference(path, roles["forget"]))
     results["summary"]  # forget_quality, forget_rouge, model_utility, retain_rouge, ...
 
 Two kinds of model passes, both batched, longest inputs first:
@@ -177,17 +178,23 @@ def truth_ratios(model, tokenizer, rows: list[dict], paraphrased: bool = True) -
     return _truth_parts(model, tokenizer, rows, paraphrased)[0]
 
 
-def _truth_parts(model, tokenizer, rows, paraphrased: bool, batch_size: int = 16):
-    """(R [N], P̄(true) [N], P̄(perturbed) [N, k]); k = the fewest perturbed answers of a row."""
+def _truth_parts(model, tokenizer, rows, paraphrased: bool, batch_size: int = 16, p_answer=None):
+    """(R [N], P̄(true) [N], P̄(perturbed) [N, k]); k = the fewest perturbed answers of a row.
+
+    p_answer [N]: P̄(answer) when already computed (reused when `paraphrased` is False)."""
     k = min(len(r["perturbed_answer"]) for r in rows)
-    true = [r["paraphrased_answer"] if paraphrased else r["answer"] for r in rows]
     # TOFU scores both the paraphrased and the perturbed answers after the original question.
     qs = [r["question"] for r in rows]
-    wrong_q = [q for q in qs for _ in range(k)]
-    wrong_a = [a for r in rows for a in r["perturbed_answer"][:k]]
-    p = answer_probs(model, tokenizer, qs + wrong_q, true + wrong_a, batch_size)
-    p_true, p_wrong = p[: len(rows)], p[len(rows) :].view(len(rows), k)
-    return metrics.truth_ratio(p_wrong, p_true), p_true, p_wrong
+    questions = [q for q in qs for _ in range(k)]
+    answers = [a for r in rows for a in r["perturbed_answer"][:k]]
+    if paraphrased or p_answer is None:
+        questions = qs + questions
+        answers = [r["paraphrased_answer"] if paraphrased else r["answer"] for r in rows] + answers
+    p = answer_probs(model, tokenizer, questions, answers, batch_size)
+    if len(p) > len(rows) * k:
+        p_answer, p = p[: len(rows)], p[len(rows) :]
+    p_wrong = p.view(len(rows), k)
+    return metrics.truth_ratio(p_wrong, p_answer), p_answer, p_wrong
 
 
 # ---------------------------------------------------------------- the protocol
@@ -239,7 +246,12 @@ def evaluate_role(
     if not ok:
         return out
     R, _, p_wrong = _truth_parts(
-        model, tokenizer, [rows[i] for i in ok], role in ("forget", "retain"), 2 * batch_size
+        model,
+        tokenizer,
+        [rows[i] for i in ok],
+        paraphrased=role in ("forget", "retain"),
+        batch_size=2 * batch_size,
+        p_answer=scores["prob"][ok],  # real authors / world facts: R uses the answer itself
     )
     for i, r in zip(ok, R.tolist(), strict=True):
         items[i]["truth_ratio"] = r
@@ -341,12 +353,7 @@ def reference_from_results(results: dict, source: str) -> dict:
     }
 
 
-def load_reference(
-    path: str | Path,
-    forget_rows: list[dict],
-    data: str = "builtin",
-    batch_size: int = 8,
-) -> dict:
+def load_reference(path: str | Path, forget_rows: list[dict]) -> dict:
     """The Forget Quality reference: a results JSON (`uld eval --out` of the retain model), or a
     retain model folder, whose forget truth ratios are then computed once and cached as
     `<ULD_HOME>/references/<key>.json` (key = model folder, its weights' mtime, the forget rows).

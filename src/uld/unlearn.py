@@ -338,8 +338,8 @@ def load_best(model, best: Path) -> None:
 
 
 def eval_view(cfg: UnlearnConfig, target_full, model):
-    """The model as users will run it: ULD/Offset -> a ULDModel on the full target (reusing
-    `view` across epochs); a baseline -> the model itself."""
+    """The model as users will run it: ULD/Offset -> a ULDModel on the full target; a baseline
+    -> the model itself."""
     from uld.logit_diff import ULDModel
 
     if cfg.method == "uld":
@@ -363,7 +363,7 @@ def epoch_evaluator(cfg: UnlearnConfig, target: str, tokenizer, best: Path, froz
             forget=cfg.forget, retain="", real_authors="", world_facts="", holdout=""
         )
     roles = load_roles(splits, cfg.data)
-    reference = load_reference(cfg.reference, roles["forget"], cfg.data) if cfg.reference else None
+    reference = load_reference(cfg.reference, roles["forget"]) if cfg.reference else None
     composite = cfg.method == "uld" or cfg.method.startswith("offset-")
     full = None
     if composite:
