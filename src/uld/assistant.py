@@ -103,8 +103,8 @@ def check_num_layers(k: int, n_layers: int) -> None:
         )
 
 
-def lora_config(model: nn.Module, k: int, rank: int, alpha: float, dropout: float):
-    """LoRA on the projections of layers 0..K-1."""
+def lora_config(model: nn.Module, k: int | None, rank: int, alpha: float, dropout: float):
+    """LoRA on the projections of layers 0..K-1 (k=None: of every layer)."""
     from peft import LoraConfig
 
     return LoraConfig(
@@ -112,7 +112,7 @@ def lora_config(model: nn.Module, k: int, rank: int, alpha: float, dropout: floa
         lora_alpha=alpha,
         lora_dropout=dropout,
         target_modules=projection_names(model),
-        layers_to_transform=list(range(k)),
+        layers_to_transform=None if k is None else list(range(k)),
         bias="none",
     )
 

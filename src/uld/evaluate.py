@@ -363,6 +363,7 @@ def load_reference(path: str | Path, forget_rows: list[dict]) -> dict:
     import hashlib
 
     from uld.models import uld_home
+    from uld.report import write_json
 
     path = Path(path)
     questions = [r["question"] for r in forget_rows]
@@ -386,10 +387,7 @@ def load_reference(path: str | Path, forget_rows: list[dict]) -> dict:
             model, tok = load_any(str(path))
             R = truth_ratios(model, tok, forget_rows)
             ref = {"source": str(path), "forget_questions": questions, "truth_ratios": R.tolist()}
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cache.with_suffix(".tmp")
-            tmp.write_text(json.dumps(ref) + "\n")
-            tmp.replace(cache)
+            write_json(ref, cache)
     else:
         raise ValueError(
             f"--reference {path} does not exist; give the retain model's folder or the "

@@ -38,12 +38,11 @@ def finetune(
     set_seed(seed)  # LoRA initialisation is random
     net, tokenizer = load_model(model)
     if lora:
-        from peft import LoraConfig, get_peft_model
+        from peft import get_peft_model
 
-        from uld.assistant import projection_names
+        from uld.assistant import lora_config
 
-        config = LoraConfig(r=lora_rank, lora_alpha=lora_rank, target_modules=projection_names(net))
-        net = get_peft_model(net, config)
+        net = get_peft_model(net, lora_config(net, None, lora_rank, lora_rank, 0.0))
     else:
         net.get_input_embeddings().weight.requires_grad_(False)
         net.get_output_embeddings().weight.requires_grad_(False)

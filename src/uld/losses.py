@@ -270,6 +270,13 @@ def uoe_objective(
     return loss + hp.anchor * anchor, logs
 
 
+def needs_reference(loss: str) -> bool:
+    """Whether a baseline loss ("npo+kl", "ga", ...) compares against the frozen original model:
+    NPO and DPO do in their forget term, KL in its retain term; GA and GD do not."""
+    forget_loss, _, retain_loss = loss.partition("+")
+    return forget_loss != "ga" or retain_loss == "kl"
+
+
 Objective = Callable[[torch.nn.Module, dict, Hyper, Frozen], tuple[torch.Tensor, dict]]
 
 FORGET_LOSSES = ("ga", "dpo", "npo")

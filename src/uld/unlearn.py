@@ -26,7 +26,7 @@ from uld.config import UnlearnConfig
 from uld.data.augment import check_disjoint, forget_set, refusal_set, retain_set
 from uld.data.format import Collator, PairedDataset, QADataset
 from uld.data.load import load_split
-from uld.losses import BASELINES, Frozen, Hyper
+from uld.losses import BASELINES, Frozen, Hyper, needs_reference
 from uld.models import load_model, resolve
 from uld.trainer import checkpoint_dir, remove_checkpoints, train
 
@@ -161,7 +161,6 @@ def prepare_baseline(cfg: UnlearnConfig) -> Run:
     target = resolve(cfg.model)
     offset = cfg.method.startswith("offset-")
     loss = cfg.method.removeprefix("offset-")
-    forget_loss, _, retain_loss = loss.partition("+")
     forget, d_f, d_r = _training_sets(cfg)
     set_seed(cfg.seed)
     extra: dict = {"method": cfg.method, "d_f_rows": len(d_f), "d_r_rows": len(d_r)}
@@ -179,28 +178,18 @@ def prepare_baseline(cfg: UnlearnConfig) -> Run:
     else:
         k = 0
         model, tokenizer = load_model(target)
-        needs_ref = forget_loss != "ga" or retain_loss == "kl"
         if cfg.lora:  # the reference is the model with its adapters off: no second copy
-            from peft import LoraConfig, get_peft_model
-
-            from uld.assistant import projection_names
+            from peft import get_peft_model
 
             rank = cfg.lora_rank or default_lora_rank(model.config.hidden_size)
-            model = get_peft_model(
-                model,
-                LoraConfig(
-                    r=rank,
-                    lora_alpha=cfg.lora_alpha or rank,
-                    lora_dropout=cfg.lora_dropout,
-                    target_modules=projection_names(model),
-                ),
-            )
+            config = lora_config(model, None, rank, cfg.lora_alpha or rank, cfg.lora_dropout)
+            model = get_peft_model(model, config)
             frozen = Frozen()
             extra["lora_rank"] = rank
         else:  # as the target was fine-tuned: the (tied) embeddings stay frozen
             model.get_input_embeddings().weight.requires_grad_(False)
             model.get_output_embeddings().weight.requires_grad_(False)
-            frozen = Frozen(ref=load_model(target)[0] if needs_ref else None)
+            frozen = Frozen(ref=load_model(target)[0] if needs_reference(loss) else None)
         extra |= _report_trainable(model, f"{cfg.method}, {'LoRA' if cfg.lora else 'full'}")
     model.config.use_cache = False
     dataset = _loss_dataset(d_f, d_r, tokenizer, loss, cfg.seed)
@@ -214,7 +203,6 @@ def prepare_uoe(cfg: UnlearnConfig) -> Run:
 
     target = resolve(cfg.model)
     loss = cfg.method.removeprefix("uoe+")
-    forget_loss, _, retain_loss = loss.partition("+")
     forget, d_f, d_r = _training_sets(cfg)
     model, tokenizer = load_model(target)
     moe_layers(model)  # a dense or unknown model stops here, with the reason
@@ -229,8 +217,7 @@ def prepare_uoe(cfg: UnlearnConfig) -> Run:
         f"({layer}, {expert}); {selection.trainable:,} trainable parameters "
         f"({100 * selection.share:.3f}% of {selection.total:,})"
     )
-    needs_ref = forget_loss != "ga" or retain_loss == "kl"
-    frozen = Frozen(ref=load_model(target)[0] if needs_ref else None)
+    frozen = Frozen(ref=load_model(target)[0] if needs_reference(loss) else None)
     model.config.use_cache = False
     extra = {
         "method": cfg.method,
