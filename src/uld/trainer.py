@@ -8,6 +8,7 @@ checkpoint there.
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 from collections.abc import Callable
@@ -50,7 +51,9 @@ class EpochEval(TrainerCallback):
     """Runs `evaluate(model) -> dict` after each epoch; keeps the best epoch by `metric`.
 
     `save_best(model, epoch, scores)` is called whenever an epoch beats the best so far. The
-    history (one dict per epoch) is in `self.history`.
+    history (one dict per epoch) is in `self.history`; with `state`, it is also written to that
+    JSON file after every epoch and read back at the start, so a resumed run still knows which
+    epoch was best (and does not overwrite the kept weights with a worse epoch).
     """
 
     def __init__(
@@ -59,11 +62,16 @@ class EpochEval(TrainerCallback):
         metric: str,
         save_best: Callable[[torch.nn.Module, int, dict], None],
         mode: str = "max",
+        state: str | Path | None = None,
     ):
         self.evaluate, self.metric, self.save_best, self.mode = evaluate, metric, save_best, mode
+        self.state = Path(state) if state else None
         self.history: list[dict] = []
         self.best: float | None = None
         self.best_epoch: int | None = None
+        if self.state and self.state.exists():
+            kept = json.loads(self.state.read_text())
+            self.history, self.best, self.best_epoch = kept["history"], kept["best"], kept["epoch"]
 
     def on_epoch_end(self, args, state, control, model=None, **kwargs):
         model.eval()
@@ -72,7 +80,8 @@ class EpochEval(TrainerCallback):
         model.train()
         epoch = round(state.epoch or 0)
         scores = {"epoch": epoch, **scores}
-        self.history.append(scores)
+        # an epoch evaluated before an interruption but not checkpointed is evaluated again
+        self.history = [h for h in self.history if h["epoch"] != epoch] + [scores]
         value = scores[self.metric]
         better = self.best is None or (
             value > self.best if self.mode == "max" else value < self.best
@@ -81,6 +90,12 @@ class EpochEval(TrainerCallback):
         if better:
             self.best, self.best_epoch = value, epoch
             self.save_best(model, epoch, scores)
+        if self.state:
+            from uld.report import write_json
+
+            write_json(
+                {"history": self.history, "best": self.best, "epoch": self.best_epoch}, self.state
+            )
         return control
 
 

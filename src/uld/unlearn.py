@@ -383,7 +383,7 @@ def epoch_evaluator(cfg: UnlearnConfig, target: str, tokenizer, best: Path, froz
             save_file(state, str(best / "model.safetensors"))
 
     mode = "min" if cfg.eval_metric == "forget_rouge" else "max"
-    return EpochEval(run, cfg.eval_metric, save_best, mode=mode)
+    return EpochEval(run, cfg.eval_metric, save_best, mode=mode, state=best.parent / "epochs.json")
 
 
 def save_assistant(assistant, target_path: str, cfg: UnlearnConfig, k: int, extra: dict) -> None:
