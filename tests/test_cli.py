@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from uld.cli import main
+from uld.metrics import forget_quality
 from uld.models import load_model, read_card
 
 
@@ -187,6 +188,20 @@ def test_compare_runs_evaluates_reports_and_resumes(tiny_model, tmp_path, capsys
     assert main(["compare", "--config", str(plan)]) == 0  # a rerun trains nothing
     printed = capsys.readouterr().out
     assert "training" not in printed and printed.count("evaluated already") == 3
+    assert "re-scored" not in printed
+    # a new retain model: Forget Quality is re-scored from the kept per-item truth ratios
+    ga_model = out / "ga" / "model"
+    plan.write_text(plan.read_text().replace(f"reference: {tiny_model}", f"reference: {ga_model}"))
+    assert main(["compare", "--config", str(plan)]) == 0
+    printed = capsys.readouterr().out
+    assert "training" not in printed and printed.count("re-scored") == 3
+    evals = {n: json.loads((out / n / "eval" / "eval.json").read_text()) for n in ("target", "ga")}
+    tr = {n: [it["truth_ratio"] for it in e["splits"]["forget"]["items"]] for n, e in evals.items()}
+    assert evals["target"]["reference"] == str(ga_model)
+    assert evals["target"]["summary"]["forget_quality"] == pytest.approx(
+        forget_quality(tr["target"], tr["ga"])
+    )
+    assert evals["ga"]["summary"]["forget_quality"] == pytest.approx(1.0)
     plan.write_text(plan.read_text() + "  bogus: {method: nope}\n")
     assert main(["compare", "--config", str(plan)]) == 2  # checked before anything runs
 

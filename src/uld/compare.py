@@ -74,6 +74,24 @@ def is_moe(model_path: str | Path) -> bool:
     return getattr(AutoConfig.from_pretrained(resolve(str(model_path))), "model_type", "") in SCORES
 
 
+def rescore(folder: Path, reference: dict | None) -> None:
+    """Recompute the summary of an existing evaluation against the plan's reference if it was
+    scored against another one (or an unknown one): Forget Quality only needs the per-item truth
+    ratios that eval.json keeps, so a new retain model does not mean evaluating again."""
+    from uld.evaluate import summarise
+    from uld.report import read_eval, write_eval
+
+    res = read_eval(folder)
+    source = reference["source"] if reference else None
+    if res.get("reference", "unknown") == source:
+        return
+    extra = {k: v for k, v in res["summary"].items() if k == "routing_shift"}
+    res["summary"] = summarise(res["splits"], reference) | extra
+    res["reference"] = source
+    write_eval(res, folder)
+    print(f"[compare] {folder}: summary re-scored against the reference {source}")
+
+
 def compare(path: str | Path, only: list[str] | None = None) -> dict:
     """Run, evaluate and report every run of the plan at `path` (see the module docstring)."""
     from uld.cli import load_any
@@ -105,6 +123,7 @@ def compare(path: str | Path, only: list[str] | None = None) -> dict:
         folder = out / name / "eval"
         if (folder / "eval.json").exists():
             print(f"[compare] {name}: evaluated already ({folder})")
+            rescore(folder, reference)
             return folder
         model, tok = load_any(str(model_path))
         print(f"[compare] evaluating {name}")

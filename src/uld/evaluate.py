@@ -275,7 +275,8 @@ def evaluate(
     """The whole protocol. roles: {role: rows} (see `ROLES`); reference: `load_reference(...)`,
     the retain model's per-item forget truth ratios (Forget Quality needs it).
 
-    Returns {"splits": {role: evaluate_role(...)}, "summary": {...}}; the summary holds
+    Returns {"splits": {role: evaluate_role(...)}, "summary": {...}, "reference": its source};
+    the summary holds
     forget_quality, forget_rouge, model_utility, retain_rouge, the forget probability and truth
     ratio, the membership AUCs (LOSS, Min-K%) and extraction strength, where computable.
     """
@@ -291,6 +292,7 @@ def evaluate(
     return {
         "splits": splits,
         "summary": summarise(splits, reference),
+        "reference": reference["source"] if reference else None,
         "eval_seconds": round(time.time() - start, 1),
     }
 
