@@ -4,8 +4,8 @@ An evaluation folder (what `uld eval --out DIR` writes) holds `eval.json` (per-i
 per-split aggregates, the summary, and what the model folder says about its training) and
 `eval.md` (the table). `uld report DIR...` merges several into one table and draws
 - `mu_vs_fq.png`: Model Utility against Forget Quality (log axis), one point per run;
-- `trajectory.png`: the per-epoch path of each run that was evaluated every epoch in that plane
-  (the ULD paper's "training stability" figure);
+- `trajectory.png`: every run's Forget Quality after each epoch, and the per-epoch path in that
+  plane of the runs evaluated in full every epoch (the ULD paper's "training stability" figure);
 - `fq_vs_time.png`: Forget Quality against training time relative to ULD (when runs say it).
 """
 
@@ -167,7 +167,7 @@ def report(
     write_text("# Results\n\n" + tables(runs), out / "report.md")
     write_json(runs, out / "summary.json")
     plot_mu_vs_fq(runs, out / "mu_vs_fq.png")
-    if any(_plane(h) for h in histories.values()):
+    if any(h.get("forget_quality") is not None for hs in histories.values() for h in hs):
         plot_trajectories(histories, out / "trajectory.png", kept)
     if sum(s.get("relative_time") is not None for s in runs.values()) > 1:
         plot_fq_vs_time(runs, out / "fq_vs_time.png")
@@ -233,28 +233,41 @@ def plot_mu_vs_fq(runs: dict[str, dict], path: Path) -> None:
 def plot_trajectories(
     histories: dict[str, list[dict]], path: Path, kept: dict[str, int | None] | None = None
 ) -> None:
-    """Each run's per-epoch (Forget Quality, Model Utility) path; epochs labelled, the kept
-    (best) epoch starred."""
+    """Left: every run's Forget Quality after each epoch. Right: the per-epoch (Forget Quality,
+    Model Utility) path of the runs evaluated in full every epoch (the ULD paper's "training
+    stability" figure). Epochs labelled, the kept (best) epoch starred."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    fig, (by_epoch, plane) = plt.subplots(1, 2, figsize=(12.4, 4.6))
     for i, (name, history) in enumerate(histories.items()):
+        color, best = f"C{i % 10}", (kept or {}).get(name)
+        fq = [(h["epoch"], _fq(h["forget_quality"])) for h in history if "forget_quality" in h]
+        if fq:
+            by_epoch.plot(*zip(*fq, strict=True), "-o", ms=3, color=color, label=name)
+            for epoch, v in fq:
+                if epoch == best:
+                    by_epoch.scatter(epoch, v, s=140, marker="*", color=color, zorder=4)
         pts = _plane(history)
         if not pts:
             continue
         xs, ys = [_fq(p[1]) for p in pts], [p[2] for p in pts]
-        ax.plot(xs, ys, "-o", ms=4, color=f"C{i % 10}", label=name)
-        best = (kept or {}).get(name)
+        plane.plot(xs, ys, "-o", ms=4, color=color, label=name)
         for (epoch, *_), x, y in zip(pts, xs, ys, strict=True):
             if epoch == best:
-                ax.scatter(x, y, s=160, marker="*", color=f"C{i % 10}", zorder=4)
-        for (epoch, *_), x, y in zip(pts, xs, ys, strict=True):
-            ax.annotate(str(epoch), (x, y), textcoords="offset points", xytext=(3, 3), fontsize=7)
-    ax.set_xscale("log")
-    ax.set_xlabel("Forget Quality (log scale)")
-    ax.set_ylabel("Model Utility")
-    ax.set_title("Per-epoch trajectory (numbers: epochs; star: the epoch kept)")
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
+                plane.scatter(x, y, s=160, marker="*", color=color, zorder=4)
+            plane.annotate(str(epoch), (x, y), xytext=(3, 3), textcoords="offset points", size=7)
+    by_epoch.set_yscale("log")
+    by_epoch.set_xlabel("epoch")
+    by_epoch.set_ylabel("Forget Quality (log scale)")
+    by_epoch.set_title("Forget Quality after each epoch (star: the epoch kept)")
+    by_epoch.grid(True, alpha=0.3)
+    by_epoch.legend(fontsize=7, loc="best")
+    plane.set_xscale("log")
+    plane.set_xlabel("Forget Quality (log scale)")
+    plane.set_ylabel("Model Utility")
+    plane.set_title("Runs evaluated in full every epoch (numbers: epochs)")
+    plane.grid(True, alpha=0.3)
+    if plane.lines:
+        plane.legend(fontsize=7, loc="best")
     _save(fig, path)
 
 
