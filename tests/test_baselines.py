@@ -316,3 +316,19 @@ def test_uoe_refuses_a_dense_model(tiny_model, tmp_path):
 
     with pytest.raises(NotMoEError, match="not a supported Mixture-of-Experts"):
         prepare(_cfg(tiny_model, "uoe+ga", tmp_path))
+
+
+def test_lora_baseline_on_an_moe_reaches_the_experts(tiny_moe, tmp_path):
+    """Whole-model LoRA puts adapters on the 3-D expert tensors too (peft target_parameters);
+    the merged model's experts moved, its router did not."""
+    run = prepare(_cfg(tiny_moe, "npo", tmp_path, lora=True))
+    names = [n for n, p in run.model.named_parameters() if p.requires_grad]
+    assert any("experts" in n for n in names) and any("q_proj" in n for n in names)
+    out = unlearn(_cfg(tiny_moe, "npo", tmp_path, lora=True, max_steps=2))
+    before, _ = load_model(tiny_moe)
+    after, _ = load_model(str(out))
+    start = dict(before.named_parameters())
+    moved = {n for n, p in after.named_parameters() if not torch.equal(p, start[n])}
+    assert any(n.endswith("experts.gate_up_proj") for n in moved)
+    assert any(n.endswith("experts.down_proj") for n in moved)
+    assert not any("gate.weight" in n or "embed" in n or "norm" in n for n in moved)

@@ -103,15 +103,29 @@ def check_num_layers(k: int, n_layers: int) -> None:
         )
 
 
-def lora_config(model: nn.Module, k: int | None, rank: int, alpha: float, dropout: float):
-    """LoRA on the projections of layers 0..K-1 (k=None: of every layer)."""
+def expert_tensor_names(model: nn.Module) -> list[str]:
+    """Paths, within a decoder layer, of the 3-D expert weight tensors [E, ., .] of an MoE layer
+    (transformers 5 keeps all experts of a layer in one module); [] for a dense model."""
+    layer = decoder_layers(model)[0]
+    return sorted(n for n, p in layer.named_parameters() if p.ndim == 3 and "lora_" not in n)
+
+
+def lora_config(
+    model: nn.Module, k: int | None, rank: int, alpha: float, dropout: float, experts: bool = False
+):
+    """LoRA on the projections of layers 0..K-1 (k=None: of every layer). experts=True also puts
+    LoRA on an MoE's 3-D expert tensors (peft's `target_parameters`: rank r per expert), which
+    whole-model LoRA baselines need to reach the FFN knowledge; the ULD/Offset assistant keeps
+    to nn.Linear projections (its one-pass inference injects LoRA layers only)."""
     from peft import LoraConfig
 
+    tensors = expert_tensor_names(model) if experts else []
     return LoraConfig(
         r=rank,
         lora_alpha=alpha,
         lora_dropout=dropout,
         target_modules=projection_names(model),
+        target_parameters=tensors or None,
         layers_to_transform=None if k is None else list(range(k)),
         bias="none",
     )

@@ -42,7 +42,7 @@ def finetune(
 
         from uld.assistant import lora_config
 
-        net = get_peft_model(net, lora_config(net, None, lora_rank, lora_rank, 0.0))
+        net = get_peft_model(net, lora_config(net, None, lora_rank, lora_rank, 0.0, experts=True))
     else:
         net.get_input_embeddings().weight.requires_grad_(False)
         net.get_output_embeddings().weight.requires_grad_(False)

@@ -182,7 +182,9 @@ def prepare_baseline(cfg: UnlearnConfig) -> Run:
             from peft import get_peft_model
 
             rank = cfg.lora_rank or default_lora_rank(model.config.hidden_size)
-            config = lora_config(model, None, rank, cfg.lora_alpha or rank, cfg.lora_dropout)
+            config = lora_config(
+                model, None, rank, cfg.lora_alpha or rank, cfg.lora_dropout, experts=True
+            )
             model = get_peft_model(model, config)
             frozen = Frozen()
             extra["lora_rank"] = rank
