@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from uld import metrics
-from uld.config import EvalSplits
+from uld.config import UTILITY_ROLES, EvalSplits
 from uld.evaluate import evaluate, load_reference, load_roles, score_answers
 from uld.models import load_model
 from uld.report import markdown_table, report, write_eval
@@ -174,3 +174,15 @@ def test_eval_split_names_follow_the_data_source():
         "holdout05",
     )
     assert EvalSplits.for_data("builtin", "forget01").forget == "forget01"
+
+
+def test_report_lists_model_utilitys_nine_parts_and_the_kept_epoch():
+    from uld.report import summary_of, tables
+
+    splits = {r: {"prob": 0.5, "rouge_l": 0.25, "truth_ratio": 0.125} for r in UTILITY_ROLES}
+    training = {"method": "npo", "train_seconds": 10.0, "best_epoch": 3}
+    s = summary_of({"summary": {"forget_quality": 0.5}, "splits": splits, "training": training})
+    assert s["real_authors_rouge_l"] == 0.25 and s["best_epoch"] == 3
+    text = tables({"npo": s})
+    assert "| npo | 0.500 | 0.250 | 0.125 | 0.500 |" in text
+    assert "| Method | Epoch kept |" in text and "| npo | 3 | 10 |" in text

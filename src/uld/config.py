@@ -144,6 +144,12 @@ class UnlearnConfig:
             raise ValueError("--out is required: the folder to write the unlearned model to")
 
 
+# the evaluation roles, and the three whose (probability, ROUGE-L, truth ratio) make Model Utility
+ROLES = ("forget", "retain", "real_authors", "world_facts", "holdout")
+UTILITY_ROLES = ("retain", "real_authors", "world_facts")
+UTILITY_PARTS = ("prob", "rouge_l", "truth_ratio")
+
+
 @dataclass
 class EvalSplits:
     """Split names per evaluation role ("" skips a role). The defaults are the built-in

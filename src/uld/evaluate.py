@@ -27,12 +27,9 @@ import torch
 from tqdm.auto import tqdm
 
 from uld import metrics
-from uld.config import EvalSplits
+from uld.config import ROLES, UTILITY_PARTS, UTILITY_ROLES, EvalSplits
 from uld.data.format import encode_qa, pad, prompt_ids
 from uld.logit_diff import decode
-
-ROLES = ("forget", "retain", "real_authors", "world_facts", "holdout")
-UTILITY_ROLES = ("retain", "real_authors", "world_facts")
 
 
 def load_roles(splits: EvalSplits, data: str = "builtin") -> dict[str, list[dict]]:
@@ -322,9 +319,7 @@ def summarise(splits: dict[str, dict], reference: dict | None = None) -> dict:
             )
     if "retain" in splits:
         s["retain_rouge"] = splits["retain"].get("rouge_l")
-    nine = [
-        splits.get(r, {}).get(k) for r in UTILITY_ROLES for k in ("prob", "rouge_l", "truth_ratio")
-    ]
+    nine = [splits.get(r, {}).get(k) for r in UTILITY_ROLES for k in UTILITY_PARTS]
     s["model_utility"] = metrics.model_utility(nine) if all(v is not None for v in nine) else None
     return s
 

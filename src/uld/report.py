@@ -15,6 +15,8 @@ import json
 import math
 from pathlib import Path
 
+from uld.config import UTILITY_PARTS, UTILITY_ROLES
+
 COLUMNS = [  # (header, summary key, format)
     ("F.Q.", "forget_quality", ".2e"),
     ("R-L (forget)", "forget_rouge", ".4f"),
@@ -33,7 +35,14 @@ MOE_COLUMNS = [
     ("Trainable share", "trainable_share", ".2e"),
     ("Routing shift (retain)", "routing_shift", ".4f"),
 ]
+PART_NAMES = {"prob": "prob", "rouge_l": "R-L", "truth_ratio": "TR score"}
+UTILITY_COLUMNS = [  # Model Utility's nine parts (see uld.evaluate.summarise)
+    (f"{role.replace('_', ' ')} {PART_NAMES[k]}", f"{role}_{k}", ".3f")
+    for role in UTILITY_ROLES
+    for k in UTILITY_PARTS
+]
 TIME_COLUMNS = [
+    ("Epoch kept", "best_epoch", "d"),
     ("Unlearning time (s)", "train_seconds", ".0f"),
     ("Time / ULD", "relative_time", ".2f"),
 ]
@@ -63,6 +72,8 @@ def markdown_table(runs: dict[str, dict], columns=COLUMNS) -> str:
 def tables(runs: dict[str, dict]) -> str:
     """The main table and the privacy/details table, as one markdown text."""
     text = markdown_table(runs) + "\n" + markdown_table(runs, EXTRA_COLUMNS)
+    if any(s.get(c[1]) is not None for s in runs.values() for c in UTILITY_COLUMNS):
+        text += "\nModel Utility's nine parts:\n\n" + markdown_table(runs, UTILITY_COLUMNS)
     if any(s.get("routing_shift") is not None for s in runs.values()):
         text += "\n" + markdown_table(runs, MOE_COLUMNS)
     timed = {n: s for n, s in runs.items() if s.get("train_seconds") is not None}
@@ -124,8 +135,11 @@ def summary_of(results: dict) -> dict:
     """The summary with the training facts a report plots (time, per-epoch history)."""
     train = results.get("training", {})
     s = dict(results["summary"])
+    for role in UTILITY_ROLES:
+        for k in UTILITY_PARTS:
+            s[f"{role}_{k}"] = results.get("splits", {}).get(role, {}).get(k)
     if train.get("method"):  # an unlearning run (not the target's or retain model's training)
-        for key in ("train_seconds", "trainable_params", "trainable_share"):
+        for key in ("train_seconds", "trainable_params", "trainable_share", "best_epoch"):
             if train.get(key) is not None:
                 s[key] = train[key]
     return s
