@@ -40,14 +40,18 @@ def test_uniform_kl_zero_exactly_at_uniform_and_by_hand():
 
 def test_logit_difference_filter_and_alpha_zero():
     l_t = torch.tensor([[2.0, 2.0 + math.log(0.5), 2.0 + math.log(0.001)]])  # p ∝ [1, .5, .001]
-    l_a = torch.tensor([[0.0, math.log(3), 0.0]])  # log p_a = log [1/5, 3/5, 1/5]
+    l_a = torch.tensor([[0.0, math.log(3), 0.0]])  # p_a ∝ [1, 3, 1]
     out = logit_difference(l_t, l_a, alpha=0.5, filter=0.1)
-    logp_a = torch.log(torch.tensor([0.2, 0.6, 0.2]))
-    # token 2 is below 0.1 * p_max: untouched; tokens 0, 1 get -0.5 * log p_a
-    expected = torch.tensor(
-        [[2.0 - 0.5 * logp_a[0], 2.0 + math.log(0.5) - 0.5 * logp_a[1], l_t[0, 2]]]
-    )
-    torch.testing.assert_close(out, expected)
+    # by hand: token 2 is below 0.1 * p_max, so S = {0, 1}. The target puts mass
+    # 1.5 / 1.501 on S and 0.001 / 1.501 on token 2. Inside S the logit difference gives
+    # weights 1 * 1^-0.5 = 1 and 0.5 * 3^-0.5 = 0.288675..., shared out over the same mass.
+    p = torch.softmax(out, -1)[0]
+    mass_s, w1 = 1.5 / 1.501, 0.5 / math.sqrt(3)
+    expected = torch.tensor([mass_s / (1 + w1), mass_s * w1 / (1 + w1), 0.001 / 1.501])
+    torch.testing.assert_close(p, expected)
+    assert out[0, 2] == l_t[0, 2]  # outside S: the target's logit, untouched
+    # the assistant's offset does not matter; alpha = 0 is the target bit for bit
+    torch.testing.assert_close(logit_difference(l_t, l_a + 7.0, 0.5, 0.1), out)
     assert torch.equal(logit_difference(l_t, l_a, alpha=0.0, filter=0.1), l_t)
 
 

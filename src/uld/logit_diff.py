@@ -1,13 +1,19 @@
 """The ULD model: the target's logits minus alpha times the assistant's (ULD paper, Eq. 2),
-applied only on tokens the target finds plausible.
+applied only on tokens the target finds plausible, S = {v : p_t(v) >= filter * max p_t}:
 
-    l_f = l_t - alpha * log_softmax(l_a)   where  log p_t(v) >= max_v' log p_t(v') + log(filter)
-    l_f = l_t                              elsewhere
+    l_f(v) = l_t(v) - alpha * l_a(v) + c    for v in S
+    l_f(v) = l_t(v)                         elsewhere
+    c = logsumexp_S(l_t) - logsumexp_S(l_t - alpha * l_a)
 
-The assistant's logits are normalised (log-softmax) so that their arbitrary per-position offset
-cannot move the plausible tokens as a block; the target's are left raw, so alpha = 0 returns the
-target's logits bit for bit. The filter is DoLa's relative-top filter (Li et al. 2023), the
-"lowprob-0" variant of the ULD code: outside the plausible set the assistant term is zero.
+The constant c keeps the probability mass the target puts on S: the logit difference reorders
+the plausible tokens among themselves and leaves every other token's probability exactly the
+target's. Without it (adding -alpha * log_softmax(l_a), always >= 0, on S only) the plausible set
+gains up to alpha * log V nats as a block, so every implausible token - the wrong facts of a
+perturbed answer, say - becomes e^(alpha * log V) times less likely, which inflates the truth
+ratio in the target's favour and made ULD look like it knew the forget set *better* (measured,
+docs/results.md). c also makes the result independent of the assistant's arbitrary logit offset,
+and alpha = 0 returns the target's logits bit for bit. The filter is DoLa's relative-top filter
+(Li et al. 2023); outside S the assistant term is zero, as in the ULD code's "lowprob-0" variant.
 
 One pass serves both models. The assistant's LoRA adapters are injected into the target's first K
 layers, so the batch is doubled: rows [0, B) are the target's, rows [B, 2B) the assistant's and
@@ -71,7 +77,12 @@ def logit_difference(
         return l_t
     logp_t = torch.log_softmax(l_t, dim=-1)
     plausible = logp_t >= logp_t.amax(dim=-1, keepdim=True) + math.log(filter)
-    return torch.where(plausible, l_t - alpha * torch.log_softmax(l_a.float(), dim=-1), l_t)
+    diff = l_t - alpha * l_a.float()
+    outside = torch.finfo(l_t.dtype).min
+    c = torch.logsumexp(l_t.masked_fill(~plausible, outside), -1, keepdim=True) - torch.logsumexp(
+        diff.masked_fill(~plausible, outside), -1, keepdim=True
+    )
+    return torch.where(plausible, diff + c, l_t)
 
 
 def offset_logits(
