@@ -321,7 +321,7 @@ def test_uoe_refuses_a_dense_model(tiny_model, tmp_path):
 def test_lora_baseline_on_an_moe_reaches_the_experts(tiny_moe, tmp_path):
     """Whole-model LoRA puts adapters on the 3-D expert tensors too (peft target_parameters);
     the merged model's experts moved, its router did not."""
-    run = prepare(_cfg(tiny_moe, "npo", tmp_path, lora=True))
+    run = prepare(_cfg(tiny_moe, "npo", tmp_path, lora=True, lora_dropout=0.05))
     names = [n for n, p in run.model.named_parameters() if p.requires_grad]
     assert any("experts" in n for n in names) and any("q_proj" in n for n in names)
     out = unlearn(_cfg(tiny_moe, "npo", tmp_path, lora=True, max_steps=2))

@@ -120,6 +120,9 @@ def lora_config(
     from peft import LoraConfig
 
     tensors = expert_tensor_names(model) if experts else []
+    if tensors and dropout:
+        print(f"[uld] LoRA dropout {dropout} -> 0: peft's LoRA on expert tensors has no dropout")
+        dropout = 0.0
     return LoraConfig(
         r=rank,
         lora_alpha=alpha,
