@@ -218,3 +218,19 @@ def test_upcycle_then_experts(tiny_model, tmp_path, capsys):
     assert (out / "experts.png").read_bytes()[:4] == b"\x89PNG"
     assert len(json.loads((out / "experts.json").read_text())["attribution"][0]) == 3
     assert main(["experts", "--model", tiny_model, "--out", str(out)]) == 2  # dense: refused
+
+
+@pytest.mark.parametrize("plan", ["compare.yaml", "compare_forget05.yaml", "compare_moe.yaml"])
+def test_shipped_comparison_configs_are_valid(plan, monkeypatch, tmp_path):
+    """Every run of the shipped comparison files builds a valid UnlearnConfig (nothing trains)."""
+    from pathlib import Path
+
+    from uld.compare import load_plan, run_config
+    from uld.unlearn import methods
+
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(root)  # `config:` paths are relative to the checkout
+    loaded = load_plan(root / "configs" / plan)
+    for name in loaded["runs"]:
+        cfg = run_config(loaded, name, tmp_path / name)
+        assert cfg.method in methods() and Path(cfg.model) == Path(loaded["target"])
