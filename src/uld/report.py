@@ -200,6 +200,11 @@ def _pyplot():
     return plt
 
 
+def _color(i: int):
+    """The i-th of 20 distinct colours (matplotlib's default cycle has only 10)."""
+    return _pyplot().get_cmap("tab20")(i % 20)
+
+
 def _plane(history: list[dict]) -> list[tuple[int, float, float]]:
     """(epoch, FQ, MU) of the epochs that have both."""
     return [
@@ -231,7 +236,7 @@ def plot_mu_vs_fq(runs: dict[str, dict], path: Path) -> None:
         if s.get("forget_quality") is not None and s.get("model_utility") is not None
     ]
     for i, (name, fq, mu) in enumerate(pts):
-        ax.scatter(_fq(fq), mu, s=46, color=f"C{i % 10}", zorder=3, label=name)
+        ax.scatter(_fq(fq), mu, s=46, color=_color(i), zorder=3, label=name)
         ax.annotate(name, (_fq(fq), mu), textcoords="offset points", xytext=(5, 4), fontsize=8)
     ax.set_xscale("log")
     ax.margins(x=0.12, y=0.08)  # room for the labels of the outermost points
@@ -253,7 +258,7 @@ def plot_trajectories(
     plt = _pyplot()
     fig, (by_epoch, plane) = plt.subplots(1, 2, figsize=(12.4, 4.6))
     for i, (name, history) in enumerate(histories.items()):
-        color, best = f"C{i % 10}", (kept or {}).get(name)
+        color, best = _color(i), (kept or {}).get(name)
         fq = [(h["epoch"], _fq(h["forget_quality"])) for h in history if "forget_quality" in h]
         if fq:
             by_epoch.plot(*zip(*fq, strict=True), "-o", ms=3, color=color, label=name)
@@ -292,7 +297,7 @@ def plot_fq_vs_time(runs: dict[str, dict], path: Path) -> None:
     for i, (name, s) in enumerate(runs.items()):
         if s.get("relative_time") is None or s.get("forget_quality") is None:
             continue
-        ax.scatter(s["relative_time"], _fq(s["forget_quality"]), s=46, color=f"C{i % 10}")
+        ax.scatter(s["relative_time"], _fq(s["forget_quality"]), s=46, color=_color(i))
         ax.annotate(
             name,
             (s["relative_time"], _fq(s["forget_quality"])),
