@@ -13,7 +13,8 @@ Per (alpha, filter):
         --reference runs/compare/retain/eval/eval.json
 
 Results: benchmarks/results/uld_settings.json. Settings chosen from this grid are chosen on
-the split they are scored on; say so when you report them.
+the split they are scored on: to choose them honestly, point --data/--forget at a validation
+split (forget rows held out of the evaluation, and a reference that never saw them).
 """
 
 from __future__ import annotations
@@ -74,10 +75,12 @@ def main() -> None:
     ap.add_argument("--uld", default="runs/compare/uld/model")
     ap.add_argument("--reference", default="runs/compare/retain/eval/eval.json")
     ap.add_argument("--rows", type=int, default=80, help="rows per utility split")
+    ap.add_argument("--data", default="builtin", help="builtin, a folder of <split>.json, hub id")
+    ap.add_argument("--forget", default="forget10", help="forget split (e.g. a validation split)")
     ap.add_argument("--out", default="benchmarks/results/uld_settings.json")
     args = ap.parse_args()
     model, tok = ULDModel.from_pretrained(args.uld)
-    roles = load_roles(EvalSplits())
+    roles = load_roles(EvalSplits.for_data(args.data, args.forget), args.data)
     reference = load_reference(args.reference, roles["forget"])
     grid = [(a, f) for a in ALPHAS for f in FILTERS]
 
@@ -108,6 +111,7 @@ def main() -> None:
         "uld": args.uld,
         "trained_with": {"alpha": model.alpha, "filter": model.filter},
         "reference": args.reference,
+        "data": args.data,
         "rows": {"forget": len(forget)} | {r: min(args.rows, len(roles[r])) for r in agreement},
         "grid": table,
     }
