@@ -166,6 +166,24 @@ def test_report_merges_runs_and_draws_the_plots(tmp_path):
         report([tmp_path / "missing"], tmp_path / "rep3")
 
 
+def test_plots_keep_many_runs_apart():
+    """Past 20 runs colours repeat, so the marker changes; past 8 the legend moves beside the
+    axes instead of covering the points."""
+    from uld.report import _color, _legend, _marker, _pyplot
+
+    assert (_color(0), _marker(0)) != (_color(20), _marker(20))
+    fig, ax = _pyplot().subplots()
+    for i in range(3):
+        ax.plot([0, 1], [i, i], label=f"run {i}")
+    assert _legend(ax) is False
+    for i in range(3, 12):
+        ax.plot([0, 1], [i, i], label=f"run {i}")
+    assert _legend(ax) is True
+    x0 = ax.get_legend().get_window_extent().x0
+    assert x0 > ax.get_window_extent().x1  # right of the axes
+    _pyplot().close(fig)
+
+
 def test_eval_split_names_follow_the_data_source():
     hub = EvalSplits.for_data("locuslab/TOFU", "forget05")
     assert (hub.forget, hub.real_authors, hub.holdout) == (

@@ -205,6 +205,20 @@ def _color(i: int):
     return _pyplot().get_cmap("tab20")(i % 20)
 
 
+def _marker(i: int) -> str:
+    """A marker shape per block of 20 runs, so colours that repeat past 20 stay distinct."""
+    return "osD^v"[(i // 20) % 5]
+
+
+def _legend(ax) -> bool:
+    """Inside the axes for a few runs; beside them (right) when there are many. -> beside?"""
+    if len(ax.get_legend_handles_labels()[0]) > 8:
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
+        return True
+    ax.legend(fontsize=7, loc="best")
+    return False
+
+
 def _plane(history: list[dict]) -> list[tuple[int, float, float]]:
     """(epoch, FQ, MU) of the epochs that have both."""
     return [
@@ -236,7 +250,7 @@ def plot_mu_vs_fq(runs: dict[str, dict], path: Path) -> None:
         if s.get("forget_quality") is not None and s.get("model_utility") is not None
     ]
     for i, (name, fq, mu) in enumerate(pts):
-        ax.scatter(_fq(fq), mu, s=46, color=_color(i), zorder=3, label=name)
+        ax.scatter(_fq(fq), mu, s=46, color=_color(i), marker=_marker(i), zorder=3, label=name)
         ax.annotate(name, (_fq(fq), mu), textcoords="offset points", xytext=(5, 4), fontsize=8)
     ax.set_xscale("log")
     ax.margins(x=0.12, y=0.08)  # room for the labels of the outermost points
@@ -245,7 +259,7 @@ def plot_mu_vs_fq(runs: dict[str, dict], path: Path) -> None:
     ax.set_title("Model Utility vs Forget Quality (up and right is better)")
     ax.grid(True, which="major", alpha=0.3)
     if len(pts) > 1:
-        ax.legend(fontsize=7, loc="best")
+        _legend(ax)
     _save(fig, path)
 
 
@@ -261,7 +275,8 @@ def plot_trajectories(
         color, best = _color(i), (kept or {}).get(name)
         fq = [(h["epoch"], _fq(h["forget_quality"])) for h in history if "forget_quality" in h]
         if fq:
-            by_epoch.plot(*zip(*fq, strict=True), "-o", ms=3, color=color, label=name)
+            style = "-" + _marker(i)
+            by_epoch.plot(*zip(*fq, strict=True), style, ms=3, color=color, label=name)
             for epoch, v in fq:
                 if epoch == best:
                     by_epoch.scatter(epoch, v, s=140, marker="*", color=color, zorder=4)
@@ -279,7 +294,9 @@ def plot_trajectories(
     by_epoch.set_ylabel("Forget Quality (log scale)")
     by_epoch.set_title("Forget Quality after each epoch (star: the epoch kept)")
     by_epoch.grid(True, alpha=0.3)
-    by_epoch.legend(fontsize=7, loc="best")
+    if _legend(by_epoch):
+        fig.set_size_inches(14.4, 4.6)
+        fig.subplots_adjust(wspace=0.55)
     plane.set_xscale("log")
     plane.set_xlabel("Forget Quality (log scale)")
     plane.set_ylabel("Model Utility")
@@ -297,7 +314,9 @@ def plot_fq_vs_time(runs: dict[str, dict], path: Path) -> None:
     for i, (name, s) in enumerate(runs.items()):
         if s.get("relative_time") is None or s.get("forget_quality") is None:
             continue
-        ax.scatter(s["relative_time"], _fq(s["forget_quality"]), s=46, color=_color(i))
+        ax.scatter(
+            s["relative_time"], _fq(s["forget_quality"]), s=46, color=_color(i), marker=_marker(i)
+        )
         ax.annotate(
             name,
             (s["relative_time"], _fq(s["forget_quality"])),
