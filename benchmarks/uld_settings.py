@@ -12,6 +12,9 @@ Per (alpha, filter):
     python benchmarks/uld_settings.py --uld runs/compare/uld/model \
         --reference runs/compare/retain/eval/eval.json
 
+`--bare` scores the same assistant with its LoRA update zeroed (the target's first K layers
+alone): how much of the disagreement training removed.
+
 Results: benchmarks/results/uld_settings.json. Settings chosen from this grid are chosen on
 the split they are scored on: to choose them honestly, point --data/--forget at a validation
 split (forget rows held out of the evaluation, and a reference that never saw them).
@@ -77,9 +80,19 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=80, help="rows per utility split")
     ap.add_argument("--data", default="builtin", help="builtin, a folder of <split>.json, hub id")
     ap.add_argument("--forget", default="forget10", help="forget split (e.g. a validation split)")
+    ap.add_argument(
+        "--bare",
+        action="store_true",
+        help="zero the assistant's LoRA update: what the untrained trunk alone would subtract",
+    )
     ap.add_argument("--out", default="benchmarks/results/uld_settings.json")
     args = ap.parse_args()
     model, tok = ULDModel.from_pretrained(args.uld)
+    if args.bare:
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if "lora_B" in name:
+                    p.zero_()  # B = 0 makes the LoRA delta B·A zero
     roles = load_roles(EvalSplits.for_data(args.data, args.forget), args.data)
     reference = load_reference(args.reference, roles["forget"])
     grid = [(a, f) for a in ALPHAS for f in FILTERS]
@@ -109,6 +122,7 @@ def main() -> None:
     result = {
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}",
         "uld": args.uld,
+        "bare": args.bare,
         "trained_with": {"alpha": model.alpha, "filter": model.filter},
         "reference": args.reference,
         "data": args.data,
