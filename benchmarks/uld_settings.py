@@ -33,7 +33,7 @@ import torch
 from uld import metrics
 from uld.config import EvalSplits
 from uld.data.format import encode_qa, pad
-from uld.evaluate import load_reference, load_roles
+from uld.evaluate import load_reference, load_roles, perturbed_pairs
 from uld.logit_diff import ULDModel, logit_difference
 
 ALPHAS = (0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
@@ -98,14 +98,13 @@ def main() -> None:
     grid = [(a, f) for a in ALPHAS for f in FILTERS]
 
     forget = roles["forget"]
-    k = min(len(r["perturbed_answer"]) for r in forget)
-    qs = [r["question"] for r in forget]
-    answers = [r["paraphrased_answer"] for r in forget]
-    answers += [a for r in forget for a in r["perturbed_answer"][:k]]
+    wrong_q, wrong_a, k = perturbed_pairs(forget)
+    qs = [r["question"] for r in forget] + wrong_q
+    answers = [r["paraphrased_answer"] for r in forget] + wrong_a
     truth = []
-    for logp, n, _ in scores(model, tok, qs + [q for q in qs for _ in range(k)], answers, grid):
-        p = torch.exp(logp / n)  # TOFU's length-normalised probability
-        truth.append(metrics.truth_ratio(p[len(qs) :].view(len(qs), k), p[: len(qs)]))
+    for logp, n, _ in scores(model, tok, qs, answers, grid):
+        p = metrics.normalised_prob(logp, n)
+        truth.append(metrics.truth_ratio(p[len(forget) :].view(len(forget), k), p[: len(forget)]))
     agreement = {}
     for role in ("retain", "real_authors", "world_facts"):
         rows = roles[role][: args.rows]

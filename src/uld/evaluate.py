@@ -175,15 +175,21 @@ def truth_ratios(model, tokenizer, rows: list[dict], paraphrased: bool = True) -
     return _truth_parts(model, tokenizer, rows, paraphrased)[0]
 
 
+def perturbed_pairs(rows: list[dict]) -> tuple[list[str], list[str], int]:
+    """(questions, answers, k): each row's first k perturbed answers after its original question
+    (TOFU scores them there), row by row; k = the fewest perturbed answers of any row, so the
+    probabilities reshape to [N, k]."""
+    k = min(len(r["perturbed_answer"]) for r in rows)
+    questions = [r["question"] for r in rows for _ in range(k)]
+    return questions, [a for r in rows for a in r["perturbed_answer"][:k]], k
+
+
 def _truth_parts(model, tokenizer, rows, paraphrased: bool, batch_size: int = 16, p_answer=None):
     """(R [N], P̄(true) [N], P̄(perturbed) [N, k]); k = the fewest perturbed answers of a row.
 
     p_answer [N]: P̄(answer) when already computed (reused when `paraphrased` is False)."""
-    k = min(len(r["perturbed_answer"]) for r in rows)
-    # TOFU scores both the paraphrased and the perturbed answers after the original question.
+    questions, answers, k = perturbed_pairs(rows)
     qs = [r["question"] for r in rows]
-    questions = [q for q in qs for _ in range(k)]
-    answers = [a for r in rows for a in r["perturbed_answer"][:k]]
     if paraphrased or p_answer is None:
         questions = qs + questions
         answers = [r["paraphrased_answer"] if paraphrased else r["answer"] for r in rows] + answers
