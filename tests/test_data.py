@@ -93,3 +93,21 @@ def test_collator_right_pads_and_pairs(tiny_model):
     paired = PairedDataset(f, r, seed=0)
     dealt = [paired[0]["retain"] for _ in range(3)]
     assert all(d == r[0] for d in dealt) and len(paired) == 1
+
+
+def test_general_prompts_stay_clear_of_the_evaluation_sets():
+    """The general prompts widen D'_r; none may ask an evaluation question or name its answer
+    (a person, book, place or thing `uld.data.real` asks about)."""
+    import re
+
+    from uld.data.general import general_prompts
+    from uld.data.real import real_authors, world_facts
+
+    prompts = general_prompts()
+    assert len(prompts) == len(set(prompts)) >= 100
+    rows = real_authors() + world_facts() + load_split("full")
+    questions = {r["question"] for r in rows} | {r.get("paraphrased_question") for r in rows}
+    assert not questions & set(prompts)
+    named = [r["answer"] for r in real_authors() + world_facts()]
+    hits = [(a, p) for a in named for p in prompts if re.search(rf"\b{re.escape(a)}\b", p)]
+    assert hits == []

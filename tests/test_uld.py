@@ -12,7 +12,7 @@ import torch
 
 from uld.assistant import decoder_layers, projection_names
 from uld.config import UnlearnConfig
-from uld.data.augment import forget_set, retain_set
+from uld.data.augment import drop_forget_overlap, forget_set, retain_set
 from uld.data.format import Collator, PairedDataset, QADataset
 from uld.data.load import DataError, load_split
 from uld.logit_diff import ULDModel, decode, logit_difference
@@ -85,6 +85,17 @@ def _paired_batch(tok, n: int = 4):
         QADataset(forget_set(forget), tok), QADataset(retain_set(retain, forget), tok)
     )
     return Collator(tok.pad_token_id)([ds[i] for i in range(n)])
+
+
+def test_general_rows_quoting_the_forget_set_are_dropped():
+    d_f = [{"question": "Q", "answer": "Ilse wrote The Quiet Lantern in Berlin."}]
+    rows = [
+        {"question": "a", "answer": "It was called the quiet lantern in Berlin, I think."},
+        {"question": "b", "answer": "The quiet lantern is bright."},  # 3 words in a row: kept
+        {"question": "c", "answer": "Ilse wrote poems."},
+    ]
+    assert drop_forget_overlap(rows, d_f) == rows[1:]
+    assert drop_forget_overlap(rows, d_f, n=3) == rows[2:]
 
 
 def test_training_changes_every_lora_weight_and_no_target_weight(tiny_model):
@@ -352,3 +363,51 @@ def test_same_seed_same_adapter(tiny_model, tmp_path):
     outs = [unlearn(_small_run(tiny_model, tmp_path / f"u{i}", epochs=1, lr=1e-2)) for i in (0, 1)]
     a, b = (load_file(str(o / "adapter_model.safetensors")) for o in outs)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_general_rows_join_d_r_and_need_a_retain_term(tiny_model, tmp_path):
+    extra = [
+        {"question": f"What is thing {i}?", "answer": f"Thing {i} is a thing."} for i in range(5)
+    ]
+    (tmp_path / "general.json").write_text(json.dumps(extra))
+    out = unlearn(
+        _small_run(tiny_model, tmp_path / "u", max_steps=1, general=str(tmp_path / "general.json"))
+    )
+    saved = json.loads((out / "uld_config.json").read_text())
+    forget, retain = load_split("forget01"), load_split("retain99")
+    assert saved["d_r_rows"] == len(retain_set(retain, forget)) + len(extra)
+    with pytest.raises(ValueError, match="no retain term"):
+        unlearn(
+            _small_run(
+                tiny_model, tmp_path / "g", method="ga", general=str(tmp_path / "general.json")
+            )
+        )
+    forget_q = [{"question": forget[0]["question"], "answer": "x"}]
+    (tmp_path / "bad.json").write_text(json.dumps(forget_q))
+    with pytest.raises(DataError, match="shares"):
+        unlearn(_small_run(tiny_model, tmp_path / "b", general=str(tmp_path / "bad.json")))
+    assert not (tmp_path / "g").exists() and not (tmp_path / "b").exists()
+
+
+def test_builtin_general_rows_are_the_targets_own_answers(tiny_model, tmp_path):
+    from uld.data.general import general_prompts
+    from uld.evaluate import generate_answers
+    from uld.unlearn import general_rows
+
+    # the random tiny model answers only newlines: nothing to learn from, said clearly
+    with pytest.raises(DataError, match="answered none"):
+        general_rows("builtin", tiny_model)
+    # with every blank token's (tied) embedding zeroed it writes visible text
+    model, tok = load_model(tiny_model)
+    blank = [i for i in range(len(tok)) if not tok.decode([i]).strip()]
+    with torch.no_grad():
+        model.get_input_embeddings().weight[blank] = 0.0
+    model.save_pretrained(tmp_path / "m")
+    tok.save_pretrained(tmp_path / "m")
+    rows = general_rows("builtin", str(tmp_path / "m"))
+    prompts = general_prompts()
+    answers = generate_answers(model.eval(), tok, prompts, 16, 64, progress=False)
+    assert rows == [
+        {"question": q, "answer": a} for q, a in zip(prompts, answers, strict=True) if a
+    ]
+    assert len(rows) > len(prompts) // 2

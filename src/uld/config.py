@@ -80,6 +80,12 @@ class UnlearnConfig:
         "add forget questions with perturbed answers to the retain set (default: on for ULD, "
         "off otherwise)",
     )
+    general: str = _f(
+        "",
+        "add rows the model must keep to the retain set (ULD: to D'_r, where the assistant learns "
+        "to know nothing): builtin (our general prompts answered by the target) or a .json/.jsonl "
+        "file of question/answer rows; empty: none",
+    )
     epochs: float = _f(10.0, "epochs over the forget set (paper 10)")
     lr: float = _f(
         0.0, "peak learning rate (0: the method's default: ULD 1e-3, baselines 1e-5, LoRA 1e-4)"

@@ -23,9 +23,15 @@ from uld.assistant import (
     trainable_count,
 )
 from uld.config import UnlearnConfig
-from uld.data.augment import check_disjoint, forget_set, refusal_set, retain_set
+from uld.data.augment import (
+    check_disjoint,
+    drop_forget_overlap,
+    forget_set,
+    refusal_set,
+    retain_set,
+)
 from uld.data.format import Collator, PairedDataset, QADataset
-from uld.data.load import load_split
+from uld.data.load import DataError, load_split
 from uld.losses import BASELINES, Frozen, Hyper, needs_reference
 from uld.models import load_model, resolve
 from uld.trainer import checkpoint_dir, remove_checkpoints, train
@@ -81,25 +87,62 @@ def prepare(cfg: UnlearnConfig) -> Run:
     """Load and set up everything `cfg.method` trains (no training yet)."""
     if cfg.method not in methods():
         raise ValueError(f"unknown method {cfg.method!r}; choose one of {', '.join(methods())}")
+    if cfg.general and cfg.method != "uld" and "+" not in cfg.method.removeprefix("uoe+"):
+        raise ValueError(
+            f"--general adds retain rows, but {cfg.method} has no retain term; use a method with "
+            "one (uld, or a baseline with +gd or +kl) or drop --general"
+        )
     if cfg.method == "uld":
         return prepare_uld(cfg)
     return prepare_uoe(cfg) if cfg.method.startswith("uoe+") else prepare_baseline(cfg)
 
 
-def _training_sets(cfg: UnlearnConfig) -> tuple[list[dict], list[dict], list[dict]]:
-    """(forget, retain, D_f, D_r) rows: the splits, checked, with the augmentation the method
-    and flags ask for (`uld.data.augment`)."""
+def _training_sets(cfg: UnlearnConfig, target: str) -> tuple[list[dict], list[dict], list[dict]]:
+    """(forget, D_f, D_r) rows: the splits, checked, with the augmentation the method and flags
+    ask for (`uld.data.augment`), and `--general` rows added to D_r."""
     forget = load_split(cfg.forget, cfg.data)
     retain = load_split(cfg.retain, cfg.data)
     check_disjoint(forget, retain)
     paraphrase, perturbed = cfg.augment()
     d_f = forget_set(forget, paraphrase)
     d_r = retain_set(retain, forget, perturbed)
+    n_perturbed = len(d_r) - len(retain)
+    general = general_rows(cfg.general, target) if cfg.general else []
+    check_disjoint(forget, general)
+    kept = drop_forget_overlap(general, d_f)
+    d_r += kept
     print(
         f"[uld] forget set: {len(forget)} + {len(d_f) - len(forget)} paraphrased = {len(d_f)} "
-        f"rows; retain set: {len(retain)} + {len(d_r) - len(retain)} perturbed = {len(d_r)} rows"
+        f"rows; retain set: {len(retain)} + {n_perturbed} perturbed + {len(kept)} general "
+        f"= {len(d_r)} rows"
+        + (f" ({len(general) - len(kept)} general rows quoting D_f dropped)" if general else "")
     )
     return forget, d_f, d_r
+
+
+def general_rows(source: str, target: str, batch_size: int = 16) -> list[dict]:
+    """Rows that widen D_r: `builtin` -> `uld.data.general`'s prompts with the target's own greedy
+    answers (what the target does off the forget set is what must be kept); otherwise a
+    .json/.jsonl file (or split) of question/answer rows, used as they are."""
+    if source != "builtin":
+        return [{"question": r["question"], "answer": r["answer"]} for r in load_split(source)]
+    from uld.data.general import general_prompts
+    from uld.evaluate import generate_answers
+
+    model, tokenizer = load_model(target)
+    prompts = general_prompts()
+    start = time.time()
+    answers = generate_answers(model.eval(), tokenizer, prompts, batch_size, 64, progress=False)
+    took = time.time() - start
+    print(f"[uld] the target answered {len(prompts)} general prompts in {took:.0f} s")
+    rows = [{"question": q, "answer": a} for q, a in zip(prompts, answers, strict=True) if a]
+    if not rows:
+        raise DataError(
+            f"the target {target} answered none of the {len(prompts)} general prompts (every "
+            "answer was blank); check that it is an instruction-tuned model, or pass --general "
+            "a .json/.jsonl file of question/answer rows"
+        )
+    return rows
 
 
 def _assistant_shape(cfg: UnlearnConfig, target: str) -> tuple[int, int, int]:
@@ -125,7 +168,7 @@ def prepare_uld(cfg: UnlearnConfig) -> Run:
     """ULD: an assistant (the target's first K layers with LoRA) on D'_f and D'_r."""
     target = resolve(cfg.model)
     k, rank, n_layers = _assistant_shape(cfg, target)
-    forget, d_f, d_r = _training_sets(cfg)
+    forget, d_f, d_r = _training_sets(cfg, target)
     set_seed(cfg.seed)  # the LoRA matrices are initialised at random: same seed, same run
     assistant, tokenizer = build_assistant(
         target, k, rank, cfg.lora_alpha or rank, cfg.lora_dropout
@@ -161,7 +204,7 @@ def prepare_baseline(cfg: UnlearnConfig) -> Run:
     target = resolve(cfg.model)
     offset = cfg.method.startswith("offset-")
     loss = cfg.method.removeprefix("offset-")
-    forget, d_f, d_r = _training_sets(cfg)
+    forget, d_f, d_r = _training_sets(cfg, target)
     set_seed(cfg.seed)
     extra: dict = {"method": cfg.method, "d_f_rows": len(d_f), "d_r_rows": len(d_r)}
     if offset:
@@ -205,7 +248,7 @@ def prepare_uoe(cfg: UnlearnConfig) -> Run:
 
     target = resolve(cfg.model)
     loss = cfg.method.removeprefix("uoe+")
-    forget, d_f, d_r = _training_sets(cfg)
+    forget, d_f, d_r = _training_sets(cfg, target)
     model, tokenizer = load_model(target)
     moe_layers(model)  # a dense or unknown model stops here, with the reason
     attribution = expert_attribution(model, tokenizer, forget)

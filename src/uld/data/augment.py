@@ -9,6 +9,8 @@ question. Both are built in row order, so the same inputs always give the same s
 
 from __future__ import annotations
 
+import re
+
 from uld.data.load import DataError
 
 
@@ -38,6 +40,19 @@ def retain_set(retain: list[dict], forget: list[dict], perturbed: bool = True) -
                 )
             rows += [{"question": r["question"], "answer": a} for a in wrong]
     return rows
+
+
+def _ngrams(text: str, n: int) -> set[tuple[str, ...]]:
+    words = re.findall(r"\w+", text.lower())
+    return {tuple(words[i : i + n]) for i in range(len(words) - n + 1)}
+
+
+def drop_forget_overlap(rows: list[dict], d_f: list[dict], n: int = 4) -> list[dict]:
+    """`rows` without those whose answer repeats n words in a row of a D'_f answer: extra retain
+    rows (e.g. the target's own answers to general prompts) may quote forget knowledge, and the
+    assistant must not learn to know nothing of that."""
+    seen = set().union(*(_ngrams(r["answer"], n) for r in d_f))
+    return [r for r in rows if not _ngrams(r["answer"], n) & seen]
 
 
 # Preferred answers for DPO-style unlearning: refusals that claim no knowledge (TOFU's
