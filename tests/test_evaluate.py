@@ -169,9 +169,10 @@ def test_report_merges_runs_and_draws_the_plots(tmp_path):
 def test_plots_keep_many_runs_apart():
     """Past 20 runs colours repeat, so the marker changes; past 8 the legend moves beside the
     axes instead of covering the points."""
-    from uld.report import _color, _legend, _marker, _pyplot
+    from uld.report import _legend, _pyplot, _style
 
-    assert (_color(0), _marker(0)) != (_color(20), _marker(20))
+    styles = [tuple(_style(i).values()) for i in range(40)]
+    assert len(set(styles)) == 40 and styles[0][0] == styles[20][0]
     fig, ax = _pyplot().subplots()
     for i in range(3):
         ax.plot([0, 1], [i, i], label=f"run {i}")

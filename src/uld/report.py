@@ -200,14 +200,10 @@ def _pyplot():
     return plt
 
 
-def _color(i: int):
-    """The i-th of 20 distinct colours (matplotlib's default cycle has only 10)."""
-    return _pyplot().get_cmap("tab20")(i % 20)
-
-
-def _marker(i: int) -> str:
-    """A marker shape per block of 20 runs, so colours that repeat past 20 stay distinct."""
-    return "osD^v"[(i // 20) % 5]
+def _style(i: int) -> dict:
+    """The i-th run's colour (one of tab20's 20: the default cycle has only 10) and marker (a new
+    shape per block of 20 runs, so colours that repeat past 20 stay distinct)."""
+    return {"color": _pyplot().get_cmap("tab20")(i % 20), "marker": "osD^v"[(i // 20) % 5]}
 
 
 def _legend(ax) -> bool:
@@ -250,7 +246,7 @@ def plot_mu_vs_fq(runs: dict[str, dict], path: Path) -> None:
         if s.get("forget_quality") is not None and s.get("model_utility") is not None
     ]
     for i, (name, fq, mu) in enumerate(pts):
-        ax.scatter(_fq(fq), mu, s=46, color=_color(i), marker=_marker(i), zorder=3, label=name)
+        ax.scatter(_fq(fq), mu, s=46, **_style(i), zorder=3, label=name)
         ax.annotate(name, (_fq(fq), mu), textcoords="offset points", xytext=(5, 4), fontsize=8)
     ax.set_xscale("log")
     ax.margins(x=0.12, y=0.08)  # room for the labels of the outermost points
@@ -272,11 +268,11 @@ def plot_trajectories(
     plt = _pyplot()
     fig, (by_epoch, plane) = plt.subplots(1, 2, figsize=(12.4, 4.6))
     for i, (name, history) in enumerate(histories.items()):
-        color, best = _color(i), (kept or {}).get(name)
+        color, marker = _style(i).values()
+        best = (kept or {}).get(name)
         fq = [(h["epoch"], _fq(h["forget_quality"])) for h in history if "forget_quality" in h]
         if fq:
-            style = "-" + _marker(i)
-            by_epoch.plot(*zip(*fq, strict=True), style, ms=3, color=color, label=name)
+            by_epoch.plot(*zip(*fq, strict=True), "-" + marker, ms=3, color=color, label=name)
             for epoch, v in fq:
                 if epoch == best:
                     by_epoch.scatter(epoch, v, s=140, marker="*", color=color, zorder=4)
@@ -314,9 +310,7 @@ def plot_fq_vs_time(runs: dict[str, dict], path: Path) -> None:
     for i, (name, s) in enumerate(runs.items()):
         if s.get("relative_time") is None or s.get("forget_quality") is None:
             continue
-        ax.scatter(
-            s["relative_time"], _fq(s["forget_quality"]), s=46, color=_color(i), marker=_marker(i)
-        )
+        ax.scatter(s["relative_time"], _fq(s["forget_quality"]), s=46, **_style(i))
         ax.annotate(
             name,
             (s["relative_time"], _fq(s["forget_quality"])),
