@@ -25,7 +25,10 @@ from uld.config import FinetuneConfig, UnlearnConfig
 # beta = 6.5 and lr 1e-3 the 8-layer assistant stays near uniform on the forget set too (L_f
 # ~10 nats after 10 epochs); beta = 4, lr 3e-3 and batch 4 let it learn D'_f. The fine-tuned
 # target is so sure of its answers that the paper's filter 1e-2 leaves most answer tokens with
-# no plausible alternative to move to; 1e-3 with alpha = 1 does.
+# no plausible alternative to move to; 1e-3 with alpha = 1 does. D'_r is widened with the
+# target's answers to general prompts (`general`): over three seeds that keeps 0.94x of the
+# target's Model Utility against 0.77x without it, at the same or better Forget Quality
+# (docs/results.md, "Widening D'_r").
 DEMO_ULD = {
     "layers": 8,
     "lora_rank": 16,
@@ -36,6 +39,7 @@ DEMO_ULD = {
     "epochs": 10.0,
     "lr": 3e-3,
     "batch_size": 4,
+    "general": "builtin",
 }
 
 
