@@ -411,3 +411,22 @@ def test_builtin_general_rows_are_the_targets_own_answers(tiny_model, tmp_path):
         {"question": q, "answer": a} for q, a in zip(prompts, answers, strict=True) if a
     ]
     assert len(rows) > len(prompts) // 2
+
+
+def test_per_epoch_evaluation_does_not_change_training(tiny_model, tmp_path, monkeypatch):
+    """Evaluating after each epoch must leave the training path alone: the last epoch's adapter
+    is the same with and without it (the evaluation used to draw from the shared RNG)."""
+    from safetensors.torch import load_file
+
+    import uld.unlearn as unlearn_module
+
+    monkeypatch.setattr(unlearn_module, "load_best", lambda model, best: None)  # keep the last
+    adapters = []
+    for name, kw in [("plain", {}), ("evaluated", {"eval_metric": "forget_quality"})]:
+        cfg = _small_run(tiny_model, tmp_path / name, epochs=3, lr=1e-2, reference=tiny_model)
+        for k, v in kw.items():
+            setattr(cfg, k, v)
+        adapters.append(load_file(str(unlearn(cfg) / "adapter_model.safetensors")))
+    assert adapters[0].keys() == adapters[1].keys()
+    for k in adapters[0]:
+        torch.testing.assert_close(adapters[0][k], adapters[1][k], rtol=0, atol=0)

@@ -47,6 +47,30 @@ class UnlearnTrainer(Trainer):
         super().log(logs, *args, **kwargs)
 
 
+def _rng_states() -> dict:
+    import random
+
+    import numpy as np
+
+    states = {"python": random.getstate(), "numpy": np.random.get_state()}
+    states["torch"] = torch.get_rng_state()
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def _set_rng_states(states: dict) -> None:
+    import random
+
+    import numpy as np
+
+    random.setstate(states["python"])
+    np.random.set_state(states["numpy"])
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states:
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
 class EpochEval(TrainerCallback):
     """Runs `evaluate(model) -> dict` after each epoch; keeps the best epoch by `metric`.
 
@@ -75,8 +99,12 @@ class EpochEval(TrainerCallback):
 
     def on_epoch_end(self, args, state, control, model=None, **kwargs):
         model.eval()
-        with torch.no_grad():
-            scores = self.evaluate(model)
+        rng = _rng_states()  # evaluating must not change what training draws next
+        try:
+            with torch.no_grad():
+                scores = self.evaluate(model)
+        finally:
+            _set_rng_states(rng)
         model.train()
         epoch = round(state.epoch or 0)
         scores = {"epoch": epoch, **scores}
