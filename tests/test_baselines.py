@@ -332,3 +332,18 @@ def test_lora_baseline_on_an_moe_reaches_the_experts(tiny_moe, tmp_path):
     assert any(n.endswith("experts.gate_up_proj") for n in moved)
     assert any(n.endswith("experts.down_proj") for n in moved)
     assert not any("gate.weight" in n or "embed" in n or "norm" in n for n in moved)
+
+
+def test_which_losses_use_the_frozen_model_and_the_retain_set():
+    from uld.losses import BASELINES, has_retain_term, needs_reference
+
+    assert [b for b in BASELINES if has_retain_term(b)] == [
+        "ga+gd",
+        "ga+kl",
+        "dpo+gd",
+        "dpo+kl",
+        "npo+gd",
+        "npo+kl",
+    ]
+    assert has_retain_term("uld")
+    assert [b for b in BASELINES if not needs_reference(b)] == ["ga", "ga+gd"]

@@ -277,6 +277,12 @@ def needs_reference(loss: str) -> bool:
     return forget_loss != "ga" or retain_loss == "kl"
 
 
+def has_retain_term(loss: str) -> bool:
+    """Whether a loss ("uld", "npo+kl", "ga", ...) trains on the retain set: ULD on its D'_r,
+    a baseline through its +GD / +KL term."""
+    return loss == "uld" or bool(loss.partition("+")[2])
+
+
 Objective = Callable[[torch.nn.Module, dict, Hyper, Frozen], tuple[torch.Tensor, dict]]
 
 FORGET_LOSSES = ("ga", "dpo", "npo")

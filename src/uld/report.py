@@ -207,7 +207,7 @@ def _style(i: int) -> dict:
 
 
 def _legend(ax) -> bool:
-    """Inside the axes for a few runs; beside them (right) when there are many. -> beside?"""
+    """Inside the axes for a few runs, beside them (right) for many; True when beside."""
     if len(ax.get_legend_handles_labels()[0]) > 8:
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
         return True
@@ -268,11 +268,13 @@ def plot_trajectories(
     plt = _pyplot()
     fig, (by_epoch, plane) = plt.subplots(1, 2, figsize=(12.4, 4.6))
     for i, (name, history) in enumerate(histories.items()):
-        color, marker = _style(i).values()
-        best = (kept or {}).get(name)
+        style, best = _style(i), (kept or {}).get(name)
+        color = style["color"]
         fq = [(h["epoch"], _fq(h["forget_quality"])) for h in history if "forget_quality" in h]
         if fq:
-            by_epoch.plot(*zip(*fq, strict=True), "-" + marker, ms=3, color=color, label=name)
+            by_epoch.plot(
+                *zip(*fq, strict=True), "-" + style["marker"], ms=3, color=color, label=name
+            )
             for epoch, v in fq:
                 if epoch == best:
                     by_epoch.scatter(epoch, v, s=140, marker="*", color=color, zorder=4)

@@ -32,7 +32,7 @@ from uld.data.augment import (
 )
 from uld.data.format import Collator, PairedDataset, QADataset
 from uld.data.load import DataError, load_split
-from uld.losses import BASELINES, Frozen, Hyper, needs_reference
+from uld.losses import BASELINES, Frozen, Hyper, has_retain_term, needs_reference
 from uld.models import load_model, resolve
 from uld.trainer import checkpoint_dir, remove_checkpoints, train
 
@@ -87,7 +87,8 @@ def prepare(cfg: UnlearnConfig) -> Run:
     """Load and set up everything `cfg.method` trains (no training yet)."""
     if cfg.method not in methods():
         raise ValueError(f"unknown method {cfg.method!r}; choose one of {', '.join(methods())}")
-    if cfg.general and cfg.method != "uld" and "+" not in cfg.method.removeprefix("uoe+"):
+    loss = cfg.method.removeprefix("offset-").removeprefix("uoe+")
+    if cfg.general and not has_retain_term(loss):
         raise ValueError(
             f"--general adds retain rows, but {cfg.method} has no retain term; use a method with "
             "one (uld, or a baseline with +gd or +kl) or drop --general"
@@ -282,12 +283,11 @@ def prepare_uoe(cfg: UnlearnConfig) -> Run:
 def _loss_dataset(d_f, d_r, tokenizer, loss: str, seed: int) -> PairedDataset:
     """Forget items, paired with retain items if the loss has a retain term (+gd, +kl) and with
     refusals of the same questions for DPO."""
-    forget_loss, _, retain_loss = loss.partition("+")
     return PairedDataset(
         QADataset(d_f, tokenizer),
-        QADataset(d_r, tokenizer) if retain_loss else None,
+        QADataset(d_r, tokenizer) if has_retain_term(loss) else None,
         seed=seed,
-        idk=QADataset(refusal_set(d_f), tokenizer) if forget_loss == "dpo" else None,
+        idk=QADataset(refusal_set(d_f), tokenizer) if loss.startswith("dpo") else None,
     )
 
 
