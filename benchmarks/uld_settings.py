@@ -85,6 +85,8 @@ def main() -> None:
         action="store_true",
         help="zero the assistant's LoRA update: what the untrained trunk alone would subtract",
     )
+    ap.add_argument("--alphas", type=float, nargs="+", default=ALPHAS)
+    ap.add_argument("--filters", type=float, nargs="+", default=FILTERS)
     ap.add_argument("--out", default="benchmarks/results/uld_settings.json")
     args = ap.parse_args()
     model, tok = ULDModel.from_pretrained(args.uld)
@@ -95,7 +97,7 @@ def main() -> None:
                     p.zero_()  # B = 0 makes the LoRA delta B·A zero
     roles = load_roles(EvalSplits.for_data(args.data, args.forget), args.data)
     reference = load_reference(args.reference, roles["forget"])
-    grid = [(a, f) for a in ALPHAS for f in FILTERS]
+    grid = [(a, f) for a in args.alphas for f in args.filters]
 
     forget = roles["forget"]
     wrong_q, wrong_a, k = perturbed_pairs(forget)

@@ -55,6 +55,24 @@ def test_logit_difference_filter_and_alpha_zero():
     assert torch.equal(logit_difference(l_t, l_a, alpha=0.0, filter=0.1), l_t)
 
 
+def test_logit_difference_keeps_at_least_filter_times_vocab_tokens():
+    # A target sure of token 0: only token 0 passes p >= 0.2 * p_max, but the ULD code's floor
+    # keeps the int(0.2 * 10) = 2 most likely tokens, so S = {0, 1} and the assistant, sure of
+    # token 0 as well, moves mass from token 0 to token 1.
+    l_t = torch.tensor([[0.0, -4.0, -5.0, -6.0, -6.0, -6.0, -6.0, -6.0, -6.0, -6.0]])
+    l_a = torch.zeros(1, 10)
+    l_a[0, 0] = math.log(4.0)  # the assistant's odds of token 0 to token 1: 4
+    out = logit_difference(l_t, l_a, alpha=1.0, filter=0.2)
+    p_t, p = torch.softmax(l_t, -1)[0], torch.softmax(out, -1)[0]
+    # inside S the target's weights [1, e^-4] become [1/4, e^-4], sharing S's mass p_t(0)+p_t(1)
+    mass_s, w = p_t[0] + p_t[1], torch.tensor([0.25, math.exp(-4.0)])
+    torch.testing.assert_close(p[:2], mass_s * w / w.sum())
+    torch.testing.assert_close(p[2:], p_t[2:])  # outside S: the target's probabilities
+    assert p[0] < p_t[0] and p[1] > p_t[1]
+    # below the floor's size (int(0.05 * 10) = 0 -> 1 token) S is {0} and nothing moves
+    torch.testing.assert_close(torch.softmax(logit_difference(l_t, l_a, 1.0, 0.05), -1)[0], p_t)
+
+
 def test_augmented_sets_are_built_as_the_paper_says():
     forget = load_split("forget01")
     retain = load_split("retain99")[:5]

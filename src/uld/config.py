@@ -65,7 +65,11 @@ class UnlearnConfig:
     lora: bool = _f(False, "baselines: train LoRA adapters on every projection, not all weights")
     beta: float = _f(6.5, "ULD: weight of the uniform loss on D'_r (paper 6.5)")
     alpha: float = _f(0.75, "ULD: logit-difference weight at inference (paper 0.75)")
-    filter: float = _f(1e-2, "ULD: relative-top filter; subtract only where p >= filter * p_max")
+    filter: float = _f(
+        1e-2,
+        "ULD: relative-top filter; subtract only where p >= filter * p_max or on the "
+        "filter * vocab most likely tokens",
+    )
     retain_weight: float = _f(1.0, "baselines: weight of the GD / KL retain term")
     npo_beta: float = _f(0.1, "NPO inverse temperature beta")
     anchor: float = _f(1.0, "UOE: weight alpha of the router anchor loss")

@@ -1,5 +1,6 @@
 """The ULD model: the target's logits minus alpha times the assistant's (ULD paper, Eq. 2),
-applied only on tokens the target finds plausible, S = {v : p_t(v) >= filter * max p_t}:
+applied only on tokens the target finds plausible: S = {v : p_t(v) >= filter * max p_t} together
+with the target's floor(filter * V) most likely tokens (V the vocabulary size):
 
     l_f(v) = l_t(v) - alpha * l_a(v) + c    for v in S
     l_f(v) = l_t(v)                         elsewhere
@@ -13,7 +14,12 @@ perturbed answer, say - becomes e^(alpha * log V) times less likely, which infla
 ratio in the target's favour and made ULD look like it knew the forget set *better* (measured,
 docs/results.md). c also makes the result independent of the assistant's arbitrary logit offset,
 and alpha = 0 returns the target's logits bit for bit. The filter is DoLa's relative-top filter
-(Li et al. 2023); outside S the assistant term is zero, as in the ULD code's "lowprob-0" variant.
+(Li et al. 2023) with the ULD code's floor on its size (`min_tokens_to_keep = relative_top * V`
+in the authors' `relative_top_filter`; 320 tokens for Llama-2 at the paper's 1e-2). Without that
+floor a target sure of a memorised answer has S = {that token} at every fact token, the
+subtraction cannot move it, and ULD leaves the forget set's truth ratios where they were
+(measured, docs/results.md). Outside S the assistant term is zero, as in the ULD code's
+"lowprob-0" variant.
 
 One pass serves both models. The assistant's LoRA adapters are injected into the target's first K
 layers, so the batch is doubled: rows [0, B) are the target's, rows [B, 2B) the assistant's and
@@ -76,7 +82,9 @@ def logit_difference(
     if alpha == 0:
         return l_t
     logp_t = torch.log_softmax(l_t, dim=-1)
-    plausible = logp_t >= logp_t.amax(dim=-1, keepdim=True) + math.log(filter)
+    k = max(1, int(filter * l_t.shape[-1]))  # S's floor: the k most likely tokens
+    kth = torch.topk(logp_t, k, dim=-1).values[..., -1:]
+    plausible = logp_t >= torch.minimum(kth, logp_t.amax(dim=-1, keepdim=True) + math.log(filter))
     diff = l_t - alpha * l_a.float()
     outside = torch.finfo(l_t.dtype).min
     c = torch.logsumexp(l_t.masked_fill(~plausible, outside), -1, keepdim=True) - torch.logsumexp(
