@@ -23,9 +23,10 @@ from uld.config import FinetuneConfig, UnlearnConfig
 # ULD settings for SmolLM2-135M on the built-in benchmark (configs/uld_smollm2.yaml says the
 # same). They differ from the paper's Llama-2-7B settings, by measurement on this model: with
 # beta = 6.5 and lr 1e-3 the 8-layer assistant stays near uniform on the forget set too (L_f
-# ~10 nats after 10 epochs); beta = 4, lr 3e-3 and batch 4 let it learn D'_f. The fine-tuned
-# target is so sure of its answers that the paper's filter 1e-2 leaves most answer tokens with
-# no plausible alternative to move to; 1e-3 with alpha = 1 does. D'_r is widened with the
+# ~10 nats after 10 epochs); beta = 4, lr 3e-3 and batch 4 let it learn D'_f; alpha = 1. The
+# filter is the paper's 1e-2 (1e-3 until the plausible set got the ULD code's floor of
+# filter * V tokens: without it the sure target left the subtraction nothing to move; with it
+# the filter barely matters here, docs/results.md). D'_r is widened with the
 # target's answers to general prompts (`general`): over three seeds that keeps 0.94x of the
 # target's Model Utility against 0.77x without it, at the same or better Forget Quality
 # (docs/results.md, "Widening D'_r").
@@ -35,7 +36,7 @@ DEMO_ULD = {
     "lora_alpha": 32.0,
     "beta": 4.0,
     "alpha": 1.0,
-    "filter": 1e-3,
+    "filter": 1e-2,
     "epochs": 10.0,
     "lr": 3e-3,
     "batch_size": 4,
