@@ -15,6 +15,9 @@ Per (alpha, filter):
 `--bare` scores the same assistant with its LoRA update zeroed (the target's first K layers
 alone): how much of the disagreement training removed.
 
+`--authors-combination` scores the ULD code's unnormalised l_t - alpha * l_a on S instead of
+uld's (which keeps the target's mass on S; src/uld/logit_diff.py says why).
+
 Results: benchmarks/results/uld_settings.json. Settings chosen from this grid are chosen on
 the split they are scored on: to choose them honestly, point --data/--forget at a validation
 split (forget rows held out of the evaluation, and a reference that never saw them).
@@ -34,10 +37,18 @@ from uld import metrics
 from uld.config import EvalSplits
 from uld.data.format import encode_qa, pad
 from uld.evaluate import load_reference, load_roles, perturbed_pairs
-from uld.logit_diff import ULDModel, logit_difference
+from uld.logit_diff import ULDModel, logit_difference, plausible_set
 
 ALPHAS = (0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
 FILTERS = (1e-3, 1e-2, 3e-2, 1e-1)
+
+
+def authors_difference(l_t: torch.Tensor, l_a: torch.Tensor, alpha: float, filter: float):
+    """The ULD authors' combination, for comparison: l_t - alpha * l_a on the plausible set S,
+    l_t elsewhere, with no renormalisation. [..., V] -> [..., V]"""
+    l_t = l_t.float()
+    plausible = plausible_set(torch.log_softmax(l_t, -1), filter)
+    return torch.where(plausible, l_t - alpha * l_a.float(), l_t)
 
 
 def _per_row(x: torch.Tensor, row: torch.Tensor, n: int) -> torch.Tensor:
@@ -46,7 +57,9 @@ def _per_row(x: torch.Tensor, row: torch.Tensor, n: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def scores(model: ULDModel, tok, questions, answers, grid, batch_size: int = 16):
+def scores(
+    model: ULDModel, tok, questions, answers, grid, batch_size: int = 16, combine=logit_difference
+):
     """Per setting of `grid`: (sum of gold log-probs [N], tokens [N], tokens where the argmax is
     the target's [N])."""
     out = [[] for _ in grid]
@@ -64,7 +77,7 @@ def scores(model: ULDModel, tok, questions, answers, grid, batch_size: int = 16)
         gold, greedy_t = targets[keep], l_t.argmax(-1)
         row = torch.arange(keep.shape[0])[:, None].expand_as(keep)[keep]
         for i, (alpha, filter) in enumerate(grid):
-            l_f = logit_difference(l_t, l_a, alpha, filter)
+            l_f = combine(l_t, l_a, alpha, filter)
             logp = torch.log_softmax(l_f, -1).gather(-1, gold[:, None]).squeeze(-1)
             same = (l_f.argmax(-1) == greedy_t).float()
             out[i].append((_per_row(logp, row, len(items)), _per_row(same, row, len(items))))
@@ -87,6 +100,11 @@ def main() -> None:
     )
     ap.add_argument("--alphas", type=float, nargs="+", default=ALPHAS)
     ap.add_argument("--filters", type=float, nargs="+", default=FILTERS)
+    ap.add_argument(
+        "--authors-combination",
+        action="store_true",
+        help="score the ULD code's unnormalised combination instead of uld's",
+    )
     ap.add_argument("--out", default="benchmarks/results/uld_settings.json")
     args = ap.parse_args()
     model, tok = ULDModel.from_pretrained(args.uld)
@@ -104,13 +122,15 @@ def main() -> None:
     qs = [r["question"] for r in forget] + wrong_q
     answers = [r["paraphrased_answer"] for r in forget] + wrong_a
     truth = []
-    for logp, n, _ in scores(model, tok, qs, answers, grid):
+    combine = authors_difference if args.authors_combination else logit_difference
+    for logp, n, _ in scores(model, tok, qs, answers, grid, combine=combine):
         p = metrics.normalised_prob(logp, n)
         truth.append(metrics.truth_ratio(p[len(forget) :].view(len(forget), k), p[: len(forget)]))
     agreement = {}
     for role in ("retain", "real_authors", "world_facts"):
         rows = roles[role][: args.rows]
-        res = scores(model, tok, [r["question"] for r in rows], [r["answer"] for r in rows], grid)
+        questions, answers = [r["question"] for r in rows], [r["answer"] for r in rows]
+        res = scores(model, tok, questions, answers, grid, combine=combine)
         agreement[role] = [float(same.sum() / n.sum()) for _, n, same in res]
 
     table = []
@@ -124,6 +144,7 @@ def main() -> None:
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}",
         "uld": args.uld,
         "bare": args.bare,
+        "combination": "authors" if args.authors_combination else "uld",
         "trained_with": {"alpha": model.alpha, "filter": model.filter},
         "reference": args.reference,
         "data": args.data,

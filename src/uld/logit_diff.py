@@ -74,6 +74,14 @@ def check_filter(filter: float) -> None:
         raise ValueError(f"filter={filter} must be in (0, 1] (the paper uses 1e-2)")
 
 
+def plausible_set(logp_t: torch.Tensor, filter: float) -> torch.Tensor:
+    """S as a mask: p_t >= filter * max p_t, or among the floor(filter * V) most likely tokens.
+    logp_t [..., V] (the target's log-probabilities) -> bool [..., V]"""
+    k = max(1, int(filter * logp_t.shape[-1]))  # S's floor: the k most likely tokens
+    kth = torch.topk(logp_t, k, dim=-1).values[..., -1:]
+    return logp_t >= torch.minimum(kth, logp_t.amax(dim=-1, keepdim=True) + math.log(filter))
+
+
 def logit_difference(
     l_t: torch.Tensor, l_a: torch.Tensor, alpha: float, filter: float
 ) -> torch.Tensor:
@@ -82,9 +90,7 @@ def logit_difference(
     if alpha == 0:
         return l_t
     logp_t = torch.log_softmax(l_t, dim=-1)
-    k = max(1, int(filter * l_t.shape[-1]))  # S's floor: the k most likely tokens
-    kth = torch.topk(logp_t, k, dim=-1).values[..., -1:]
-    plausible = logp_t >= torch.minimum(kth, logp_t.amax(dim=-1, keepdim=True) + math.log(filter))
+    plausible = plausible_set(logp_t, filter)
     diff = l_t - alpha * l_a.float()
     outside = torch.finfo(l_t.dtype).min
     c = torch.logsumexp(l_t.masked_fill(~plausible, outside), -1, keepdim=True) - torch.logsumexp(
