@@ -27,9 +27,10 @@ from uld.config import FinetuneConfig, UnlearnConfig
 # filter is the paper's 1e-2 (1e-3 until the plausible set got the ULD code's floor of
 # filter * V tokens: without it the sure target left the subtraction nothing to move; with it
 # the filter barely matters here, docs/results.md). D'_r is widened with the
-# target's answers to general prompts (`general`): over three seeds that keeps 0.94x of the
-# target's Model Utility against 0.77x without it, at the same or better Forget Quality
-# (docs/results.md, "Widening D'_r").
+# target's answers to general prompts (`general`): before the floor, over three seeds, that
+# kept 0.94x of the target's Model Utility against 0.77x without it, at the same or better
+# Forget Quality; with the floor, 1.00x / 0.59x / 1.01x (docs/results.md, "Widening D'_r" and
+# "The plausible set's floor").
 DEMO_ULD = {
     "layers": 8,
     "lora_rank": 16,
