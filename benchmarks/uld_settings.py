@@ -34,9 +34,9 @@ from pathlib import Path
 import torch
 
 from uld import metrics
+from uld.calibrate import grid_scores, truth_and_loss
 from uld.config import EvalSplits
-from uld.data.format import encode_qa, pad
-from uld.evaluate import load_reference, load_roles, perturbed_pairs
+from uld.evaluate import load_reference, load_roles
 from uld.logit_diff import ULDModel, logit_difference, plausible_set
 
 ALPHAS = (0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
@@ -49,41 +49,6 @@ def authors_difference(l_t: torch.Tensor, l_a: torch.Tensor, alpha: float, filte
     l_t = l_t.float()
     plausible = plausible_set(torch.log_softmax(l_t, -1), filter)
     return torch.where(plausible, l_t - alpha * l_a.float(), l_t)
-
-
-def _per_row(x: torch.Tensor, row: torch.Tensor, n: int) -> torch.Tensor:
-    """Sums of the token values x [T] per row (row [T] gives each token's row). -> [n]"""
-    return torch.zeros(n).index_add_(0, row, x)
-
-
-@torch.no_grad()
-def scores(
-    model: ULDModel, tok, questions, answers, grid, batch_size: int = 16, combine=logit_difference
-):
-    """Per setting of `grid`: (sum of gold log-probs [N], tokens [N], tokens where the argmax is
-    the target's [N])."""
-    out = [[] for _ in grid]
-    n_tokens = []
-    for s in range(0, len(questions), batch_size):
-        chunk = zip(questions[s : s + batch_size], answers[s : s + batch_size], strict=True)
-        items = [encode_qa(tok, q, a) for q, a in chunk]
-        batch = pad(items, tok.pad_token_id)
-        targets = batch["labels"][:, 1:]
-        keep = targets != -100
-        pos = torch.zeros_like(batch["labels"], dtype=torch.bool)
-        pos[:, :-1] = keep
-        both = model(batch["input_ids"], batch["attention_mask"], keep=pos, return_both=True)
-        l_t, l_a = both.parts
-        gold, greedy_t = targets[keep], l_t.argmax(-1)
-        row = torch.arange(keep.shape[0])[:, None].expand_as(keep)[keep]
-        for i, (alpha, filter) in enumerate(grid):
-            l_f = combine(l_t, l_a, alpha, filter)
-            logp = torch.log_softmax(l_f, -1).gather(-1, gold[:, None]).squeeze(-1)
-            same = (l_f.argmax(-1) == greedy_t).float()
-            out[i].append((_per_row(logp, row, len(items)), _per_row(same, row, len(items))))
-        n_tokens.append(keep.sum(-1).float())
-    n = torch.cat(n_tokens)
-    return [(torch.cat([a for a, _ in o]), n, torch.cat([b for _, b in o])) for o in out]
 
 
 def main() -> None:
@@ -117,29 +82,28 @@ def main() -> None:
     reference = load_reference(args.reference, roles["forget"])
     grid = [(a, f) for a in args.alphas for f in args.filters]
 
-    forget = roles["forget"]
-    wrong_q, wrong_a, k = perturbed_pairs(forget)
-    qs = [r["question"] for r in forget] + wrong_q
-    answers = [r["paraphrased_answer"] for r in forget] + wrong_a
-    truth = []
     combine = authors_difference if args.authors_combination else logit_difference
-    for logp, n, _ in scores(model, tok, qs, answers, grid, combine=combine):
-        p = metrics.normalised_prob(logp, n)
-        truth.append(metrics.truth_ratio(p[len(forget) :].view(len(forget), k), p[: len(forget)]))
+    forget, holdout = roles["forget"], roles.get("holdout")
+    truth, loss = truth_and_loss(model, tok, forget, grid, combine)
+    if holdout:  # the same scores on rows no model saw: what "never seen" looks like
+        truth_h, loss_h = truth_and_loss(model, tok, holdout, grid, combine)
     agreement = {}
     for role in ("retain", "real_authors", "world_facts"):
         rows = roles[role][: args.rows]
         questions, answers = [r["question"] for r in rows], [r["answer"] for r in rows]
-        res = scores(model, tok, questions, answers, grid, combine=combine)
+        res = grid_scores(model, tok, questions, answers, grid, combine=combine)
         agreement[role] = [float(same.sum() / n.sum()) for _, n, same in res]
 
     table = []
     for i, (alpha, filter) in enumerate(grid):
         fq = metrics.forget_quality(truth[i].tolist(), reference["truth_ratios"])
-        table.append(
-            {"alpha": alpha, "filter": filter, "forget_quality": fq}
-            | {f"agreement_{role}": round(v[i], 4) for role, v in agreement.items()}
-        )
+        row = {"alpha": alpha, "filter": filter, "forget_quality": fq}
+        if holdout:
+            # no reference model needed: forget rows against held-out rows, under the same model
+            row["holdout_ks"] = metrics.forget_quality(truth[i].tolist(), truth_h[i].tolist())
+            row["mia_loss_auc"] = metrics.mia_auc((-loss[i]).tolist(), (-loss_h[i]).tolist())
+        row |= {f"agreement_{role}": round(v[i], 4) for role, v in agreement.items()}
+        table.append(row)
     result = {
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}",
         "uld": args.uld,
@@ -153,11 +117,16 @@ def main() -> None:
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
-    print("| α | filter | F.Q. | agreement: retain | real authors | world facts |")
-    print("|---:|---:|---:|---:|---:|---:|")
+    print(
+        "| α | filter | F.Q. | KS vs holdout | MIA AUC | agreement: retain | real authors "
+        "| world facts |"
+    )
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    nan = float("nan")
     for r in table:
         print(
             f"| {r['alpha']:g} | {r['filter']:g} | {r['forget_quality']:.3g} | "
+            f"{r.get('holdout_ks', nan):.3g} | {r.get('mia_loss_auc', nan):.3f} | "
             f"{r['agreement_retain']:.3f} | {r['agreement_real_authors']:.3f} | "
             f"{r['agreement_world_facts']:.3f} |"
         )

@@ -92,3 +92,16 @@ def other_tiny_model(tmp_path_factory) -> str:
 def tiny_plain_model(tmp_path_factory) -> str:
     """Folder of a 4-layer Llama whose tokenizer has no chat template."""
     return _save(tmp_path_factory, "tiny_plain", chat=False)
+
+
+@pytest.fixture()
+def trained_assistant(tiny_model):
+    """(assistant, tokenizer): a 2-layer assistant of `tiny_model` with random LoRA weights."""
+    from uld.unlearn import build_assistant
+
+    assistant, tok = build_assistant(tiny_model, k=2, rank=4, alpha=8, dropout=0.0)
+    with torch.no_grad():  # make the adapter non-trivial
+        for n, p in assistant.named_parameters():
+            if "lora_" in n:
+                p.normal_(0, 0.3)
+    return assistant, tok

@@ -164,16 +164,6 @@ def test_lora_only_on_first_k_layers(tiny_model):
 # --- the combined model -----------------------------------------------------------------------
 
 
-@pytest.fixture()
-def trained_assistant(tiny_model):
-    assistant, tok = build_assistant(tiny_model, k=2, rank=4, alpha=8, dropout=0.0)
-    with torch.no_grad():  # make the adapter non-trivial
-        for n, p in assistant.named_parameters():
-            if "lora_" in n:
-                p.normal_(0, 0.3)
-    return assistant, tok
-
-
 def _batch(tok, questions):
     from uld.data.format import pad, prompt_ids
 

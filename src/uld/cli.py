@@ -6,6 +6,7 @@
     uld generate --model DIR "question"   answer with a plain or a ULD model
     uld chat --model DIR                  an interactive session
     uld eval --model DIR --reference RETAIN --out EVAL_DIR   the TOFU protocol, table in EVAL_DIR
+    uld calibrate --model DIR --write     ULD: choose alpha on held-out rows (no retain model)
     uld report EVAL_DIR... --out DIR      merge evaluations: one table, plots
     uld compare --config configs/compare.yaml   every method side by side (resumable)
     uld experts --model MOE --forget forget10   MoE: the experts the forget set engages (UOE)
@@ -146,6 +147,36 @@ def cmd_eval(args) -> None:
         print(f"[uld] wrote {write_eval(results, args.out)}/eval.json and eval.md")
 
 
+def cmd_calibrate(args) -> None:
+    import json
+
+    from uld.calibrate import ALPHAS, check_held_out, choose_alpha, format_grid
+    from uld.data.load import load_split
+    from uld.logit_diff import ULD_CONFIG, is_uld_folder, read_uld_config
+    from uld.report import write_json
+
+    if not args.model or not is_uld_folder(args.model):
+        raise ValueError(
+            f"--model {args.model}: not a saved ULD model (a folder with {ULD_CONFIG}, written by "
+            "`uld unlearn --method uld`)"
+        )
+    if read_uld_config(args.model).get("mode", "uld") != "uld":
+        raise ValueError(f"{args.model} is an Offset model: it has no alpha to calibrate")
+    forget, holdout = load_split(args.forget, args.data), load_split(args.holdout, args.data)
+    check_held_out(holdout, forget, f"--holdout {args.holdout}")
+    model, tok = load_any(args.model, filter=args.filter)
+    res = choose_alpha(model, tok, forget, holdout, args.alphas or ALPHAS, args.filter)
+    print(format_grid(res))
+    print(f"alpha {res['alpha']:g} (the model's was {model.alpha:g})")
+    if args.write:
+        path = Path(args.model, ULD_CONFIG)
+        card = json.loads(path.read_text())
+        card["calibration"] = {"split": args.holdout, "alpha_before": card["alpha"]} | res
+        card["alpha"], card["filter"] = res["alpha"], res["filter"]
+        write_json(card, path)
+        print(f"wrote alpha {res['alpha']:g} into {path}")
+
+
 def cmd_report(args) -> None:
     from uld.report import report, tables
 
@@ -274,6 +305,20 @@ def parser() -> argparse.ArgumentParser:
     ev.add_argument("--batch-size", type=int, default=8)
     ev.add_argument("--out", default=None, help="folder for eval.json and eval.md")
     ev.set_defaults(func=cmd_eval)
+
+    cal = sub.add_parser(
+        "calibrate", help="ULD: choose alpha on held-out rows, without a retain model"
+    )
+    cal.add_argument("--model", required=True, help="a saved ULD model folder")
+    cal.add_argument("--forget", default="forget10", help="the forget split it unlearned")
+    cal.add_argument(
+        "--holdout", default="holdout10", help="rows of the same kind in no training set"
+    )
+    cal.add_argument("--data", default="builtin", help="builtin, a folder of <split>.json, hub id")
+    cal.add_argument("--alphas", type=float, nargs="+", default=None, help="default 0, 0.1, .., 2")
+    cal.add_argument("--filter", type=float, default=None, help="default: the model's")
+    cal.add_argument("--write", action="store_true", help="save the chosen alpha in the model")
+    cal.set_defaults(func=cmd_calibrate)
 
     rep = sub.add_parser("report", help="merge evaluation folders into one table and plots")
     rep.add_argument("runs", nargs="+", help="folders written by `uld eval --out`")

@@ -106,6 +106,12 @@ class UnlearnConfig:
         "forget", "what the per-epoch evaluation covers: forget (cheap) or all (adds M.U.)"
     )
     reference: str = _f("", "retain model folder (or its eval.json): the reference for F.Q.")
+    calibrate: str = _f(
+        "",
+        "ULD: after training, choose alpha on this split of held-out rows (in no training set, "
+        "e.g. holdout10): the alpha under which the forget rows' truth ratios look most like "
+        "theirs (uld.calibrate; no retain model needed); empty: keep --alpha",
+    )
 
     def default_lr(self) -> float:
         if self.lr:
@@ -148,6 +154,10 @@ class UnlearnConfig:
             raise ValueError(f"--filter={self.filter} must be in (0, 1] (the paper uses 1e-2)")
         if not 0 <= self.lora_dropout < 1:
             raise ValueError(f"--lora-dropout={self.lora_dropout} must be in [0, 1)")
+        if self.calibrate and self.method != "uld":
+            raise ValueError(
+                f"--calibrate chooses ULD's alpha; {self.method} has none (drop --calibrate)"
+            )
         if not self.model:
             raise ValueError("--model is required: the fine-tuned target to unlearn")
         if not self.out:

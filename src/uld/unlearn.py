@@ -81,6 +81,7 @@ class Run(NamedTuple):
     extra: dict  # facts for the saved card
     k: int  # assistant/offset layers; 0 for a baseline on the target itself
     finish: Callable[[], None] | None = None  # undo training-only hooks (UOE)
+    calibration: tuple[list[dict], list[dict]] | None = None  # ULD: (forget, held-out) rows
 
 
 def prepare(cfg: UnlearnConfig) -> Run:
@@ -170,6 +171,7 @@ def prepare_uld(cfg: UnlearnConfig) -> Run:
     target = resolve(cfg.model)
     k, rank, n_layers = _assistant_shape(cfg, target)
     forget, d_f, d_r = _training_sets(cfg, target)
+    calibration = calibration_rows(cfg, forget) if cfg.calibrate else None
     set_seed(cfg.seed)  # the LoRA matrices are initialised at random: same seed, same run
     assistant, tokenizer = build_assistant(
         target, k, rank, cfg.lora_alpha or rank, cfg.lora_dropout
@@ -186,7 +188,19 @@ def prepare_uld(cfg: UnlearnConfig) -> Run:
         ),
     }
     dataset = PairedDataset(QADataset(d_f, tokenizer), QADataset(d_r, tokenizer), seed=cfg.seed)
-    return Run(target, assistant, tokenizer, dataset, "uld", None, extra, k)
+    return Run(target, assistant, tokenizer, dataset, "uld", None, extra, k, None, calibration)
+
+
+def calibration_rows(cfg: UnlearnConfig, forget: list[dict]) -> tuple[list[dict], list[dict]]:
+    """(forget, held-out rows) to choose ULD's alpha on after training, checked before it."""
+    from uld.calibrate import check_held_out, check_rows
+
+    holdout = load_split(cfg.calibrate, cfg.data)
+    check_rows(forget, f"the forget split {cfg.forget}")
+    check_rows(holdout, f"--calibrate {cfg.calibrate}")
+    seen = forget + load_split(cfg.retain, cfg.data)
+    check_held_out(holdout, seen, f"--calibrate {cfg.calibrate}")
+    return forget, holdout
 
 
 def _target_params(assistant, k: int, n_layers: int) -> int:
@@ -293,7 +307,7 @@ def _loss_dataset(d_f, d_r, tokenizer, loss: str, seed: int) -> PairedDataset:
 
 def train_and_save(cfg: UnlearnConfig, run: Run) -> Path:
     """The one training loop, the per-epoch evaluation if asked, and the atomic save."""
-    target, model, tokenizer, dataset, loss, frozen, extra, k, finish = run
+    target, model, tokenizer, dataset, loss, frozen, extra, k, finish, calibration = run
     best = checkpoint_dir(cfg.out) / "best"
     callbacks = []
     if cfg.eval_metric:
@@ -335,6 +349,8 @@ def train_and_save(cfg: UnlearnConfig, run: Run) -> Path:
         extra["best_epoch"] = ev.best_epoch
         load_best(model, best)
         print(f"[uld] keeping epoch {ev.best_epoch} (best {cfg.eval_metric})")
+    if calibration:
+        cfg = calibrated(cfg, run, extra)
     if k:  # ULD or Offset: adapter + uld_config.json
         save_assistant(model, target, cfg, k, extra)
     else:
@@ -379,6 +395,23 @@ def eval_view(cfg: UnlearnConfig, target_full, model):
     if cfg.method.startswith("offset-"):
         return ULDModel(target_full, model, 1.0, mode="offset")
     return model
+
+
+def calibrated(cfg: UnlearnConfig, run: Run, extra: dict) -> UnlearnConfig:
+    """`cfg` with the alpha `uld.calibrate.choose_alpha` picks for the trained assistant; the
+    grid goes into the saved card."""
+    import dataclasses
+
+    from uld.calibrate import choose_alpha, format_grid
+
+    start = time.time()
+    view = eval_view(cfg, load_model(run.target)[0], run.model).eval()
+    res = choose_alpha(view, run.tokenizer, *run.calibration, filter=cfg.filter)
+    seconds = round(time.time() - start, 1)
+    print(f"[uld] alpha chosen on {cfg.calibrate} ({seconds} s):\n{format_grid(res)}")
+    extra["calibration"] = {"split": cfg.calibrate, "alpha_before": cfg.alpha} | res
+    extra["calibration"]["seconds"] = seconds
+    return dataclasses.replace(cfg, alpha=res["alpha"])
 
 
 def epoch_evaluator(cfg: UnlearnConfig, target: str, tokenizer, best: Path, frozen=None):

@@ -1,0 +1,184 @@
+"""Choosing ULD's alpha without a retain model.
+
+An unlearned model should treat the forget rows as it treats rows of the same kind that it never
+saw. TOFU's Forget Quality checks this against a retain model (the KS test of the forget truth
+ratios of the two models, Maini et al. 2024, Sec. 2.5), which a user rarely has. `choose_alpha`
+checks it against the same model's truth ratios on *held-out* rows: questions of the same kind
+about other subjects, in no training set (TOFU's `holdout` rows, the non-members of the
+membership test). It picks the alpha whose forget and held-out truth ratios a two-sample KS test
+tells apart least; ties go to the smaller gap between the two medians of log R.
+
+The target's and the assistant's logits come from one teacher-forced pass; every alpha of the
+grid is combined from them (`uld.logit_diff.logit_difference`), so a grid of 21 costs about one
+pass over the rows.
+
+    uld calibrate --model runs/uld --holdout holdout10 --write
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Callable, Sequence
+
+import torch
+
+from uld import metrics
+from uld.data.format import encode_qa, pad
+from uld.logit_diff import ULDModel, logit_difference
+
+ALPHAS = tuple(round(0.1 * i, 1) for i in range(21))  # 0, 0.1, ..., 2.0
+
+
+def _per_row(x: torch.Tensor, row: torch.Tensor, n: int) -> torch.Tensor:
+    """Sums of the token values x [T] per row (row [T] gives each token's row). -> [n]"""
+    return torch.zeros(n, dtype=torch.float64).index_add_(0, row, x.double().cpu())
+
+
+@torch.no_grad()
+def grid_scores(
+    model: ULDModel,
+    tokenizer,
+    questions: Sequence[str],
+    answers: Sequence[str],
+    settings: Sequence[tuple[float, float]],
+    batch_size: int = 16,
+    combine: Callable = logit_difference,
+) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Teacher-forced scores of each (question, answer) under every (alpha, filter) of
+    `settings`, from one pass of the target and the assistant.
+
+    Returns, per setting: (sum of the answer's log-probs [N], answer tokens [N], answer tokens
+    where the combined model's most likely token is the target's [N])."""
+    out: list[list] = [[] for _ in settings]
+    n_tokens = []
+    for s in range(0, len(questions), batch_size):
+        chunk = zip(questions[s : s + batch_size], answers[s : s + batch_size], strict=True)
+        items = [encode_qa(tokenizer, q, a) for q, a in chunk]
+        batch = {k: v.to(model.device) for k, v in pad(items, tokenizer.pad_token_id).items()}
+        targets = batch["labels"][:, 1:]
+        keep = targets != -100
+        pos = torch.zeros_like(batch["labels"], dtype=torch.bool)
+        pos[:, :-1] = keep  # position t predicts token t + 1
+        l_t, l_a = model(
+            batch["input_ids"], batch["attention_mask"], keep=pos, return_both=True
+        ).parts
+        gold, greedy_t = targets[keep], l_t.argmax(-1)
+        row = torch.arange(keep.shape[0], device=keep.device)[:, None].expand_as(keep)[keep].cpu()
+        for i, (alpha, filter) in enumerate(settings):
+            l_f = combine(l_t, l_a, alpha, filter)
+            logp = torch.log_softmax(l_f, -1).gather(-1, gold[:, None]).squeeze(-1)
+            same = (l_f.argmax(-1) == greedy_t).float()
+            out[i].append((_per_row(logp, row, len(items)), _per_row(same, row, len(items))))
+        n_tokens.append(keep.sum(-1).double().cpu())
+    n = torch.cat(n_tokens)
+    return [(torch.cat([a for a, _ in o]), n, torch.cat([b for _, b in o])) for o in out]
+
+
+def check_rows(rows: list[dict], what: str) -> None:
+    """Truth ratios need each row's paraphrased answer and its perturbed answers."""
+    bad = [
+        i
+        for i, r in enumerate(rows)
+        if not r.get("paraphrased_answer") or not r.get("perturbed_answer")
+    ]
+    if not rows or bad:
+        raise ValueError(
+            f"{what}: {'no rows' if not rows else f'{len(bad)} row(s) (first: {bad[:3]})'} "
+            "without paraphrased_answer and perturbed_answer; calibration compares truth ratios, "
+            "so give rows in the TOFU format (question, answer, paraphrased_answer, "
+            "perturbed_answer)"
+        )
+
+
+def check_held_out(holdout: list[dict], seen: list[dict], what: str) -> None:
+    """Held-out rows must be in no training set, or they are not what "never seen" looks like."""
+    shared = sorted({r["question"] for r in holdout} & {r["question"] for r in seen})
+    if shared:
+        raise ValueError(
+            f"{what} shares {len(shared)} question(s) with the forget or retain rows, e.g. "
+            f"{shared[0]!r}; calibrate against rows in no training set (e.g. holdout10)"
+        )
+
+
+def truth_and_loss(
+    model: ULDModel,
+    tokenizer,
+    rows: list[dict],
+    settings: Sequence[tuple[float, float]],
+    combine: Callable = logit_difference,
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Per setting: the truth ratios R [N] (perturbed vs paraphrased answers, as `uld eval`
+    scores the forget split) and the mean NLL of each original answer [N] (the LOSS
+    membership score)."""
+    from uld.evaluate import perturbed_pairs
+
+    wrong_q, wrong_a, k = perturbed_pairs(rows)
+    qs = [r["question"] for r in rows]
+    answers = [r["paraphrased_answer"] for r in rows] + wrong_a + [r["answer"] for r in rows]
+    m = len(rows)
+    truth, loss = [], []
+    for logp, n, _ in grid_scores(
+        model, tokenizer, qs + wrong_q + qs, answers, settings, combine=combine
+    ):
+        p = metrics.normalised_prob(logp[:-m], n[:-m])
+        truth.append(metrics.truth_ratio(p[m:].view(m, k), p[:m]))
+        loss.append(-logp[-m:] / n[-m:])
+    return truth, loss
+
+
+def _median_log_gap(a: torch.Tensor, b: torch.Tensor) -> float:
+    return abs(statistics.median(a.log().tolist()) - statistics.median(b.log().tolist()))
+
+
+def choose_alpha(
+    model: ULDModel,
+    tokenizer,
+    forget: list[dict],
+    holdout: list[dict],
+    alphas: Sequence[float] = ALPHAS,
+    filter: float | None = None,
+) -> dict:
+    """The alpha under which the forget rows' truth ratios look most like the held-out rows'.
+
+    forget, holdout: rows with question, answer, paraphrased_answer and perturbed_answer.
+    Returns {"alpha": chosen, "filter", "grid": [{alpha, holdout_ks, median_log_gap,
+    mia_loss_auc}, ...]}; holdout_ks is the KS p-value of forget vs held-out truth ratios (the
+    same test as Forget Quality, against held-out rows instead of a retain model), and
+    mia_loss_auc the LOSS membership AUC of forget vs held-out rows (0.5: indistinguishable).
+    """
+    check_rows(forget, "the forget rows")
+    check_rows(holdout, "the held-out rows")
+    if not alphas or any(not (math.isfinite(a) and a >= 0) for a in alphas):
+        raise ValueError(f"alphas {list(alphas)} must be a non-empty list of numbers >= 0")
+    filter = model.filter if filter is None else filter
+    settings = [(a, filter) for a in alphas]
+    truth_f, loss_f = truth_and_loss(model, tokenizer, forget, settings)
+    truth_h, loss_h = truth_and_loss(model, tokenizer, holdout, settings)
+    grid = []
+    for a, rf, rh, lf, lh in zip(alphas, truth_f, truth_h, loss_f, loss_h, strict=True):
+        grid.append(
+            {
+                "alpha": a,
+                "holdout_ks": metrics.forget_quality(rf.tolist(), rh.tolist()),
+                "median_log_gap": _median_log_gap(rf, rh),
+                "mia_loss_auc": metrics.mia_auc((-lf).tolist(), (-lh).tolist()),
+            }
+        )
+    best = max(grid, key=lambda g: (g["holdout_ks"], -g["median_log_gap"]))
+    return {"alpha": best["alpha"], "filter": filter, "grid": grid}
+
+
+def format_grid(result: dict) -> str:
+    """The grid of `choose_alpha` as a markdown table, the chosen alpha marked."""
+    lines = [
+        "| alpha | KS p, forget vs held-out | median log R gap | MIA LOSS AUC |",
+        "|---:|---:|---:|---:|",
+    ]
+    for g in result["grid"]:
+        mark = " (chosen)" if g["alpha"] == result["alpha"] else ""
+        lines.append(
+            f"| {g['alpha']:g}{mark} | {g['holdout_ks']:.3g} | {g['median_log_gap']:.3f} | "
+            f"{g['mia_loss_auc']:.3f} |"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,125 @@
+"""ULD's alpha chosen on held-out rows (`uld.calibrate`): the grid scorer against the evaluation
+protocol at each alpha, the choice against an independent recomputation, bad input, and
+`--calibrate` / `uld calibrate` end to end."""
+
+from __future__ import annotations
+
+import json
+import statistics
+
+import pytest
+
+from uld.calibrate import check_held_out, check_rows, choose_alpha, truth_and_loss
+from uld.cli import main
+from uld.config import UnlearnConfig
+from uld.data.load import load_split
+from uld.evaluate import score_answers, truth_ratios
+from uld.logit_diff import ULDModel
+from uld.metrics import forget_quality
+from uld.models import load_model
+from uld.unlearn import unlearn
+
+ALPHAS = (0.0, 0.5, 1.5)
+
+
+@pytest.fixture()
+def uld_model(tiny_model, trained_assistant):
+    target, _ = load_model(tiny_model)
+    return ULDModel(target, trained_assistant[0], alpha=0.75, filter=0.05), trained_assistant[1]
+
+
+def test_grid_scores_equal_the_protocols_at_each_alpha(uld_model):
+    model, tok = uld_model
+    rows = load_split("forget01") + load_split("holdout10")[:4]
+    truth, loss = truth_and_loss(model, tok, rows, [(a, 0.05) for a in ALPHAS])
+    for a, r, lo in zip(ALPHAS, truth, loss, strict=True):
+        model.alpha = a  # the combined model itself, scored by `uld eval`'s code
+        expected_r = truth_ratios(model, tok, rows)
+        expected_loss = score_answers(
+            model, tok, [x["question"] for x in rows], [x["answer"] for x in rows]
+        )["loss"]
+        assert r.tolist() == pytest.approx(expected_r.tolist(), rel=1e-4)
+        assert lo.tolist() == pytest.approx(expected_loss.tolist(), rel=1e-4)
+    assert truth[0].tolist() != pytest.approx(truth[-1].tolist(), rel=1e-3)  # alpha matters
+
+
+def test_choice_is_the_alpha_whose_forget_rows_look_held_out(uld_model):
+    model, tok = uld_model
+    forget, holdout = load_split("forget01"), load_split("holdout10")[:12]
+    res = choose_alpha(model, tok, forget, holdout, ALPHAS)
+    assert [g["alpha"] for g in res["grid"]] == list(ALPHAS) and res["filter"] == 0.05
+    keys = []
+    for a, g in zip(ALPHAS, res["grid"], strict=True):
+        model.alpha = a
+        r_f, r_h = truth_ratios(model, tok, forget), truth_ratios(model, tok, holdout)
+        ks = forget_quality(r_f.tolist(), r_h.tolist())
+        gap = abs(statistics.median(r_f.log().tolist()) - statistics.median(r_h.log().tolist()))
+        assert g["holdout_ks"] == pytest.approx(ks, rel=1e-6)
+        assert g["median_log_gap"] == pytest.approx(gap, rel=1e-3, abs=1e-6)
+        assert 0 <= g["mia_loss_auc"] <= 1
+        keys.append((ks, -gap, a))
+    assert res["alpha"] == max(keys)[2]
+
+
+def test_bad_calibration_input_is_refused(tiny_model, tmp_path):
+    rows = load_split("forget01")
+    with pytest.raises(ValueError, match="perturbed_answer"):
+        check_rows([{**rows[0], "perturbed_answer": []}], "the held-out rows")
+    with pytest.raises(ValueError, match="no rows"):
+        check_rows([], "the held-out rows")
+    with pytest.raises(ValueError, match="shares 1 question"):
+        check_held_out(rows[:1], rows, "--holdout x")
+    with pytest.raises(ValueError, match="--calibrate"):
+        UnlearnConfig(model=tiny_model, out="o", method="npo", calibrate="holdout10").validate()
+    # held-out rows that the assistant trains on: refused before any training, nothing written
+    cfg = UnlearnConfig(
+        model=tiny_model,
+        out=str(tmp_path / "u"),
+        forget="forget01",
+        retain="retain99",
+        calibrate="retain99",
+    )
+    with pytest.raises(ValueError, match="shares"):
+        unlearn(cfg)
+    assert not (tmp_path / "u").exists() and not (tmp_path / "u.ckpt").exists()
+
+
+def test_unlearn_calibrate_then_uld_calibrate_write(tiny_model, tmp_path, capsys):
+    cfg = UnlearnConfig(
+        model=tiny_model,
+        out=str(tmp_path / "u"),
+        forget="forget01",
+        retain="retain99",
+        layers=2,
+        lora_rank=4,
+        batch_size=4,
+        epochs=1,
+        lr=1e-2,
+        calibrate="holdout10",
+    )
+    out = unlearn(cfg)
+    card = json.loads((out / "uld_config.json").read_text())
+    cal = card["calibration"]
+    assert cal["split"] == "holdout10" and cal["alpha_before"] == 0.75
+    assert len(cal["grid"]) == 21
+    best = max(cal["grid"], key=lambda g: (g["holdout_ks"], -g["median_log_gap"]))
+    assert card["alpha"] == cal["alpha"] == best["alpha"]
+    assert ULDModel.from_pretrained(out)[0].alpha == cal["alpha"]
+
+    argv = ["calibrate", "--model", str(out), "--forget", "forget01", "--alphas", "0", "2"]
+    assert main([*argv, "--write"]) == 0
+    printed = capsys.readouterr().out
+    card = json.loads((out / "uld_config.json").read_text())
+    assert card["alpha"] in (0.0, 2.0) and f"wrote alpha {card['alpha']:g}" in printed
+    assert card["calibration"]["alpha_before"] == cal["alpha"]
+    assert main(["calibrate", "--model", tiny_model]) == 2  # a plain model has no alpha
+    assert "not a saved ULD model" in capsys.readouterr().err
+
+
+def test_ties_go_to_the_smaller_median_gap(uld_model, monkeypatch):
+    model, tok = uld_model
+    monkeypatch.setattr("uld.metrics.forget_quality", lambda a, b: 1.0)  # every alpha ties
+    res = choose_alpha(model, tok, load_split("forget01"), load_split("holdout10")[:8], ALPHAS)
+    gaps = [g["median_log_gap"] for g in res["grid"]]
+    assert len(set(gaps)) == len(gaps)  # the tie-break has something to decide
+    assert res["alpha"] == ALPHAS[gaps.index(min(gaps))]
