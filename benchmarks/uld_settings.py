@@ -5,6 +5,9 @@ and combined for every setting; no generation, so a grid of 28 costs about one e
 Per (alpha, filter):
 - F.Q.: the KS-test p-value of the forget split's truth ratios against the reference's (as
   `uld eval`), from the paraphrased and perturbed answers;
+- KS vs holdout and MIA AUC (with a holdout split): the KS-test p-value of the forget split's
+  truth ratios against the held-out rows' under the same model (what `uld calibrate` maximises;
+  no reference needed), and the LOSS membership AUC of forget vs held-out rows;
 - agreement on retain / real authors / world facts: the fraction of gold-answer tokens where the
   ULD model's most likely next token is the target's. 1.0 means greedy answers are unchanged;
   the parts of Model Utility that fall (ROUGE-L of greedy answers) fall with it.
@@ -18,9 +21,9 @@ alone): how much of the disagreement training removed.
 `--authors-combination` scores the ULD code's unnormalised l_t - alpha * l_a on S instead of
 uld's (which keeps the target's mass on S; src/uld/logit_diff.py says why).
 
-Results: benchmarks/results/uld_settings.json. Settings chosen from this grid are chosen on
-the split they are scored on: to choose them honestly, point --data/--forget at a validation
-split (forget rows held out of the evaluation, and a reference that never saw them).
+Results: benchmarks/results/uld_settings.json. Settings chosen from this grid by F.Q. are
+chosen on the split and the reference they are scored with; `uld calibrate` chooses alpha by the
+KS-vs-holdout column instead, which needs neither.
 """
 
 from __future__ import annotations
