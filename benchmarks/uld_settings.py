@@ -40,18 +40,10 @@ from uld import metrics
 from uld.calibrate import grid_scores, truth_and_loss
 from uld.config import EvalSplits
 from uld.evaluate import load_reference, load_roles
-from uld.logit_diff import ULDModel, logit_difference, plausible_set
+from uld.logit_diff import ULDModel
 
 ALPHAS = (0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
 FILTERS = (1e-3, 1e-2, 3e-2, 1e-1)
-
-
-def authors_difference(l_t: torch.Tensor, l_a: torch.Tensor, alpha: float, filter: float):
-    """The ULD authors' combination, for comparison: l_t - alpha * l_a on the plausible set S,
-    l_t elsewhere, with no renormalisation. [..., V] -> [..., V]"""
-    l_t = l_t.float()
-    plausible = plausible_set(torch.log_softmax(l_t, -1), filter)
-    return torch.where(plausible, l_t - alpha * l_a.float(), l_t)
 
 
 def main() -> None:
@@ -85,16 +77,16 @@ def main() -> None:
     reference = load_reference(args.reference, roles["forget"])
     grid = [(a, f) for a in args.alphas for f in args.filters]
 
-    combine = authors_difference if args.authors_combination else logit_difference
+    keep_mass = not args.authors_combination  # the authors' combination does not
     forget, holdout = roles["forget"], roles.get("holdout")
-    truth, loss = truth_and_loss(model, tok, forget, grid, combine)
+    truth, loss = truth_and_loss(model, tok, forget, grid, keep_mass)
     if holdout:  # the same scores on rows no model saw: what "never seen" looks like
-        truth_h, loss_h = truth_and_loss(model, tok, holdout, grid, combine)
+        truth_h, loss_h = truth_and_loss(model, tok, holdout, grid, keep_mass)
     agreement = {}
     for role in ("retain", "real_authors", "world_facts"):
         rows = roles[role][: args.rows]
         questions, answers = [r["question"] for r in rows], [r["answer"] for r in rows]
-        res = grid_scores(model, tok, questions, answers, grid, combine=combine)
+        res = grid_scores(model, tok, questions, answers, grid, keep_mass=keep_mass)
         agreement[role] = [float(same.sum() / n.sum()) for _, n, same in res]
 
     table = []

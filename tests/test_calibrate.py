@@ -8,18 +8,46 @@ import json
 import statistics
 
 import pytest
+import torch
 
-from uld.calibrate import check_held_out, check_rows, choose_alpha, truth_and_loss
+from uld.calibrate import (
+    check_held_out,
+    check_rows,
+    choose_alpha,
+    combined_at_tokens,
+    truth_and_loss,
+)
 from uld.cli import main
 from uld.config import UnlearnConfig
 from uld.data.load import load_split
 from uld.evaluate import score_answers, truth_ratios
-from uld.logit_diff import ULDModel
+from uld.logit_diff import ULDModel, logit_difference, plausible_set
 from uld.metrics import forget_quality
 from uld.models import load_model
 from uld.unlearn import unlearn
 
 ALPHAS = (0.0, 0.5, 1.5)
+
+
+def test_combination_on_the_plausible_set_equals_the_dense_one():
+    torch.manual_seed(0)
+    T, V = 12, 300
+    l_t = torch.randn(T, V) * torch.linspace(0.5, 8, T)[:, None]  # flat to peaked rows
+    l_a = torch.randn(T, V) * 2
+    gold = torch.randint(0, V, (T,))
+    gold[:4] = l_t[:4].argmax(-1)  # some gold tokens inside S, most outside
+    settings = [(0.0, 1e-2), (0.75, 1e-2), (2.0, 1e-2), (1.0, 0.1), (1.0, 1.0), (3.0, 1e-3)]
+    for keep_mass in (True, False):
+        fast = combined_at_tokens(l_t, l_a, gold, settings, keep_mass)
+        for (alpha, filter), (logp, argmax) in zip(settings, fast, strict=True):
+            if keep_mass:
+                l_f = logit_difference(l_t, l_a, alpha, filter)
+            else:  # the ULD authors': l_t - alpha * l_a on S, l_t elsewhere, not rescaled
+                S = plausible_set(torch.log_softmax(l_t, -1), filter)
+                l_f = torch.where(S, l_t - alpha * l_a, l_t)
+            dense = torch.log_softmax(l_f, -1).gather(-1, gold[:, None]).squeeze(-1)
+            torch.testing.assert_close(logp, dense, atol=1e-4, rtol=1e-5)
+            assert torch.equal(argmax, l_f.argmax(-1)), (alpha, filter, keep_mass)
 
 
 @pytest.fixture()

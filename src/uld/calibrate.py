@@ -9,8 +9,8 @@ membership test). It picks the alpha whose forget and held-out truth ratios a tw
 tells apart least; ties go to the smaller gap between the two medians of log R.
 
 The target's and the assistant's logits come from one teacher-forced pass; every alpha of the
-grid is combined from them (`uld.logit_diff.logit_difference`), so a grid of 21 costs about one
-pass over the rows.
+grid is combined from them on the plausible set only (`combined_at_tokens`), so a grid of 21
+costs little more than one pass over the rows.
 
     uld calibrate --model runs/uld --holdout holdout10 --write
 """
@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 
 from uld import metrics
 from uld.data.format import encode_qa, pad
-from uld.logit_diff import ULDModel, logit_difference
+from uld.logit_diff import ULDModel, plausible_set
 
 ALPHAS = tuple(round(0.1 * i, 1) for i in range(21))  # 0, 0.1, ..., 2.0
 
@@ -33,6 +33,62 @@ ALPHAS = tuple(round(0.1 * i, 1) for i in range(21))  # 0, 0.1, ..., 2.0
 def _per_row(x: torch.Tensor, row: torch.Tensor, n: int) -> torch.Tensor:
     """Sums of the token values x [T] per row (row [T] gives each token's row). -> [n]"""
     return torch.zeros(n, dtype=torch.float64).index_add_(0, row, x.double().cpu())
+
+
+def combined_at_tokens(
+    l_t: torch.Tensor,
+    l_a: torch.Tensor,
+    gold: torch.Tensor,
+    settings: Sequence[tuple[float, float]],
+    keep_mass: bool = True,
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """log p_f(gold) [T] and argmax l_f [T] of ULD's combined logits at T positions, for every
+    (alpha, filter) of `settings`, without forming l_f [T, V] once per setting.
+
+    l_t, l_a [T, V]: the target's and the assistant's logits; gold [T]: the scored tokens.
+    `logit_difference` changes only the plausible set S, the target's |S| most likely tokens,
+    and rescales it to keep the target's mass there, so log p_f(v) = l_f(v) - logsumexp(l_t)
+    for every v: a setting costs O(T * |S|), not O(T * V). keep_mass=False scores the ULD
+    authors' unnormalised l_t - alpha * l_a on S instead (benchmarks/uld_settings.py).
+    """
+    l_t, l_a = l_t.float(), l_a.float()
+    V = l_t.shape[-1]
+    lse_t = torch.logsumexp(l_t, -1)
+    logp_t = l_t - lse_t[:, None]
+    l_gold = l_t.gather(-1, gold[:, None]).squeeze(-1)
+    out, cache = [], {}
+    for alpha, filter in settings:
+        if filter not in cache:  # S and everything else that alpha does not change
+            size = plausible_set(logp_t, filter).sum(-1)  # S = the |S| most likely tokens
+            m = min(int(size.max()) + 1, V)
+            top_l, top_i = torch.topk(l_t, m, dim=-1)
+            in_s = torch.arange(m, device=l_t.device) < size[:, None]
+            outside = torch.cat([top_l, top_l.new_full((len(top_l), 1), -math.inf)], -1)
+            best_out = outside.gather(-1, size.clamp(max=m)[:, None]).squeeze(-1)
+            arg_out = top_i.gather(-1, size.clamp(max=m - 1)[:, None]).squeeze(-1)
+            hit = (top_i == gold[:, None]) & in_s
+            log_p_s = (_lse(top_l, in_s) - lse_t).clamp(max=0)  # log p_t(S)
+            lse_out = torch.log(-torch.expm1(log_p_s))  # log p_t(not S)
+            cache[filter] = (top_l, top_i, in_s, best_out, arg_out, hit, lse_out)
+        top_l, top_i, in_s, best_out, arg_out, hit, lse_out = cache[filter]
+        diff = top_l - alpha * l_a.gather(-1, top_i)
+        lse_diff = _lse(diff, in_s)
+        if keep_mass:
+            f_s, lse_f = diff + (_lse(top_l, in_s) - lse_diff)[:, None], lse_t
+        else:
+            f_s, lse_f = diff, torch.logaddexp(lse_diff, lse_out + lse_t)
+        l_f_gold = torch.where(hit.any(-1), (f_s * hit).sum(-1), l_gold)
+        s_max, s_arg = f_s.masked_fill(~in_s, -math.inf).max(-1)
+        argmax = torch.where(
+            s_max >= best_out, top_i.gather(-1, s_arg[:, None]).squeeze(-1), arg_out
+        )
+        out.append((l_f_gold - lse_f, argmax))
+    return out
+
+
+def _lse(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """logsumexp over the entries of each row where mask holds. [T, m] -> [T]"""
+    return torch.logsumexp(x.masked_fill(~mask, -math.inf), -1)
 
 
 @torch.no_grad()
@@ -43,10 +99,10 @@ def grid_scores(
     answers: Sequence[str],
     settings: Sequence[tuple[float, float]],
     batch_size: int = 16,
-    combine: Callable = logit_difference,
+    keep_mass: bool = True,
 ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """Teacher-forced scores of each (question, answer) under every (alpha, filter) of
-    `settings`, from one pass of the target and the assistant.
+    `settings`, from one pass of the target and the assistant (`combined_at_tokens`).
 
     Returns, per setting: (sum of the answer's log-probs [N], answer tokens [N], answer tokens
     where the combined model's most likely token is the target's [N])."""
@@ -65,10 +121,8 @@ def grid_scores(
         ).parts
         gold, greedy_t = targets[keep], l_t.argmax(-1)
         row = torch.arange(keep.shape[0], device=keep.device)[:, None].expand_as(keep)[keep].cpu()
-        for i, (alpha, filter) in enumerate(settings):
-            l_f = combine(l_t, l_a, alpha, filter)
-            logp = torch.log_softmax(l_f, -1).gather(-1, gold[:, None]).squeeze(-1)
-            same = (l_f.argmax(-1) == greedy_t).float()
+        for i, (logp, argmax) in enumerate(combined_at_tokens(l_t, l_a, gold, settings, keep_mass)):
+            same = (argmax == greedy_t).float()
             out[i].append((_per_row(logp, row, len(items)), _per_row(same, row, len(items))))
         n_tokens.append(keep.sum(-1).double().cpu())
     n = torch.cat(n_tokens)
@@ -106,7 +160,7 @@ def truth_and_loss(
     tokenizer,
     rows: list[dict],
     settings: Sequence[tuple[float, float]],
-    combine: Callable = logit_difference,
+    keep_mass: bool = True,
 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Per setting: the truth ratios R [N] (perturbed vs paraphrased answers, as `uld eval`
     scores the forget split) and the mean NLL of each original answer [N] (the LOSS
@@ -119,7 +173,7 @@ def truth_and_loss(
     m = len(rows)
     truth, loss = [], []
     for logp, n, _ in grid_scores(
-        model, tokenizer, qs + wrong_q + qs, answers, settings, combine=combine
+        model, tokenizer, qs + wrong_q + qs, answers, settings, keep_mass=keep_mass
     ):
         p = metrics.normalised_prob(logp[:-m], n[:-m])
         truth.append(metrics.truth_ratio(p[m:].view(m, k), p[:m]))
