@@ -67,14 +67,14 @@ def combined_at_tokens(
             best_out = outside.gather(-1, size.clamp(max=m)[:, None]).squeeze(-1)
             arg_out = top_i.gather(-1, size.clamp(max=m - 1)[:, None]).squeeze(-1)
             hit = (top_i == gold[:, None]) & in_s
-            log_p_s = (_lse(top_l, in_s) - lse_t).clamp(max=0)  # log p_t(S)
-            lse_out = torch.log(-torch.expm1(log_p_s))  # log p_t(not S)
-            cache[filter] = (top_l, top_i, in_s, best_out, arg_out, hit, lse_out)
-        top_l, top_i, in_s, best_out, arg_out, hit, lse_out = cache[filter]
+            lse_s = _lse(top_l, in_s)
+            lse_out = torch.log(-torch.expm1((lse_s - lse_t).clamp(max=0)))  # log p_t(not S)
+            cache[filter] = (top_l, top_i, in_s, best_out, arg_out, hit, lse_s, lse_out)
+        top_l, top_i, in_s, best_out, arg_out, hit, lse_s, lse_out = cache[filter]
         diff = top_l - alpha * l_a.gather(-1, top_i)
         lse_diff = _lse(diff, in_s)
         if keep_mass:
-            f_s, lse_f = diff + (_lse(top_l, in_s) - lse_diff)[:, None], lse_t
+            f_s, lse_f = diff + (lse_s - lse_diff)[:, None], lse_t
         else:
             f_s, lse_f = diff, torch.logaddexp(lse_diff, lse_out + lse_t)
         l_f_gold = torch.where(hit.any(-1), (f_s * hit).sum(-1), l_gold)
