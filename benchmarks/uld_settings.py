@@ -37,7 +37,7 @@ from pathlib import Path
 import torch
 
 from uld import metrics
-from uld.calibrate import grid_scores, truth_and_loss
+from uld.calibrate import grid_scores, held_out_scores, truth_and_loss
 from uld.config import EvalSplits
 from uld.evaluate import load_reference, load_roles
 from uld.logit_diff import ULDModel
@@ -93,10 +93,8 @@ def main() -> None:
     for i, (alpha, filter) in enumerate(grid):
         fq = metrics.forget_quality(truth[i].tolist(), reference["truth_ratios"])
         row = {"alpha": alpha, "filter": filter, "forget_quality": fq}
-        if holdout:
-            # no reference model needed: forget rows against held-out rows, under the same model
-            row["holdout_ks"] = metrics.forget_quality(truth[i].tolist(), truth_h[i].tolist())
-            row["mia_loss_auc"] = metrics.mia_auc((-loss[i]).tolist(), (-loss_h[i]).tolist())
+        if holdout:  # no reference model needed: forget rows against held-out rows
+            row |= held_out_scores(truth[i], truth_h[i], loss[i], loss_h[i])
         row |= {f"agreement_{role}": round(v[i], 4) for role, v in agreement.items()}
         table.append(row)
     result = {
