@@ -342,13 +342,14 @@ def train_and_save(cfg: UnlearnConfig, run: Run) -> Path:
     extra["train_seconds"] = round(time.time() - start, 1)
     extra["lr"] = cfg.default_lr()
     if callbacks:
-        ev = callbacks[0]
+        ev = callbacks.pop()  # the last reference but `ev` to the evaluation's full target
         extra["eval_seconds"] = round(sum(h.pop("seconds", 0) for h in ev.history), 1)
         extra["train_seconds"] = round(extra["train_seconds"] - extra["eval_seconds"], 1)
         extra["epochs_evaluated"] = ev.history
         extra["best_epoch"] = ev.best_epoch
         load_best(model, best)
         print(f"[uld] keeping epoch {ev.best_epoch} (best {cfg.eval_metric})")
+        del ev  # frees that target before `calibrated` loads its own
     if calibration:
         cfg = calibrated(cfg, run, extra)
     if k:  # ULD or Offset: adapter + uld_config.json
