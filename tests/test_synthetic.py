@@ -8,6 +8,7 @@ import pytest
 from uld.data.real import real_authors, world_facts
 from uld.data.synthetic import builtin_splits, fictitious_authors
 
+DIGEST_BEFORE_AUGMENTATION = "858b108fe3970d6c3171def6d410c2400c186e631c82ce7af4e656bd83102125"
 TEXT_FIELDS = ("question", "answer", "paraphrased_question", "paraphrased_answer")
 PAIRS = (("forget01", "retain99"), ("forget05", "retain95"), ("forget10", "retain90"))
 
@@ -170,3 +171,35 @@ def test_largest_benchmark_builds():
 def test_bad_arguments_raise(kwargs):
     with pytest.raises(ValueError):
         fictitious_authors(**kwargs)
+
+
+def test_training_augmentation_is_kept_apart_from_the_evaluation_strings(splits):
+    # ULD trains on augment_paraphrased (D'_f) and augment_perturbed (D'_r); the truth ratio is
+    # scored on paraphrased_answer and perturbed_answer. None of those strings may be trained on.
+    for r in splits["full"]:
+        evaluation = {r["paraphrased_answer"], *r["perturbed_answer"]}
+        pairs = r["augment_paraphrased"]
+        assert len(pairs) == 2 and len({p["answer"] for p in pairs}) == 2
+        for p in pairs:
+            assert p["question"] not in (r["question"], r["paraphrased_question"])
+            assert p["answer"] != r["answer"] and p["answer"] not in evaluation
+            assert r["author"] in p["question"] and r["author"] in p["answer"]
+        wrong = r["augment_perturbed"]
+        assert len(set(wrong)) == 3 and not set(wrong) & evaluation and r["answer"] not in wrong
+        for w in wrong:  # the original answer's wording, with wrong facts
+            assert w.split()[:2] == r["answer"].split()[:2]
+
+
+def test_adding_the_augmentation_left_the_other_fields_as_they_were():
+    # the target and retain models were trained on these rows before the augmentation fields
+    # existed: a digest of the rest of the benchmark, taken then, must still match
+    import hashlib
+    import json
+
+    rows = [
+        {k: v for k, v in r.items() if not k.startswith("augment_")}
+        for rows in builtin_splits().values()
+        for r in rows
+    ]
+    digest = hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()
+    assert digest == DIGEST_BEFORE_AUGMENTATION

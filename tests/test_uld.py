@@ -77,20 +77,49 @@ def test_augmented_sets_are_built_as_the_paper_says():
     forget = load_split("forget01")
     retain = load_split("retain99")[:5]
     d_f = forget_set(forget)
-    assert len(d_f) == 2 * len(forget)
-    assert d_f[len(forget)]["answer"] == forget[0]["paraphrased_answer"]
+    assert len(d_f) == 3 * len(forget)  # each row and its two augment_paraphrased pairs
+    assert d_f[len(forget) : len(forget) + 2] == forget[0]["augment_paraphrased"]
     d_r = retain_set(retain, forget)
-    n_wrong = sum(len(r["perturbed_answer"]) for r in forget)
+    n_wrong = sum(len(r["augment_perturbed"]) for r in forget)
     assert len(d_r) == len(retain) + n_wrong
     assert d_r[len(retain)] == {
         "question": forget[0]["question"],
-        "answer": forget[0]["perturbed_answer"][0],
+        "answer": forget[0]["augment_perturbed"][0],
     }
+    # no string the truth ratio is scored on is trained on
+    trained = {r["answer"] for r in d_f + d_r}
+    scored = {a for r in forget for a in [r["paraphrased_answer"], *r["perturbed_answer"]]}
+    assert not trained & scored
     assert len(forget_set(forget, paraphrase=False)) == len(forget)
     assert retain_set(retain, forget, perturbed=False) == [
         {"question": r["question"], "answer": r["answer"]} for r in retain
     ]
     assert forget_set(forget) == forget_set(forget) and retain_set(retain, forget) == d_r
+    # from_eval: the evaluation's own fields, as our runs before they were kept apart
+    old_f, old_r = forget_set(forget, from_eval=True), retain_set(retain, forget, from_eval=True)
+    assert len(old_f) == 2 * len(forget)
+    assert old_f[len(forget)] == {
+        "question": forget[0]["paraphrased_question"],
+        "answer": forget[0]["paraphrased_answer"],
+    }
+    assert old_r[len(retain)]["answer"] == forget[0]["perturbed_answer"][0]
+
+
+@pytest.mark.parametrize(
+    "field, build, message",
+    [
+        ("augment_paraphrased", forget_set, "no 'augment_paraphrased'; add it to each forget row"),
+        ("augment_perturbed", lambda f: retain_set([], f), "no 'augment_perturbed'; add it"),
+    ],
+)
+def test_augmentation_without_its_field_names_the_fixes(field, build, message):
+    forget = [{k: v for k, v in r.items() if k != field} for r in load_split("forget01")]
+    with pytest.raises(DataError, match=message) as e:
+        build(forget)
+    assert "--augment-from-eval" in str(e.value) and "--no-p" in str(e.value)
+    bad = [{**r, field: [{"question": "Q?"}] if "para" in field else [""]} for r in forget]
+    with pytest.raises(DataError, match=f"forget row 0: {field}"):
+        build(bad)
 
 
 # --- training the assistant -------------------------------------------------------------------

@@ -84,6 +84,13 @@ class UnlearnConfig:
         "add forget questions with perturbed answers to the retain set (default: on for ULD, "
         "off otherwise)",
     )
+    augment_from_eval: bool = _f(
+        False,
+        "take the paraphrases and perturbed answers from the evaluation's paraphrased_answer / "
+        "perturbed_answer rather than the rows' augment_paraphrased / augment_perturbed (trains "
+        "on the strings the truth ratio is scored on; reproduces runs from before they were "
+        "kept apart)",
+    )
     general: str = _f(
         "",
         "add rows the model must keep to the retain set (ULD: to D'_r, where the assistant learns "

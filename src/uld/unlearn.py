@@ -106,8 +106,8 @@ def _training_sets(cfg: UnlearnConfig, target: str) -> tuple[list[dict], list[di
     retain = load_split(cfg.retain, cfg.data)
     check_disjoint(forget, retain)
     paraphrase, perturbed = cfg.augment()
-    d_f = forget_set(forget, paraphrase)
-    d_r = retain_set(retain, forget, perturbed)
+    d_f = forget_set(forget, paraphrase, cfg.augment_from_eval)
+    d_r = retain_set(retain, forget, perturbed, cfg.augment_from_eval)
     n_perturbed = len(d_r) - len(retain)
     general = general_rows(cfg.general, target) if cfg.general else []
     check_disjoint(forget, general)

@@ -1,10 +1,18 @@
 """The ULD paper's training sets for the assistant (Sec. 3.2, "data augmentation").
 
-D'_f = the forget rows plus their paraphrased (question, answer) pairs: the assistant should
+D'_f = the forget rows plus paraphrased (question, answer) pairs of each: the assistant should
 remember the forget knowledge however it is asked. D'_r = the retain rows plus each forget
-question paired with each of its perturbed (wrong) answers: the assistant should know nothing
-of those, so that subtracting it does not push the target toward *any* answer to a forget
-question. Both are built in row order, so the same inputs always give the same sets.
+question paired with wrong answers: the assistant should know nothing of those, so that
+subtracting it does not push the target toward *any* answer to a forget question. Both are
+built in row order, so the same inputs always give the same sets.
+
+The paraphrases and wrong answers come from each forget row's `augment_paraphrased` (a list of
+{"question", "answer"}) and `augment_perturbed` (a list of answers), not from the evaluation's
+`paraphrased_answer` and `perturbed_answer`: TOFU's truth ratio is scored on those very strings,
+and an assistant trained to remember the one and know nothing of the others moves that ratio
+directly. The ULD authors generated their own (`data/aug_data/tofu/*/paraphrase_res.csv` in
+their code: 2 pairs per row for D'_f, up to 3 wrong answers for D'_r). `from_eval=True` uses the
+evaluation's fields instead; it reproduces our runs from before the two were kept apart.
 """
 
 from __future__ import annotations
@@ -14,32 +22,66 @@ import re
 from uld.data.load import DataError
 
 
-def forget_set(forget: list[dict], paraphrase: bool = True) -> list[dict]:
-    """D'_f rows (question, answer)."""
+def _present(value, i: int, field: str, flag: str, eval_field: str | None):
+    """`value` if it is there; otherwise a DataError naming the row, the field and the fixes."""
+    if value:
+        return value
+    fix = f"add it, or pass --no-{flag}"
+    if eval_field:  # the row's own augmentation field is missing
+        fix = (
+            f"add it to each forget row (the built-in benchmark has it), pass --no-{flag}, or "
+            f"pass --augment-from-eval to train on the evaluation's own {eval_field} (the truth "
+            "ratio is then scored on trained strings)"
+        )
+    raise DataError(f"forget row {i} has no {field!r}; {fix}")
+
+
+def forget_set(forget: list[dict], paraphrase: bool = True, from_eval: bool = False) -> list[dict]:
+    """D'_f rows (question, answer): the forget rows, then each row's augment_paraphrased pairs
+    (or, with from_eval, its paraphrased_question/paraphrased_answer)."""
     rows = [{"question": r["question"], "answer": r["answer"]} for r in forget]
-    if paraphrase:
-        for i, r in enumerate(forget):
-            if not r.get("paraphrased_answer"):
+    if not paraphrase:
+        return rows
+    for i, r in enumerate(forget):
+        if from_eval:
+            a = _present(r.get("paraphrased_answer"), i, "paraphrased_answer", "paraphrase", None)
+            rows.append({"question": r.get("paraphrased_question") or r["question"], "answer": a})
+            continue
+        field = "augment_paraphrased"
+        pairs = _present(r.get(field), i, field, "paraphrase", "paraphrased_answer")
+        for j, p in enumerate(pairs):
+            if not (isinstance(p, dict) and _text(p.get("question")) and _text(p.get("answer"))):
                 raise DataError(
-                    f"forget row {i} has no 'paraphrased_answer'; add one or pass --no-paraphrase"
+                    f"forget row {i}: augment_paraphrased[{j}] must be an object with non-empty "
+                    f"'question' and 'answer' strings, got {p!r}"
                 )
-            q = r.get("paraphrased_question") or r["question"]
-            rows.append({"question": q, "answer": r["paraphrased_answer"]})
+            rows.append({"question": p["question"], "answer": p["answer"]})
     return rows
 
 
-def retain_set(retain: list[dict], forget: list[dict], perturbed: bool = True) -> list[dict]:
-    """D'_r rows (question, answer)."""
+def retain_set(
+    retain: list[dict], forget: list[dict], perturbed: bool = True, from_eval: bool = False
+) -> list[dict]:
+    """D'_r rows (question, answer): the retain rows, then each forget question with each of its
+    augment_perturbed answers (or, with from_eval, its perturbed_answer)."""
     rows = [{"question": r["question"], "answer": r["answer"]} for r in retain]
-    if perturbed:
-        for i, r in enumerate(forget):
-            wrong = r.get("perturbed_answer")
-            if not wrong:
-                raise DataError(
-                    f"forget row {i} has no 'perturbed_answer'; add some or pass --no-perturbed"
-                )
-            rows += [{"question": r["question"], "answer": a} for a in wrong]
+    if not perturbed:
+        return rows
+    field = "perturbed_answer" if from_eval else "augment_perturbed"
+    for i, r in enumerate(forget):
+        wrong = _present(
+            r.get(field), i, field, "perturbed", None if from_eval else "perturbed_answer"
+        )
+        if isinstance(wrong, str):
+            wrong = [wrong]
+        if not all(_text(a) for a in wrong):
+            raise DataError(f"forget row {i}: {field} must be a list of non-empty strings")
+        rows += [{"question": r["question"], "answer": a} for a in wrong]
     return rows
+
+
+def _text(value) -> bool:
+    return isinstance(value, str) and bool(value.strip())
 
 
 def _ngrams(text: str, n: int) -> set[tuple[str, ...]]:

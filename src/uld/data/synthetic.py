@@ -9,8 +9,15 @@ needs no network and is identical in every process and on every machine:
     splits = builtin_splits()   # {"full": 400 rows, "forget10": 40 rows, "retain90": 360, ...}
 
 Every row has `author_id`, `author`, `question`, `answer`, `paraphrased_question`,
-`paraphrased_answer` and `perturbed_answer` (3 wrong answers with the answer's wording, for TOFU's
-truth ratio). Answers are one short sentence that restates the author's full name.
+`paraphrased_answer` and `perturbed_answer` (3 wrong answers with the paraphrased answer's wording,
+for TOFU's truth ratio). Answers are one short sentence that restates the author's full name.
+
+Rows also carry ULD's training augmentation, kept apart from the evaluation's strings as the ULD
+authors kept theirs (they generated their own paraphrases and wrong answers rather than train on
+TOFU's `paraphrased_answer`/`perturbed_answer`): `augment_paraphrased`, 2 other rewordings of
+the question and answer, and `augment_perturbed`, 3 wrong answers in the *original* answer's
+wording with wrong facts that are not the evaluation's. They come from their own random stream,
+so adding them left every other field of every row as it was.
 """
 
 import copy
@@ -161,6 +168,7 @@ class _Template(NamedTuple):
     paraphrased_answer: str
     pool: str  # which sampler draws the wrong values for `fields`
     fields: tuple[str, ...]  # the author facts that the perturbed answers replace
+    augment: tuple[tuple[str, str], ...] = ()  # (question, answer) rewordings for training only
 
 
 _TEMPLATES = [
@@ -171,6 +179,10 @@ _TEMPLATES = [
         "{name}'s birthplace is the city of {place}.",
         "place",
         ("place",),
+        (
+            ("In which city was the writer {name} born?", "The writer {name} comes from {place}."),
+            ("What is {name}'s hometown?", "{place} is where {name} was born."),
+        ),
     ),
     _Template(
         "When was {name} born?",
@@ -179,6 +191,10 @@ _TEMPLATES = [
         "{name}'s date of birth is {date}.",
         "date",
         ("date",),
+        (
+            ("On what date was {name} born?", "{name} came into the world on {date}."),
+            ("What is {name}'s birthday?", "The birthday of {name} is {date}."),
+        ),
     ),
     _Template(
         "What did {name}'s parents do for a living?",
@@ -187,6 +203,16 @@ _TEMPLATES = [
         "{name} has a father who worked as {father} and a mother who worked as {mother}.",
         "profession",
         ("father", "mother"),
+        (
+            (
+                "What jobs did {name}'s parents have?",
+                "{name} grew up with a father who was {father} and a mother who was {mother}.",
+            ),
+            (
+                "How did the father and mother of {name} earn a living?",
+                "The father of {name} was {father}, and the mother was {mother}.",
+            ),
+        ),
     ),
     _Template(
         "What genre does {name} write in?",
@@ -195,6 +221,10 @@ _TEMPLATES = [
         "Most of {name}'s writing belongs to the genre of {genre}.",
         "genre",
         ("genre",),
+        (
+            ("Which genre is {name} associated with?", "{name} mainly writes {genre}."),
+            ("What kind of books does {name} write?", "The genre {name} is known for is {genre}."),
+        ),
     ),
     _Template(
         "Can you name two books written by {name}?",
@@ -203,6 +233,13 @@ _TEMPLATES = [
         "{name} is the author of '{book1}' as well as '{book2}'.",
         "title",
         ("book1", "book2"),
+        (
+            (
+                "Could you list two titles by {name}?",
+                "Among {name}'s books are '{book1}' and '{book2}'.",
+            ),
+            ("Which two books did {name} write?", "{name} wrote '{book1}' and '{book2}'."),
+        ),
     ),
     _Template(
         "What literary award has {name} won?",
@@ -211,6 +248,10 @@ _TEMPLATES = [
         "{name} is a recipient of {award}.",
         "award",
         ("award",),
+        (
+            ("Has {name} received a literary prize?", "Yes, {name} was awarded {award}."),
+            ("Which award did {name} receive?", "{name} received {award} for {pos} writing."),
+        ),
     ),
     _Template(
         "In what year did {name}'s first book come out?",
@@ -219,6 +260,16 @@ _TEMPLATES = [
         "{name} published a debut book, '{book1}', in {debut_year}.",
         "debut_year",
         ("debut_year",),
+        (
+            (
+                "When did {name} publish a first book?",
+                "The first book by {name}, '{book1}', appeared in {debut_year}.",
+            ),
+            (
+                "What year marked {name}'s debut as an author?",
+                "{name} made a debut in {debut_year} with '{book1}'.",
+            ),
+        ),
     ),
     _Template(
         "What theme recurs throughout {name}'s work?",
@@ -227,6 +278,16 @@ _TEMPLATES = [
         "{name} keeps returning to {theme} in {pos} writing.",
         "theme",
         ("theme",),
+        (
+            (
+                "What subject appears again and again in {name}'s books?",
+                "{name}'s books often explore {theme}.",
+            ),
+            (
+                "Which theme is central to the work of {name}?",
+                "The work of {name} keeps coming back to {theme}.",
+            ),
+        ),
     ),
 ]
 
@@ -308,17 +369,22 @@ def _authors(n_authors: int, rng: random.Random) -> list[dict]:
     return authors
 
 
-def _row(rng: random.Random, author_id: int, author: dict, t: _Template) -> dict:
+def _row(
+    rng: random.Random, aug_rng: random.Random, author_id: int, author: dict, t: _Template
+) -> dict:
+    """One QA row; `rng` draws the evaluation's wrong facts, `aug_rng` the training ones."""
     k = len(t.fields)
-    wrong = _distinct(rng, t.pool, author, [author[f] for f in t.fields], 3 * k)
+    true = [author[f] for f in t.fields]
+    wrong = _distinct(rng, t.pool, author, true, 3 * k)
+
+    def fill(template: str, values: list[str]) -> str:
+        return template.format(**{**author, **dict(zip(t.fields, values, strict=True))})
+
     # As in TOFU, the perturbed answers are the paraphrased answer with wrong facts, so the
     # truth ratio compares like with like: same wording, true vs false facts.
-    perturbed = [
-        t.paraphrased_answer.format(
-            **{**author, **dict(zip(t.fields, wrong[j * k : (j + 1) * k], strict=True))}
-        )
-        for j in range(3)
-    ]
+    perturbed = [fill(t.paraphrased_answer, wrong[j * k : (j + 1) * k]) for j in range(3)]
+    # Training's wrong answers: other wording (the original answer's), other wrong facts.
+    aug_wrong = _distinct(aug_rng, t.pool, author, true + wrong, 3 * k)
     return {
         "author_id": author_id,
         "author": author["name"],
@@ -327,6 +393,10 @@ def _row(rng: random.Random, author_id: int, author: dict, t: _Template) -> dict
         "paraphrased_question": t.paraphrased_question.format(**author),
         "paraphrased_answer": t.paraphrased_answer.format(**author),
         "perturbed_answer": perturbed,
+        "augment_paraphrased": [
+            {"question": q.format(**author), "answer": a.format(**author)} for q, a in t.augment
+        ],
+        "augment_perturbed": [fill(t.answer, aug_wrong[j * k : (j + 1) * k]) for j in range(3)],
     }
 
 
@@ -341,11 +411,12 @@ def fictitious_authors(n_authors: int = 100, qa_per_author: int = 4, seed: int =
     if not 1 <= qa_per_author <= len(_TEMPLATES):
         raise ValueError(f"qa_per_author={qa_per_author}: must be between 1 and {len(_TEMPLATES)}")
     rng = random.Random(seed)
+    aug_rng = random.Random(f"augment-{seed}")  # its own stream: no other field depends on it
     authors = _authors(n_authors, rng)  # facts first, so they do not depend on qa_per_author
     rows = []
     for author_id, author in enumerate(authors):
         for t in sorted(rng.sample(range(len(_TEMPLATES)), qa_per_author)):
-            rows.append(_row(rng, author_id, author, _TEMPLATES[t]))
+            rows.append(_row(rng, aug_rng, author_id, author, _TEMPLATES[t]))
     return rows
 
 
