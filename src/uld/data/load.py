@@ -2,7 +2,8 @@
 
 A row is a dict with `question` and `answer` (strings); evaluation splits also carry
 `paraphrased_answer` (str), `perturbed_answer` (list of wrong answers of the same form) and
-usually `paraphrased_question`. Sources:
+usually `paraphrased_question`. Forget rows for ULD's augmentation also carry
+`augment_paraphrased` and `augment_perturbed` (checked by `uld.data.augment`). Sources:
 
 - `builtin`: the offline fictitious-author benchmark of `uld.data.synthetic` (the default);
 - a folder holding `<split>.json` or `<split>.jsonl` (what `uld data export` writes);
