@@ -30,7 +30,9 @@ from uld.config import FinetuneConfig, UnlearnConfig
 # target's answers to general prompts (`general`): before the floor, over three seeds, that
 # kept 0.94x of the target's Model Utility against 0.77x without it, at the same or better
 # Forget Quality; with the floor, 1.00x / 0.59x / 1.01x (docs/results.md, "Widening D'_r" and
-# "The plausible set's floor").
+# "The plausible set's floor"). The augmentation comes from the rows' own `augment_*` fields, not
+# the evaluation's strings: F.Q. 0.99 / 0.92 / 0.92 and M.U. 1.00x / 1.07x / 1.08x over three
+# seeds (docs/results.md, "Augmentation kept apart from evaluation").
 DEMO_ULD = {
     "layers": 8,
     "lora_rank": 16,
