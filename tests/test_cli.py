@@ -93,16 +93,24 @@ def test_data_export_round_trips(tmp_path):
         (["unlearn", "--model", "TINY", "--layers", "9"], "outside 1..3"),
         (["unlearn", "--model", "TINY", "--filter", "0"], "--filter=0.0"),
         (["unlearn", "--model", "TINY", "--retain", "full"], "shares"),
+        (["unlearn", "--model", "TINY", "--forget", "NOAUG"], "no 'augment_paraphrased'"),
     ],
 )
 def test_bad_input_exits_2_with_a_message_and_no_output(
     tiny_model, tmp_path, capsys, argv, message
 ):
+    import json
+
+    from uld.data.load import load_split
+
     (tmp_path / "empty.json").write_text("[]")
-    argv = [
-        str(tmp_path / "empty.json") if a == "EMPTY" else tiny_model if a == "TINY" else a
-        for a in argv
+    # forget rows as the hub's TOFU has them: no augment_* fields for ULD's D'_f and D'_r
+    noaug = [
+        {k: v for k, v in r.items() if not k.startswith("augment_")} for r in load_split("forget01")
     ]
+    (tmp_path / "noaug.json").write_text(json.dumps(noaug))
+    files = {"EMPTY": str(tmp_path / "empty.json"), "NOAUG": str(tmp_path / "noaug.json")}
+    argv = [files.get(a, tiny_model if a == "TINY" else a) for a in argv]
     out = tmp_path / "out"
     assert main([*argv, "--out", str(out)]) == 2
     assert message in capsys.readouterr().err
