@@ -168,7 +168,7 @@ class _Template(NamedTuple):
     paraphrased_answer: str
     pool: str  # which sampler draws the wrong values for `fields`
     fields: tuple[str, ...]  # the author facts that the perturbed answers replace
-    augment: tuple[tuple[str, str], ...] = ()  # (question, answer) rewordings for training only
+    augment: tuple[tuple[str, str], ...]  # (question, answer) rewordings for training only
 
 
 _TEMPLATES = [
