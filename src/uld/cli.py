@@ -1,6 +1,8 @@
 """The `uld` command.
 
     uld data export --out DIR             the built-in benchmark as TOFU-schema JSON files
+    uld data augment --data locuslab/TOFU --forget forget10 --out F.json   ULD's training
+                                          paraphrases and wrong answers, written by an LM
     uld finetune --split full --out DIR   make a target (or --split retain90: the retain model)
     uld unlearn --method uld --model TARGET --forget forget10 --retain retain90 --out DIR
     uld generate --model DIR "question"   answer with a plain or a ULD model
@@ -48,6 +50,87 @@ def cmd_data_export(args) -> None:
     print(
         f"wrote {len(splits)} splits to {args.out}: "
         + ", ".join(f"{k} ({len(v)})" for k, v in splits.items())
+    )
+
+
+def completer(model, tokenizer, max_new_tokens: int, batch_size: int = 8, **sampling):
+    """prompts -> one sampled reply each, from `model` (what `uld data augment` asks with)."""
+    from uld.evaluate import generate_answers
+
+    def complete(prompts: list[str]) -> list[str]:
+        return generate_answers(
+            model, tokenizer, prompts, batch_size, max_new_tokens, progress=True, **sampling
+        )
+
+    return complete
+
+
+def cmd_data_augment(args) -> None:
+    import json
+
+    import torch
+
+    from uld.data.augment import write_augmentation
+    from uld.data.load import DataError, load_split, write_split
+    from uld.evaluate import answer_budget
+    from uld.report import write_json
+
+    out = Path(args.out)
+    if out.suffix != ".json":
+        raise DataError(f"--out {out}: give a .json file name (then unlearn with --forget FILE)")
+    if min(args.paraphrases, args.perturbed) < 0 or args.paraphrases + args.perturbed == 0:
+        raise ValueError(
+            f"--paraphrases={args.paraphrases} --perturbed={args.perturbed}: give counts of 0 or "
+            "more, not both 0"
+        )
+    if args.tries < 1:
+        raise ValueError(f"--tries={args.tries}: give at least 1")
+    rows = load_split(args.forget, data=args.data)
+    progress = out.with_name(out.name + ".progress.json")
+    done = json.loads(progress.read_text()) if progress.exists() else {}
+    if done:
+        print(f"[augment] resuming from {progress}")
+    model, tok = load_any(args.model)
+    torch.manual_seed(args.seed)
+    sampling = {"do_sample": True, "temperature": args.temperature, "top_p": args.top_p}
+    # a reworded question and answer: room for the question plus twice the longest answer
+    budget = args.max_new_tokens or 2 * answer_budget(tok, rows) + 32
+    complete = completer(model, tok, budget, args.batch_size, **sampling)
+    rows, done = write_augmentation(
+        rows,
+        complete,
+        args.paraphrases,
+        args.perturbed,
+        args.tries,
+        done,
+        save=lambda d: write_json(d, progress),
+    )
+    empty = [
+        i
+        for i, r in enumerate(rows)
+        if (args.paraphrases and not r["augment_paraphrased"])
+        or (args.perturbed and not r["augment_perturbed"])
+    ]
+    if empty:
+        raise DataError(
+            f"{len(empty)} of {len(rows)} rows got no accepted paraphrase or no accepted wrong "
+            f"answer in {args.tries} rounds (e.g. row {empty[0]}: {rows[empty[0]]['question']!r}); "
+            f"what was accepted is kept in {progress} and a rerun goes on from it: give more "
+            "--tries, or a stronger instruct model with --model"
+        )
+    short = sum(
+        len(r["augment_paraphrased"]) < args.paraphrases
+        or len(r["augment_perturbed"]) < args.perturbed
+        for r in rows
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    write_split(rows, tmp)
+    tmp.replace(out)
+    progress.unlink(missing_ok=True)
+    print(
+        f"wrote {len(rows)} rows to {out} ({short} with fewer than asked); "
+        f"unlearn with --forget {out}"
     )
 
 
@@ -267,6 +350,23 @@ def parser() -> argparse.ArgumentParser:
     export.add_argument("--authors", type=int, default=100)
     export.add_argument("--seed", type=int, default=0)
     export.set_defaults(func=cmd_data_export)
+    aug = data.add_parser(
+        "augment",
+        help="write ULD's training paraphrases and wrong answers (augment_* fields) with an LM",
+    )
+    aug.add_argument("--forget", required=True, help="the forget split (a name or a .json file)")
+    aug.add_argument("--data", default="builtin", help="builtin, a folder of <split>.json, hub id")
+    aug.add_argument("--model", default=None, help="instruct model (default: embedded SmolLM2)")
+    aug.add_argument("--out", required=True, help="the forget split with the fields, a .json")
+    aug.add_argument("--paraphrases", type=int, default=2, help="question/answer pairs per row")
+    aug.add_argument("--perturbed", type=int, default=3, help="wrong answers per row")
+    aug.add_argument("--tries", type=int, default=4, help="rounds of asking for what is missing")
+    aug.add_argument("--temperature", type=float, default=0.8)
+    aug.add_argument("--top-p", type=float, default=0.95)
+    aug.add_argument("--max-new-tokens", type=int, default=0, help="default: from the answers")
+    aug.add_argument("--batch-size", type=int, default=8)
+    aug.add_argument("--seed", type=int, default=0)
+    aug.set_defaults(func=cmd_data_augment)
 
     for name, cls, func, text in [
         ("finetune", cfgmod.FinetuneConfig, cmd_finetune, "fine-tune a model on a split"),

@@ -17,6 +17,7 @@ evaluation's fields instead; it reproduces our runs from before the two were kep
 
 from __future__ import annotations
 
+import difflib
 import re
 
 from uld.data.load import DataError
@@ -141,3 +142,169 @@ def check_disjoint(forget: list[dict], retain: list[dict]) -> None:
             f"{shared[0]!r}; use a retain split disjoint from the forget split (retain90 for "
             "forget10, retain95 for forget05, retain99 for forget01)"
         )
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing augment_paraphrased / augment_perturbed for data that lacks them (e.g. TOFU from the
+# hub). The ULD authors asked GPT for paraphrases and wrong answers; here any instruct model does
+# it through `complete` (prompts -> one sampled reply each), and every reply passes checks that
+# need no model: a paraphrase keeps each name and number of the answer, a wrong answer changes one
+# the question does not already give, and neither may be one of the evaluation's scored strings.
+
+PARAPHRASE_PROMPT = (
+    "Rewrite the question and the answer below in other words. Keep every name, number and "
+    "fact.\n\nQuestion: {question}\nAnswer: {answer}\n\nReply in exactly this form:\n"
+    "Question: <the reworded question>\nAnswer: <the reworded answer>"
+)
+WRONG_PROMPT = (
+    "Here is a question and its correct answer.\n\nQuestion: {question}\nAnswer: {answer}\n\n"
+    "Write a wrong answer: keep the sentence form, but change the key facts (names, places, "
+    "numbers, titles) so that it is false. Reply with the wrong answer only."
+)
+# Capitalised words that start sentences rather than name things.
+_COMMON = frozenset(
+    re.findall(
+        r"\w+",
+        "a an and at but by for from he her his i in it its of on or she that the their they this "
+        "to was we with yes no",
+    )
+)
+_NEGATION = re.compile(r"\b(not|never|no|cannot)\b|n't\b", re.IGNORECASE)
+
+
+def facts(text: str) -> set[str]:
+    """The words of `text` that carry its facts: numbers, capitalised words (names, titles,
+    places) and words in quotes, lower-cased; capitalised function words ("The", "She") are not
+    facts."""
+    quoted = " ".join(re.findall(r"(?<!\w)[\"‘'“]([^\"’'”]+)[\"’'”](?!\w)", text))
+    words = re.findall(r"[\w-]+", text)
+    keep = {w for w in words if any(c.isdigit() for c in w) or w[0].isupper()}
+    return {w.lower() for w in keep | set(re.findall(r"[\w-]+", quoted))} - _COMMON
+
+
+def _content(text: str) -> set[str]:
+    return {w for w in re.findall(r"[\w-]+", text.lower()) if len(w) > 2} - _COMMON
+
+
+def _norm(text: str) -> str:
+    return " ".join(re.findall(r"\w+", text.lower()))
+
+
+def _scored(row: dict) -> set[str]:
+    """The evaluation's strings of a row (normalised): never trained on."""
+    wrong = row.get("perturbed_answer") or []
+    wrong = [wrong] if isinstance(wrong, str) else wrong
+    return {_norm(s) for s in [row.get("paraphrased_answer") or "", *wrong] if s}
+
+
+def parse_paraphrase(reply: str) -> dict | None:
+    """{"question", "answer"} from a reply of the form "Question: ...\\nAnswer: ...", else None."""
+    m = re.search(r"question\s*:\s*(.+?)\s*\n+\s*answer\s*:\s*(.+)", reply, re.I | re.S)
+    if not m:
+        return None
+    q, a = (" ".join(s.replace("*", "").split()) for s in m.groups())
+    return {"question": q, "answer": a} if q.endswith("?") and a else None
+
+
+def _length_ok(new: str, old: str) -> bool:
+    n, o = len(new.split()), len(old.split())
+    return 0.5 * o <= n <= 2.5 * o + 2
+
+
+def is_paraphrase(pair: dict, row: dict) -> bool:
+    """A reworded pair that keeps every fact of the row's answer, differs from it, is of a
+    similar length and is none of the evaluation's strings."""
+    a = pair["answer"]
+    return (
+        facts(row["answer"]) <= facts(a)
+        and _norm(a) != _norm(row["answer"])
+        and _norm(a) not in _scored(row)
+        and _length_ok(a, row["answer"])
+        and not (_NEGATION.search(a) and not _NEGATION.search(row["answer"]))
+    )
+
+
+def same_form(a: str, b: str) -> float:
+    """How much of the wording two answers share: difflib's ratio over their words, in [0, 1]."""
+    return difflib.SequenceMatcher(None, _norm(a).split(), _norm(b).split()).ratio()
+
+
+def is_wrong_answer(answer: str, row: dict) -> bool:
+    """The true answer with a fact changed: it drops a fact of the true answer that the question
+    does not give (or, if there is none, a content word), keeps the answer's wording elsewhere
+    (`same_form` at least 0.6), is no denial and is neither the true answer nor one of the
+    evaluation's strings. A heuristic, not a proof: a lower-case fact (a genre) swapped for a
+    synonym passes; read the file."""
+    told = facts(row["answer"]) - facts(row["question"])
+    told = told or _content(row["answer"]) - _content(row["question"])
+    return (
+        (not told or not told <= facts(answer) | _content(answer))
+        and same_form(answer, row["answer"]) >= 0.6
+        and _norm(answer) != _norm(row["answer"])
+        and _norm(answer) not in _scored(row)
+        and not (_NEGATION.search(answer) and not _NEGATION.search(row["answer"]))
+    )
+
+
+def _clean_reply(reply: str) -> str:
+    text = reply.strip().split("\n\n")[0]
+    text = re.sub(r"^(wrong answer|answer)\s*:\s*", "", text, flags=re.I)
+    return " ".join(text.replace("*", "").split()).strip("\"' ")
+
+
+def write_augmentation(
+    rows: list[dict],
+    complete,
+    n_paraphrased: int = 2,
+    n_perturbed: int = 3,
+    tries: int = 4,
+    done: dict | None = None,
+    save=None,
+    log=print,
+) -> tuple[list[dict], dict]:
+    """Rows with `augment_paraphrased` (n_paraphrased pairs) and `augment_perturbed`
+    (n_perturbed answers) written by `complete(prompts) -> replies` (sampled, one per prompt).
+
+    Each round asks again for what a row still lacks, at most `tries` rounds. `done` maps a
+    question to what an earlier, interrupted run already accepted ({"p": [...], "w": [...]});
+    `save(done)` is called after every round, so a long run never loses finished work. Returns
+    (rows with the fields, done); a row may end with fewer than asked for (the caller decides).
+    """
+    done = {} if done is None else done
+    for r in rows:
+        done.setdefault(r["question"], {"p": [], "w": []})
+    want = {"p": n_paraphrased, "w": n_perturbed}
+    prompt = {"p": PARAPHRASE_PROMPT, "w": WRONG_PROMPT}
+    for t in range(tries):
+        asks = [
+            (r, kind)
+            for r in rows
+            for kind in want
+            for _ in range(want[kind] - len(done[r["question"]][kind]))
+        ]
+        if not asks:
+            break
+        replies = complete([prompt[kind].format(**r) for r, kind in asks])
+        accepted = 0
+        for (r, kind), reply in zip(asks, replies, strict=True):
+            have = done[r["question"]][kind]
+            if kind == "p":
+                new = parse_paraphrase(reply)
+                ok = new is not None and is_paraphrase(new, r)
+                key, seen = (_norm(new["answer"]) if ok else ""), {_norm(p["answer"]) for p in have}
+            else:
+                new = _clean_reply(reply)
+                ok = is_wrong_answer(new, r)
+                key, seen = _norm(new), {_norm(a) for a in have}
+            if ok and key not in seen and len(have) < want[kind]:
+                have.append(new)
+                accepted += 1
+        if log:
+            log(f"[augment] round {t + 1}/{tries}: {accepted} of {len(asks)} replies accepted")
+        if save:
+            save(done)
+    out = []
+    for r in rows:
+        d = done[r["question"]]
+        out.append({**r, "augment_paraphrased": d["p"], "augment_perturbed": d["w"]})
+    return out, done
