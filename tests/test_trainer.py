@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import torch
+from transformers import TrainerCallback
 
 from uld.data.format import Collator, QADataset
 from uld.data.load import load_split
 from uld.models import load_model
-from uld.trainer import checkpoint_dir, train
+from uld.trainer import WeightAverage, checkpoint_dir, train
 
 
 def test_resume_continues_from_the_last_checkpoint(tiny_model, tmp_path, capsys):
@@ -57,3 +58,79 @@ def test_resumed_run_remembers_the_best_epoch(tiny_model, tmp_path):
     assert [h["epoch"] for h in again.history] == [1, 2, 3]
     assert again.best_epoch == 1 and again.best == 0.9
     assert saved == [1]  # epoch 3 (0.5) did not overwrite epoch 1's (0.9) weights
+
+
+class _Record(TrainerCallback):
+    """The trainable weights after every optimizer step."""
+
+    def __init__(self):
+        self.steps: list[dict[str, torch.Tensor]] = []
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        self.steps.append({n: p.detach().clone() for n, p in model.named_parameters()})
+
+
+class _StopAfterEpoch(TrainerCallback):
+    def on_epoch_end(self, args, state, control, **kwargs):
+        control.should_training_stop = True
+
+
+def test_weight_average_is_the_exponential_average_by_hand(tiny_model, tmp_path):
+    model, tok = load_model(tiny_model)
+    w0 = {n: p.detach().clone() for n, p in model.named_parameters()}
+    ds = QADataset(load_split("forget05"), tok)
+    d = 0.75
+    avg, rec = WeightAverage(model, d), _Record()
+    collator = Collator(tok.pad_token_id)
+    train(model, ds, collator, tmp_path / "r", "finetune", epochs=1, batch_size=10, lr=1e-2,
+          callbacks=[avg, rec])  # fmt: skip
+    w1, w2 = rec.steps
+    name = "model.layers.0.mlp.up_proj.weight"
+    by_hand = d * (d * w0[name] + (1 - d) * w1[name]) + (1 - d) * w2[name]
+    torch.testing.assert_close(avg.avg[name], by_hand)
+    trained = dict(model.named_parameters())[name].detach().clone()
+    with avg.applied(model):  # swapped in, then back bit for bit
+        torch.testing.assert_close(dict(model.named_parameters())[name], by_hand)
+    assert torch.equal(dict(model.named_parameters())[name], trained)
+    avg.finish(model)
+    torch.testing.assert_close(dict(model.named_parameters())[name], by_hand)
+
+
+def test_a_resumed_run_keeps_its_weight_average(tiny_model, tmp_path):
+    tok = load_model(tiny_model)[1]
+    ds, collator = QADataset(load_split("forget05"), tok), Collator(tok.pad_token_id)
+    kw = dict(batch_size=10, lr=1e-2)
+    straight, _ = load_model(tiny_model)
+    whole = WeightAverage(straight, 0.5)
+    train(straight, ds, collator, tmp_path / "a", "finetune", epochs=2, callbacks=[whole], **kw)
+
+    first, _ = load_model(tiny_model)  # the same 2-epoch run, stopped after epoch 1
+    train(first, ds, collator, tmp_path / "b", "finetune", epochs=2,
+          callbacks=[WeightAverage(first, 0.5), _StopAfterEpoch()], **kw)  # fmt: skip
+    assert (checkpoint_dir(tmp_path / "b") / "checkpoint-2" / WeightAverage.FILE).exists()
+    fresh, _ = load_model(tiny_model)  # "interrupted": a new process resumes epoch 2
+    resumed = WeightAverage(fresh, 0.5)
+    train(fresh, ds, collator, tmp_path / "b", "finetune", epochs=2, callbacks=[resumed], **kw)
+    assert resumed.resumed
+    for n, v in whole.avg.items():
+        torch.testing.assert_close(resumed.avg[n], v, rtol=1e-4, atol=1e-6)
+
+
+def test_each_epoch_evaluates_the_averaged_weights(tiny_model, tmp_path):
+    from uld.trainer import EpochEval
+
+    model, tok = load_model(tiny_model)
+    avg = WeightAverage(model, 0.9)
+    name = "model.norm.weight"
+    seen = []
+    ev = EpochEval(
+        lambda m: seen.append(dict(m.named_parameters())[name].detach().clone()) or {"fq": 1.0},
+        "fq",
+        lambda m, e, s: None,
+        average=avg,
+    )
+    ds = QADataset(load_split("forget05"), tok)
+    train(model, ds, Collator(tok.pad_token_id), tmp_path / "r", "finetune", epochs=1,
+          batch_size=10, lr=1e-2, callbacks=[avg, ev])  # fmt: skip
+    torch.testing.assert_close(seen[0], avg.avg[name])
+    assert not torch.equal(seen[0], dict(model.named_parameters())[name])

@@ -304,6 +304,7 @@ def test_save_and_from_pretrained_round_trip(
         ({"beta": float("nan")}, "beta"),
         ({"filter": 0.0}, "filter"),
         ({"filter": 1.5}, "filter"),
+        ({"ema": 1.0}, "--ema=1.0"),
     ],
 )
 def test_bad_hyperparameters_are_refused(tiny_model, tmp_path, change, message):

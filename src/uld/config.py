@@ -104,6 +104,12 @@ class UnlearnConfig:
     batch_size: int = _f(8, "batch size (forget items; each is paired with a retain item)")
     seed: int = _f(0, "random seed")
     max_steps: int = _f(-1, "stop after this many steps (for smoke tests)")
+    ema: float = _f(
+        0.0,
+        "decay of an exponential moving average of the trained weights, updated every step; "
+        "the average is what each epoch's evaluation sees and what is saved (e.g. 0.98 averages "
+        "over about 50 steps); 0: off, the weights themselves",
+    )
     eval_metric: str = _f(
         "",
         "evaluate each epoch and keep the best epoch by this metric: forget_quality (needs "
@@ -161,6 +167,8 @@ class UnlearnConfig:
             raise ValueError(f"--filter={self.filter} must be in (0, 1] (the paper uses 1e-2)")
         if not 0 <= self.lora_dropout < 1:
             raise ValueError(f"--lora-dropout={self.lora_dropout} must be in [0, 1)")
+        if not 0 <= self.ema < 1:
+            raise ValueError(f"--ema={self.ema} must be in [0, 1) (0: no averaging)")
         if self.calibrate and self.method != "uld":
             raise ValueError(
                 f"--calibrate chooses ULD's alpha; {self.method} has none (drop --calibrate)"

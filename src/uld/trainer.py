@@ -8,6 +8,7 @@ checkpoint there.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import shutil
@@ -71,13 +72,77 @@ def _set_rng_states(states: dict) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
+class WeightAverage(TrainerCallback):
+    """An exponential moving average of the trainable weights: after every optimizer step
+    `avg <- decay * avg + (1 - decay) * w` (Polyak averaging), starting from the initial weights.
+
+    Adam moves every weight by about the learning rate per step whatever the gradient, so the
+    model at any one step is noisy; ULD's truth ratios swing widely between epochs. `applied(m)`
+    swaps the average into `m` for a while (evaluation, saving); `finish(m)` leaves it there.
+    The average is saved in each checkpoint (`ema.safetensors`) and read back on resume.
+    """
+
+    FILE = "ema.safetensors"
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        self.decay = decay
+        self.avg = {n: p.detach().clone() for n, p in _trainable(model)}
+        self.resumed: bool | None = None
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if self.resumed is None:  # the first step: a resumed run reads its average so far
+            saved = Path(args.output_dir) / f"checkpoint-{state.global_step}" / self.FILE
+            self.resumed = bool(state.global_step) and saved.exists()
+            if self.resumed:
+                from safetensors.torch import load_file
+
+                for n, v in load_file(str(saved)).items():
+                    self.avg[n].copy_(v)
+
+    @torch.no_grad()
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        for n, p in _trainable(model):
+            self.avg[n].lerp_(p.detach(), 1 - self.decay)
+
+    def on_save(self, args, state, control, **kwargs):
+        from safetensors.torch import save_file
+
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        save_file({n: v.contiguous() for n, v in self.avg.items()}, str(folder / self.FILE))
+
+    @contextlib.contextmanager
+    def applied(self, model: torch.nn.Module):
+        self._swap(model)
+        try:
+            yield model
+        finally:
+            self._swap(model)
+
+    @torch.no_grad()
+    def finish(self, model: torch.nn.Module) -> None:
+        for n, p in _trainable(model):
+            p.copy_(self.avg[n])
+
+    @torch.no_grad()
+    def _swap(self, model: torch.nn.Module) -> None:
+        for n, p in _trainable(model):
+            tmp = p.detach().clone()
+            p.copy_(self.avg[n])
+            self.avg[n].copy_(tmp)
+
+
+def _trainable(model: torch.nn.Module):
+    return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+
+
 class EpochEval(TrainerCallback):
     """Runs `evaluate(model) -> dict` after each epoch; keeps the best epoch by `metric`.
 
     `save_best(model, epoch, scores)` is called whenever an epoch beats the best so far. The
     history (one dict per epoch) is in `self.history`; with `state`, it is also written to that
     JSON file after every epoch and read back at the start, so a resumed run still knows which
-    epoch was best (and does not overwrite the kept weights with a worse epoch).
+    epoch was best (and does not overwrite the kept weights with a worse epoch). With `average`
+    (a WeightAverage), each epoch's averaged weights are evaluated and kept instead.
     """
 
     def __init__(
@@ -87,8 +152,10 @@ class EpochEval(TrainerCallback):
         save_best: Callable[[torch.nn.Module, int, dict], None],
         mode: str = "max",
         state: str | Path | None = None,
+        average: WeightAverage | None = None,
     ):
         self.evaluate, self.metric, self.save_best, self.mode = evaluate, metric, save_best, mode
+        self.average = average
         self.state = Path(state) if state else None
         self.history: list[dict] = []
         self.best: float | None = None
@@ -98,6 +165,12 @@ class EpochEval(TrainerCallback):
             self.history, self.best, self.best_epoch = kept["history"], kept["best"], kept["epoch"]
 
     def on_epoch_end(self, args, state, control, model=None, **kwargs):
+        weights = self.average.applied(model) if self.average else contextlib.nullcontext()
+        with weights:
+            self._epoch_end(state, model)
+        return control
+
+    def _epoch_end(self, state, model) -> None:
         model.eval()
         rng = _rng_states()  # evaluating must not change what training draws next
         try:
@@ -124,7 +197,6 @@ class EpochEval(TrainerCallback):
             write_json(
                 {"history": self.history, "best": self.best, "epoch": self.best_epoch}, self.state
             )
-        return control
 
 
 def checkpoint_dir(out: str | Path) -> Path:

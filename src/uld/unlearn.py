@@ -34,7 +34,7 @@ from uld.data.format import Collator, PairedDataset, QADataset
 from uld.data.load import DataError, load_split
 from uld.losses import BASELINES, Frozen, Hyper, has_retain_term, needs_reference
 from uld.models import load_model, resolve
-from uld.trainer import checkpoint_dir, remove_checkpoints, train
+from uld.trainer import WeightAverage, checkpoint_dir, remove_checkpoints, train
 
 
 def build_assistant(target: str, k: int, rank: int, alpha: float, dropout: float):
@@ -309,9 +309,10 @@ def train_and_save(cfg: UnlearnConfig, run: Run) -> Path:
     """The one training loop, the per-epoch evaluation if asked, and the atomic save."""
     target, model, tokenizer, dataset, loss, frozen, extra, k, finish, calibration = run
     best = checkpoint_dir(cfg.out) / "best"
-    callbacks = []
+    average = WeightAverage(model, cfg.ema) if cfg.ema else None
+    callbacks: list = [average] if average else []
     if cfg.eval_metric:
-        callbacks.append(epoch_evaluator(cfg, target, tokenizer, best, frozen))
+        callbacks.append(epoch_evaluator(cfg, target, tokenizer, best, frozen, average))
     start = time.time()
     train(
         model,
@@ -337,6 +338,9 @@ def train_and_save(cfg: UnlearnConfig, run: Run) -> Path:
         weight_decay=0.0 if k else 0.01,
         callbacks=callbacks,
     )
+    if average is not None:
+        average.finish(model)  # the averaged weights are the model (or load_best's below)
+        extra["ema"] = cfg.ema
     if finish is not None:
         finish()
     extra["train_seconds"] = round(time.time() - start, 1)
@@ -415,9 +419,12 @@ def calibrated(cfg: UnlearnConfig, run: Run, extra: dict) -> UnlearnConfig:
     return dataclasses.replace(cfg, alpha=res["alpha"])
 
 
-def epoch_evaluator(cfg: UnlearnConfig, target: str, tokenizer, best: Path, frozen=None):
+def epoch_evaluator(
+    cfg: UnlearnConfig, target: str, tokenizer, best: Path, frozen=None, average=None
+):
     """EpochEval running the evaluation protocol (`uld.evaluate`) on the model as users will
-    run it, every epoch; keeps the best epoch's trainable weights in `best`."""
+    run it (with `average`, its averaged weights), every epoch; keeps the best epoch's trainable
+    weights in `best`."""
     from uld.config import EvalSplits
     from uld.evaluate import evaluate, load_reference, load_roles
     from uld.logit_diff import ULDModel
@@ -462,7 +469,8 @@ def epoch_evaluator(cfg: UnlearnConfig, target: str, tokenizer, best: Path, froz
             save_file(state, str(best / "model.safetensors"))
 
     mode = "min" if cfg.eval_metric == "forget_rouge" else "max"
-    return EpochEval(run, cfg.eval_metric, save_best, mode=mode, state=best.parent / "epochs.json")
+    state = best.parent / "epochs.json"
+    return EpochEval(run, cfg.eval_metric, save_best, mode=mode, state=state, average=average)
 
 
 def save_assistant(assistant, target_path: str, cfg: UnlearnConfig, k: int, extra: dict) -> None:
