@@ -38,6 +38,7 @@ GENRE = {
 def test_facts_are_numbers_names_and_quoted_words():
     text = "The author's novel 'the glass orchard' came out in 1999; She won the Ember Oak Award."
     assert facts(text) == {"glass", "orchard", "1999", "ember", "oak", "award"}
+    assert facts("Two books. Marrow wrote them. Ask Ilse Marrow.") == {"ilse", "marrow"}
 
 
 def test_a_paraphrase_keeps_every_fact_and_is_no_scored_string():
@@ -58,6 +59,17 @@ def test_a_wrong_answer_changes_a_fact_and_keeps_the_form():
     assert not is_wrong_answer("Ilse Marrow won the Silver Quill Award in 1999.", ROW)  # scored
     assert not is_wrong_answer("Ilse Marrow never won the Ember Oak Award.", ROW)  # a denial
     assert not is_wrong_answer("I don't know.", ROW)
+    # the true answer reworded: drops the sentence-initial "Two" but brings no fact of its own
+    # (SmolLM2-135M's reply, once accepted)
+    books = {
+        "question": "Can you name two books written by Zeynep Farahvand?",
+        "answer": "Two books by Zeynep Farahvand are 'The Cipher of Ostrel' and 'The Clockmaker "
+        "of Marrowgate'.",
+    }
+    reworded = "The Cipher of Ostrel and The Clockmaker of Marrowgate are both written by Zeynep "
+    assert not is_wrong_answer(reworded + "Farahvand.", books)
+    swapped = books["answer"].replace("Ostrel", "Vennick")
+    assert is_wrong_answer(swapped, books)
     # no capitalised fact beyond the question's: the content words decide
     assert is_wrong_answer("Ilse Marrow is best known for her romance.", GENRE)
     assert not is_wrong_answer("Ilse Marrow writes satire.", GENRE)  # true, and another form

@@ -174,16 +174,25 @@ _NEGATION = re.compile(r"\b(not|never|no|cannot)\b|n't\b", re.IGNORECASE)
 
 def facts(text: str) -> set[str]:
     """The words of `text` that carry its facts: numbers, capitalised words (names, titles,
-    places) and words in quotes, lower-cased; capitalised function words ("The", "She") are not
-    facts."""
+    places) not at the start of a sentence, and words in quotes, lower-cased; capitalised
+    function words ("The", "She") are not facts."""
     quoted = " ".join(re.findall(r"(?<!\w)[\"‘'“]([^\"’'”]+)[\"’'”](?!\w)", text))
-    words = re.findall(r"[\w-]+", text)
-    keep = {w for w in words if any(c.isdigit() for c in w) or w[0].isupper()}
-    return {w.lower() for w in keep | set(re.findall(r"[\w-]+", quoted))} - _COMMON
+    keep = set(re.findall(r"[\w-]+", quoted))
+    for m in re.finditer(r"[\w-]+", text):
+        w, before = m.group(), text[: m.start()].rstrip()
+        if any(c.isdigit() for c in w) or (
+            w[0].isupper() and before[-1:] not in ("", ".", "!", "?", ":")
+        ):
+            keep.add(w)
+    return {w.lower() for w in keep} - _COMMON
+
+
+def _words(text: str) -> set[str]:
+    return set(re.findall(r"[\w-]+", text.lower()))
 
 
 def _content(text: str) -> set[str]:
-    return {w for w in re.findall(r"[\w-]+", text.lower()) if len(w) > 2} - _COMMON
+    return {w for w in _words(text) if len(w) > 2} - _COMMON
 
 
 def _norm(text: str) -> str:
@@ -216,7 +225,7 @@ def is_paraphrase(pair: dict, row: dict) -> bool:
     similar length and is none of the evaluation's strings."""
     a = pair["answer"]
     return (
-        facts(row["answer"]) <= facts(a)
+        facts(row["answer"]) <= _words(a)
         and _norm(a) != _norm(row["answer"])
         and _norm(a) not in _scored(row)
         and _length_ok(a, row["answer"])
@@ -230,15 +239,18 @@ def same_form(a: str, b: str) -> float:
 
 
 def is_wrong_answer(answer: str, row: dict) -> bool:
-    """The true answer with a fact changed: it drops a fact of the true answer that the question
-    does not give (or, if there is none, a content word), keeps the answer's wording elsewhere
-    (`same_form` at least 0.6), is no denial and is neither the true answer nor one of the
-    evaluation's strings. A heuristic, not a proof: a lower-case fact (a genre) swapped for a
-    synonym passes; read the file."""
-    told = facts(row["answer"]) - facts(row["question"])
-    told = told or _content(row["answer"]) - _content(row["question"])
+    """The true answer with a fact swapped: it drops a fact of the true answer that the question
+    does not give and brings one of its own (or, where the answer has no such fact, a content
+    word), keeps the answer's wording elsewhere (`same_form` at least 0.6), is no denial and is
+    neither the true answer nor one of the evaluation's strings. A heuristic, not a proof: a
+    lower-case fact (a genre) swapped for a synonym passes; read the file."""
+    told, of = facts, _words
+    if not facts(row["answer"]) - _words(row["question"]):
+        told, of = _content, _content  # no name or number beyond the question's
+    known = of(row["answer"]) | of(row["question"])
     return (
-        (not told or not told <= facts(answer) | _content(answer))
+        bool(told(row["answer"]) - of(row["question"]) - of(answer))
+        and bool(told(answer) - known)
         and same_form(answer, row["answer"]) >= 0.6
         and _norm(answer) != _norm(row["answer"])
         and _norm(answer) not in _scored(row)
