@@ -349,6 +349,14 @@ def test_unlearn_end_to_end_few_steps(tiny_model, tmp_path):
     assert not (tmp_path / "u.ckpt").exists()
 
 
+def test_weight_average_without_per_epoch_evaluation_saves_the_average(tiny_model, tmp_path):
+    out = unlearn(_small_run(tiny_model, tmp_path / "u", epochs=1, lr=1e-2, ema=0.5))
+    assert json.loads((out / "uld_config.json").read_text())["ema"] == 0.5
+    model, tok = ULDModel.from_pretrained(out)
+    with torch.no_grad():
+        assert torch.isfinite(model(**_batch(tok, ["Where was Ilse born?"])).logits).all()
+
+
 def test_each_epoch_is_evaluated_and_the_best_kept(tiny_model, tmp_path):
     cfg = _small_run(
         tiny_model,

@@ -345,7 +345,7 @@ def train_and_save(cfg: UnlearnConfig, run: Run) -> Path:
         finish()
     extra["train_seconds"] = round(time.time() - start, 1)
     extra["lr"] = cfg.default_lr()
-    if callbacks:
+    if cfg.eval_metric:
         ev = callbacks.pop()  # the last reference but `ev` to the evaluation's full target
         extra["eval_seconds"] = round(sum(h.pop("seconds", 0) for h in ev.history), 1)
         extra["train_seconds"] = round(extra["train_seconds"] - extra["eval_seconds"], 1)
