@@ -124,9 +124,7 @@ def cmd_data_augment(args) -> None:
         for r in rows
     )
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    write_split(rows, tmp)
-    tmp.replace(out)
+    write_split(rows, out)
     progress.unlink(missing_ok=True)
     print(
         f"wrote {len(rows)} rows to {out} ({short} with fewer than asked); "

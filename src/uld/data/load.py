@@ -133,5 +133,7 @@ def load_split(split: Any, data: Any = BUILTIN, require_eval: bool = False) -> l
 
 
 def write_split(rows: Iterable[dict], path: Path) -> None:
-    """Write rows as pretty JSON (one list)."""
-    path.write_text(json.dumps(list(rows), indent=1, ensure_ascii=False) + "\n")
+    """Write rows as pretty JSON (one list), atomically (a temporary file renamed into place)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(list(rows), indent=1, ensure_ascii=False) + "\n")
+    tmp.replace(path)
