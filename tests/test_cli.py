@@ -182,27 +182,29 @@ def test_compare_runs_evaluates_reports_and_resumes(tiny_model, tmp_path, capsys
         f"target: {tiny_model}\nreference: {tiny_model}\nout: {out}\n"
         "common: {forget: forget01, retain: retain99, epochs: 1, batch_size: 4, max_steps: 1}\n"
         "eval: {forget: forget01, retain: '', real_authors: '', world_facts: '', holdout: ''}\n"
-        "runs:\n  uld: {layers: 2, lora_rank: 4}\n  ga: {lr: 1.0e-3}\n"
+        "runs:\n  uld: {layers: 2, lora_rank: 4}\n  ga: {lr: 1.0e-3, seeds: [0, 1]}\n"
     )
     assert main(["compare", "--config", str(plan)]) == 0
-    for name in ("target", "uld", "ga"):
+    for name in ("target", "uld", "ga", "ga-seed1"):
         assert (out / name / "eval" / "eval.json").exists()
     summary = json.loads((out / "report" / "summary.json").read_text())
-    assert list(summary) == ["target", "uld", "ga"]
+    assert list(summary) == ["target", "uld", "ga", "ga-seed1"]
+    assert "seed: 1\n" in (out / "ga-seed1" / "model" / "run_config.yaml").read_text()
+    assert "| ga | 2 | " in (out / "report" / "report.md").read_text()  # the table over seeds
     assert summary["target"]["forget_quality"] == 1.0  # the reference is the target itself
     assert summary["uld"]["relative_time"] == 1.0 and summary["ga"]["train_seconds"] > 0
     assert (out / "report" / "mu_vs_fq.png").exists() or summary["uld"]["model_utility"] is None
     capsys.readouterr()
     assert main(["compare", "--config", str(plan)]) == 0  # a rerun trains nothing
     printed = capsys.readouterr().out
-    assert "training" not in printed and printed.count("evaluated already") == 3
+    assert "training" not in printed and printed.count("evaluated already") == 4
     assert "re-scored" not in printed
     # a new retain model: Forget Quality is re-scored from the kept per-item truth ratios
     ga_model = out / "ga" / "model"
     plan.write_text(plan.read_text().replace(f"reference: {tiny_model}", f"reference: {ga_model}"))
     assert main(["compare", "--config", str(plan)]) == 0
     printed = capsys.readouterr().out
-    assert "training" not in printed and printed.count("re-scored") == 3
+    assert "training" not in printed and printed.count("re-scored") == 4
     evals = {n: json.loads((out / n / "eval" / "eval.json").read_text()) for n in ("target", "ga")}
     tr = {n: [it["truth_ratio"] for it in e["splits"]["forget"]["items"]] for n, e in evals.items()}
     assert evals["target"]["reference"] == str(ga_model)
@@ -226,6 +228,20 @@ def test_upcycle_then_experts(tiny_model, tmp_path, capsys):
     assert (out / "experts.png").read_bytes()[:4] == b"\x89PNG"
     assert len(json.loads((out / "experts.json").read_text())["attribution"][0]) == 3
     assert main(["experts", "--model", tiny_model, "--out", str(out)]) == 2  # dense: refused
+
+
+def test_compare_seeds_expand_into_named_runs_and_bad_lists_are_refused():
+    from uld.compare import expand_seeds
+
+    runs = expand_seeds({"uld": {"lr": 1e-3, "seeds": [0, 2]}, "ga": None})
+    assert runs == {"uld": {"lr": 1e-3, "seed": 0}, "uld-seed2": {"lr": 1e-3, "seed": 2}, "ga": {}}
+    for bad in ([], [1, 1], [-1], ["1"], 3, [True]):
+        with pytest.raises(ValueError, match="seeds must be a list of distinct integers"):
+            expand_seeds({"uld": {"seeds": bad}})
+    with pytest.raises(ValueError, match="both seed and seeds"):
+        expand_seeds({"uld": {"seed": 1, "seeds": [0, 1]}})
+    with pytest.raises(ValueError, match=r"\['uld-seed1'\] occur twice"):
+        expand_seeds({"uld": {"seeds": [0, 1]}, "uld-seed1": {}})
 
 
 @pytest.mark.parametrize("plan", ["compare.yaml", "compare_forget05.yaml", "compare_moe.yaml"])

@@ -205,3 +205,26 @@ def test_report_lists_model_utilitys_nine_parts_and_the_kept_epoch():
     text = tables({"npo": s})
     assert "| npo | 0.500 | 0.250 | 0.125 | 0.500 |" in text
     assert "| Method | Epoch kept |" in text and "| npo | 3 | 10 |" in text
+
+
+def test_seed_table_groups_runs_over_seeds_and_computes_their_statistics():
+    from uld.report import seed_groups, seed_table, tables
+
+    runs = {
+        "target": {"forget_quality": 0.01, "model_utility": 0.5},
+        "npo": {"forget_quality": 0.99, "model_utility": 0.3},
+        "npo-seed1": {"forget_quality": 0.92, "model_utility": 0.2},
+        "npo-seed2": {"forget_quality": 0.16, "model_utility": 0.4},
+        "uld-lr1e-3-seed3": {"forget_quality": 0.5, "model_utility": None},
+        "uld-lr1e-3-seed4": {"forget_quality": 0.25, "model_utility": 0.1},
+    }
+    assert seed_groups(runs) == {
+        "npo": ["npo", "npo-seed1", "npo-seed2"],
+        "uld-lr1e-3": ["uld-lr1e-3-seed3", "uld-lr1e-3-seed4"],
+    }
+    table = seed_table(runs)
+    # median of (0.99, 0.92, 0.16) = 0.92, mean = 2.07 / 3 = 0.69; M.U. mean 0.3, min 0.2
+    assert "| npo | 3 | 0.99, 0.92, 0.16 | 0.92 | 0.69 | 0.3000 | 0.2000 |" in table
+    # a missing M.U. is shown as missing and left out of the mean
+    assert "| uld-lr1e-3 | 2 | 0.5, 0.25 | 0.375 | 0.375 | 0.1000 | 0.1000 |" in table
+    assert "Over seeds" in tables(runs) and "Over seeds" not in tables({"npo": runs["npo"]})

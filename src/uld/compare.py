@@ -7,19 +7,22 @@ A YAML file says what to run:
     out: runs/compare
     common: {forget: forget10, retain: retain90, epochs: 5}   # UnlearnConfig fields for all
     models: {retain: runs/demo/retain90}    # extra rows evaluated as they are (target is one)
-    runs:                             # name -> UnlearnConfig fields (method defaults to name)
+    runs:                 # name -> UnlearnConfig fields (method defaults to name less -seedN)
       uld: {config: configs/uld_smollm2.yaml}
       npo+kl: {lr: 5.0e-5}
       uld-no-paraphrase: {method: uld, config: configs/uld_smollm2.yaml, paraphrase: false}
+      ga+kl: {seeds: [0, 1, 2]}       # three runs: ga+kl (seed 0), ga+kl-seed1, ga+kl-seed2
 
 Each run trains into `<out>/<name>/model` and is evaluated into `<out>/<name>/eval`; a run whose
 evaluation exists is skipped, so an interrupted comparison continues where it stopped (also in a
-later session). The merged table and plots go to `<out>/report` (`uld.report.report`).
+later session). The merged table and plots go to `<out>/report` (`uld.report.report`); runs of
+one setting over seeds (`name`, `name-seedN`) also get a row each in its table over seeds.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 import time
 from pathlib import Path
 
@@ -41,7 +44,34 @@ def load_plan(path: str | Path) -> dict:
     for key in ("target", "out", "runs"):
         if not plan.get(key):
             raise ValueError(f"{path}: '{key}' is required")
+    plan["runs"] = expand_seeds(plan["runs"], path)
     return plan
+
+
+def expand_seeds(runs: dict, path: str | Path = "the plan") -> dict:
+    """`name: {seeds: [0, 1, 2], ...}` -> runs `name` (seed 0), `name-seed1`, `name-seed2`, each
+    with its `seed` and the other fields; runs without `seeds` pass through unchanged."""
+    out: dict = {}
+    for name, spec in runs.items():
+        spec = dict(spec or {})
+        if "seeds" not in spec:
+            expanded = {name: spec}
+        else:
+            seeds = spec.pop("seeds")
+            ok = isinstance(seeds, list) and seeds and all(type(s) is int and s >= 0 for s in seeds)
+            if not ok or len(set(seeds)) != len(seeds):
+                raise ValueError(
+                    f"{path}: run {name!r}: seeds must be a list of distinct integers >= 0, "
+                    f"e.g. seeds: [0, 1, 2]; got {seeds!r}"
+                )
+            if "seed" in spec:
+                raise ValueError(f"{path}: run {name!r} gives both seed and seeds; keep one")
+            expanded = {(f"{name}-seed{s}" if s else name): spec | {"seed": s} for s in seeds}
+        clash = sorted(set(expanded) & set(out))
+        if clash:
+            raise ValueError(f"{path}: run names {clash} occur twice (check `seeds:` lists)")
+        out |= expanded
+    return out
 
 
 def run_config(plan: dict, name: str, out: Path) -> UnlearnConfig:
@@ -51,7 +81,7 @@ def run_config(plan: dict, name: str, out: Path) -> UnlearnConfig:
     if spec.get("config"):
         values |= yaml.safe_load(Path(spec.pop("config")).read_text()) or {}
     values |= spec
-    values.setdefault("method", name)
+    values.setdefault("method", re.sub(r"-seed\d+$", "", name))
     values |= {"model": str(plan["target"]), "out": str(out), "data": plan.get("data", "builtin")}
     known = {f.name for f in dataclasses.fields(UnlearnConfig)}
     unknown = sorted(set(values) - known)

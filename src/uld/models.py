@@ -20,6 +20,8 @@ from typing import Any
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
+from uld.config import save as save_config
+
 DEFAULT_MODEL = "smollm2-135m-instruct"
 CARD_NAME = "uld_card.json"
 
@@ -154,13 +156,18 @@ def read_card(folder: str | os.PathLike) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
-def save_model(model: PreTrainedModel, tokenizer, out: str | os.PathLike, card: dict) -> Path:
-    """Save an ordinary HF folder plus its card; a crash mid-save leaves no half-written `out`."""
+def save_model(
+    model: PreTrainedModel, tokenizer, out: str | os.PathLike, card: dict, config=None
+) -> Path:
+    """Save an ordinary HF folder plus its card (and `run_config.yaml`, the settings that made
+    it, when `config` is given); a crash mid-save leaves no half-written `out`."""
     out = Path(out)
     with _atomic_dir(out) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         write_card(tmp, card)
+        if config is not None:
+            save_config(config, tmp / "run_config.yaml")
     return out
 
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 import math
+import re
+import statistics
 from pathlib import Path
 
 from uld.config import UTILITY_PARTS, UTILITY_ROLES
@@ -79,7 +81,43 @@ def tables(runs: dict[str, dict]) -> str:
     timed = {n: s for n, s in runs.items() if s.get("train_seconds") is not None}
     if timed:
         text += "\n" + markdown_table(timed, TIME_COLUMNS)
+    if seed_groups(runs):
+        text += "\nOver seeds (`name`, `name-seedN`):\n\n" + seed_table(runs)
     return text
+
+
+def seed_groups(names) -> dict[str, list[str]]:
+    """Runs of one setting over seeds, by the names `uld compare` gives them: `name` (seed 0)
+    with `name-seed1`, `name-seed2`, ... Settings with a single run are left out."""
+    groups: dict[str, list[str]] = {}
+    for name in names:
+        m = re.fullmatch(r"(.+)-seed\d+", name)
+        groups.setdefault(m.group(1) if m else name, []).append(name)
+    return {base: members for base, members in groups.items() if len(members) > 1}
+
+
+def seed_table(runs: dict[str, dict]) -> str:
+    """One row per setting run over several seeds: each seed's Forget Quality, their median and
+    mean, and Model Utility's mean and minimum. With few forget rows F.Q. moves in coarse steps,
+    so one seed's value says little; this is the table to compare settings by."""
+    lines = [
+        "| Setting | Seeds | F.Q. per seed | F.Q. median | F.Q. mean | M.U. mean | M.U. min |",
+        "|---|---:|---|---:|---:|---:|---:|",
+    ]
+    for base, members in seed_groups(runs).items():
+        fq = [runs[n].get("forget_quality") for n in members]
+        mu = [runs[n].get("model_utility") for n in members]
+        fq_ok, mu_ok = [v for v in fq if v is not None], [v for v in mu if v is not None]
+        cells = [
+            str(len(members)),
+            ", ".join(_fmt(v, ".2g") for v in fq),
+            _fmt(statistics.median(fq_ok) if fq_ok else None, ".3g"),
+            _fmt(statistics.fmean(fq_ok) if fq_ok else None, ".3g"),
+            _fmt(statistics.fmean(mu_ok) if mu_ok else None, ".4f"),
+            _fmt(min(mu_ok) if mu_ok else None, ".4f"),
+        ]
+        lines.append(f"| {base} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def model_info(path: str | Path | None) -> dict:

@@ -369,6 +369,7 @@ def train_and_save(cfg: UnlearnConfig, run: Run) -> Path:
             tokenizer,
             cfg.out,
             {"made_by": f"uld unlearn --method {cfg.method}", "target": str(cfg.model), **extra},
+            cfg,
         )
     remove_checkpoints(cfg.out)
     return Path(cfg.out)
