@@ -230,6 +230,27 @@ def test_upcycle_then_experts(tiny_model, tmp_path, capsys):
     assert main(["experts", "--model", tiny_model, "--out", str(out)]) == 2  # dense: refused
 
 
+def test_compare_status_tells_each_runs_state_without_loading_models(tmp_path, capsys):
+    out = tmp_path / "cmp"
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(f"target: {tmp_path}/x\nout: {out}\nruns:\n  ga: {{seeds: [0, 1, 2, 3]}}\n")
+    (out / "ga" / "eval").mkdir(parents=True)
+    (out / "ga" / "eval" / "eval.json").write_text("{}")
+    (out / "ga-seed1" / "model").mkdir(parents=True)
+    for step in (5, 40, 10):  # the newest is the highest step, not the last in name order
+        (out / "ga-seed2" / "model.ckpt" / f"checkpoint-{step}").mkdir(parents=True)
+    assert main(["compare", "--config", str(plan), "--status"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(None, 2) for line in lines[:4]] == [
+        ["ga", "ga", "evaluated"],
+        ["ga-seed1", "ga", "trained, not evaluated"],
+        ["ga-seed2", "ga", "at checkpoint-40"],
+        ["ga-seed3", "ga", "no checkpoint yet"],
+    ]
+    assert lines[4] == "1 of 4 runs evaluated"
+    assert not (out / "report").exists()  # nothing ran
+
+
 def test_compare_seeds_expand_into_named_runs_and_bad_lists_are_refused():
     from uld.compare import expand_seeds
 

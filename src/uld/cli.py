@@ -310,6 +310,16 @@ def cmd_upcycle(args) -> None:
 def cmd_compare(args) -> None:
     from uld.compare import compare
 
+    if args.status:
+        from uld.compare import status
+
+        rows = status(args.config)
+        width = max(len(name) for name, _, _ in rows)
+        for name, method, state in rows:
+            print(f"{name:<{width}}  {method:<14}  {state}")
+        done = sum(state == "evaluated" for _, _, state in rows)
+        print(f"{done} of {len(rows)} runs evaluated")
+        return
     compare(args.config, args.only.split(",") if args.only else None)
 
 
@@ -448,6 +458,9 @@ def parser() -> argparse.ArgumentParser:
     cmp = sub.add_parser("compare", help="run, evaluate and tabulate several methods")
     cmp.add_argument("--config", required=True, help="the comparison's YAML file")
     cmp.add_argument("--only", default="", help="comma-separated run names (default: all)")
+    cmp.add_argument(
+        "--status", action="store_true", help="list each run's state (nothing runs) and exit"
+    )
     cmp.set_defaults(func=cmd_compare)
 
     demo = sub.add_parser("demo", help="the main job on the embedded default model")

@@ -122,6 +122,30 @@ def rescore(folder: Path, reference: dict | None) -> None:
     print(f"[compare] {folder}: summary re-scored against the reference {source}")
 
 
+def status(path: str | Path) -> list[tuple[str, str, str]]:
+    """(name, method, state) of every run of the plan at `path`, without loading any model:
+    "evaluated", "trained, not evaluated", "at checkpoint-N" (a run in progress, or one
+    interrupted, which a rerun resumes there) or "no checkpoint yet"."""
+    from uld.trainer import checkpoint_dir
+
+    plan = load_plan(path)
+    out = Path(plan["out"])
+    rows = []
+    for name in plan["runs"]:
+        cfg = run_config(plan, name, out / name / "model")
+        steps = [int(c.name.split("-")[1]) for c in checkpoint_dir(cfg.out).glob("checkpoint-*")]
+        if (out / name / "eval" / "eval.json").exists():
+            state = "evaluated"
+        elif Path(cfg.out).exists():
+            state = "trained, not evaluated"
+        elif steps:
+            state = f"at checkpoint-{max(steps)}"
+        else:
+            state = "no checkpoint yet"
+        rows.append((name, cfg.method, state))
+    return rows
+
+
 def compare(path: str | Path, only: list[str] | None = None) -> dict:
     """Run, evaluate and report every run of the plan at `path` (see the module docstring)."""
     from uld.cli import load_any
