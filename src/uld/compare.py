@@ -22,13 +22,13 @@ one setting over seeds (`name`, `name-seedN`) also get a row each in its table o
 from __future__ import annotations
 
 import dataclasses
-import re
 import time
 from pathlib import Path
 
 import yaml
 
 from uld.config import EvalSplits, UnlearnConfig
+from uld.report import setting_of
 
 KNOWN = {"target", "reference", "out", "common", "models", "runs", "eval", "data"}
 
@@ -81,7 +81,7 @@ def run_config(plan: dict, name: str, out: Path) -> UnlearnConfig:
     if spec.get("config"):
         values |= yaml.safe_load(Path(spec.pop("config")).read_text()) or {}
     values |= spec
-    values.setdefault("method", re.sub(r"-seed\d+$", "", name))
+    values.setdefault("method", setting_of(name))
     values |= {"model": str(plan["target"]), "out": str(out), "data": plan.get("data", "builtin")}
     known = {f.name for f in dataclasses.fields(UnlearnConfig)}
     unknown = sorted(set(values) - known)

@@ -86,13 +86,17 @@ def tables(runs: dict[str, dict]) -> str:
     return text
 
 
+def setting_of(name: str) -> str:
+    """A run's name less the `-seedN` that `uld compare` adds for each seed after 0."""
+    return re.sub(r"-seed\d+$", "", name)
+
+
 def seed_groups(names) -> dict[str, list[str]]:
     """Runs of one setting over seeds, by the names `uld compare` gives them: `name` (seed 0)
     with `name-seed1`, `name-seed2`, ... Settings with a single run are left out."""
     groups: dict[str, list[str]] = {}
     for name in names:
-        m = re.fullmatch(r"(.+)-seed\d+", name)
-        groups.setdefault(m.group(1) if m else name, []).append(name)
+        groups.setdefault(setting_of(name), []).append(name)
     return {base: members for base, members in groups.items() if len(members) > 1}
 
 
