@@ -228,3 +228,20 @@ def test_seed_table_groups_runs_over_seeds_and_computes_their_statistics():
     # a missing M.U. is shown as missing and left out of the mean
     assert "| uld-lr1e-3 | 2 | 0.5, 0.25 | 0.375 | 0.375 | 0.1000 | 0.1000 |" in table
     assert "Over seeds" in tables(runs) and "Over seeds" not in tables({"npo": runs["npo"]})
+
+
+def test_utility_forget_plane_has_one_point_per_setting_over_seeds():
+    from uld.report import settings_points
+
+    runs = {
+        "npo": {"forget_quality": 0.9, "model_utility": 0.3},
+        "npo-seed1": {"forget_quality": 0.1, "model_utility": 0.2},
+        "npo-seed2": {"forget_quality": 0.5, "model_utility": 0.4},
+        "ga": {"forget_quality": 0.0, "model_utility": 0.25},  # underflowed p-value: log-safe
+        "dpo": {"forget_quality": 0.2, "model_utility": None},  # not plotted
+    }
+    # npo: median F.Q. of (0.9, 0.1, 0.5) = 0.5, mean M.U. 0.3, ranges (0.1, 0.9) and (0.2, 0.4)
+    (npo, fq, mu, fq_range, mu_range), ga = settings_points(runs)
+    assert npo == "npo (3 seeds)" and fq == 0.5 and mu == pytest.approx(0.3)
+    assert fq_range == (0.1, 0.9) and mu_range == (0.2, 0.4)
+    assert ga == ("ga", 1e-30, 0.25, (1e-30, 1e-30), (0.25, 0.25))

@@ -278,18 +278,37 @@ def _fq(v: float) -> float:
     return max(v, 1e-30)  # a KS p-value can underflow to 0; keep it on a log axis
 
 
+def settings_points(runs: dict[str, dict]) -> list[tuple[str, float, float, tuple, tuple]]:
+    """One point per setting for the (F.Q., M.U.) plane: (label, F.Q., M.U., F.Q. range, M.U.
+    range). A setting run over seeds (`name`, `name-seedN`) is its median F.Q. and mean M.U.,
+    with the seeds' min-max as ranges and "(n seeds)" in its label; a single run is itself."""
+    groups: dict[str, list[dict]] = {}
+    for name, s in runs.items():
+        if s.get("forget_quality") is not None and s.get("model_utility") is not None:
+            groups.setdefault(setting_of(name), []).append(s)
+    points = []
+    for base, members in groups.items():
+        fq = [_fq(s["forget_quality"]) for s in members]
+        mu = [s["model_utility"] for s in members]
+        label = base if len(members) == 1 else f"{base} ({len(members)} seeds)"
+        x, y = statistics.median(fq), statistics.fmean(mu)
+        points.append((label, x, y, (min(fq), max(fq)), (min(mu), max(mu))))
+    return points
+
+
 def plot_mu_vs_fq(runs: dict[str, dict], path: Path) -> None:
-    """Model Utility (y) against Forget Quality (x, log scale); up and right is better."""
+    """Model Utility (y) against Forget Quality (x, log scale), one point per setting (seeds
+    together, with bars over their range); up and right is better."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    pts = [
-        (n, s["forget_quality"], s["model_utility"])
-        for n, s in runs.items()
-        if s.get("forget_quality") is not None and s.get("model_utility") is not None
-    ]
-    for i, (name, fq, mu) in enumerate(pts):
-        ax.scatter(_fq(fq), mu, s=46, **_style(i), zorder=3, label=name)
-        ax.annotate(name, (_fq(fq), mu), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    pts = settings_points(runs)
+    for i, (label, fq, mu, (fq_lo, fq_hi), (mu_lo, mu_hi)) in enumerate(pts):
+        style = _style(i)
+        if fq_lo != fq_hi or mu_lo != mu_hi:
+            xerr, yerr = [[fq - fq_lo], [fq_hi - fq]], [[mu - mu_lo], [mu_hi - mu]]
+            ax.errorbar(fq, mu, xerr=xerr, yerr=yerr, fmt="none", ecolor=style["color"], lw=1)
+        ax.scatter(fq, mu, s=46, **style, zorder=3, label=label)
+        ax.annotate(label, (fq, mu), textcoords="offset points", xytext=(5, 4), fontsize=8)
     ax.set_xscale("log")
     ax.margins(x=0.12, y=0.08)  # room for the labels of the outermost points
     ax.set_xlabel("Forget Quality (KS-test p-value vs the retain model, log scale)")
