@@ -3,7 +3,8 @@
 An evaluation folder (what `uld eval --out DIR` writes) holds `eval.json` (per-item values,
 per-split aggregates, the summary, and what the model folder says about its training) and
 `eval.md` (the table). `uld report DIR...` merges several into one table and draws
-- `mu_vs_fq.png`: Model Utility against Forget Quality (log axis), one point per run;
+- `mu_vs_fq.png`: Model Utility against Forget Quality (log axis), one point per setting (a
+  setting run over seeds: median F.Q., mean M.U., bars over the seeds' range);
 - `trajectory.png`: every run's Forget Quality after each epoch, and the per-epoch path in that
   plane of the runs evaluated in full every epoch (the ULD paper's "training stability" figure);
 - `fq_vs_time.png`: Forget Quality against training time relative to ULD (when runs say it).
