@@ -92,13 +92,18 @@ def setting_of(name: str) -> str:
     return re.sub(r"-seed\d+$", "", name)
 
 
-def seed_groups(names) -> dict[str, list[str]]:
-    """Runs of one setting over seeds, by the names `uld compare` gives them: `name` (seed 0)
-    with `name-seed1`, `name-seed2`, ... Settings with a single run are left out."""
+def by_setting(names) -> dict[str, list[str]]:
+    """Run names grouped by setting (`name` with its `name-seedN`), in first-seen order."""
     groups: dict[str, list[str]] = {}
     for name in names:
         groups.setdefault(setting_of(name), []).append(name)
-    return {base: members for base, members in groups.items() if len(members) > 1}
+    return groups
+
+
+def seed_groups(names) -> dict[str, list[str]]:
+    """Runs of one setting over seeds, by the names `uld compare` gives them: `name` (seed 0)
+    with `name-seed1`, `name-seed2`, ... Settings with a single run are left out."""
+    return {base: members for base, members in by_setting(names).items() if len(members) > 1}
 
 
 def seed_table(runs: dict[str, dict]) -> str:
@@ -141,14 +146,13 @@ def model_info(path: str | Path | None) -> dict:
 
 
 def write_json(obj, path: Path) -> None:
-    """Write JSON atomically (a temporary file renamed into place)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, default=float) + "\n")
-    tmp.replace(path)
+    """Write JSON atomically (see `write_text`)."""
+    write_text(json.dumps(obj, indent=1, default=float) + "\n", path)
 
 
 def write_text(text: str, path: Path) -> None:
+    """Write a file atomically: a temporary file renamed into place, so a crash never leaves a
+    half-written one (its folder is created if missing)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
@@ -283,14 +287,15 @@ def settings_points(runs: dict[str, dict]) -> list[tuple[str, float, float, tupl
     """One point per setting for the (F.Q., M.U.) plane: (label, F.Q., M.U., F.Q. range, M.U.
     range). A setting run over seeds (`name`, `name-seedN`) is its median F.Q. and mean M.U.,
     with the seeds' min-max as ranges and "(n seeds)" in its label; a single run is itself."""
-    groups: dict[str, list[dict]] = {}
-    for name, s in runs.items():
-        if s.get("forget_quality") is not None and s.get("model_utility") is not None:
-            groups.setdefault(setting_of(name), []).append(s)
+    plotted = [
+        n
+        for n, s in runs.items()
+        if s.get("forget_quality") is not None and s.get("model_utility") is not None
+    ]
     points = []
-    for base, members in groups.items():
-        fq = [_fq(s["forget_quality"]) for s in members]
-        mu = [s["model_utility"] for s in members]
+    for base, members in by_setting(plotted).items():
+        fq = [_fq(runs[n]["forget_quality"]) for n in members]
+        mu = [runs[n]["model_utility"] for n in members]
         label = base if len(members) == 1 else f"{base} ({len(members)} seeds)"
         x, y = statistics.median(fq), statistics.fmean(mu)
         points.append((label, x, y, (min(fq), max(fq)), (min(mu), max(mu))))

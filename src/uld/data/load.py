@@ -19,6 +19,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from uld.report import write_text
+
 BUILTIN = "builtin"
 TRAIN_FIELDS = ("question", "answer")
 EVAL_FIELDS = ("paraphrased_answer", "perturbed_answer")
@@ -133,7 +135,5 @@ def load_split(split: Any, data: Any = BUILTIN, require_eval: bool = False) -> l
 
 
 def write_split(rows: Iterable[dict], path: Path) -> None:
-    """Write rows as pretty JSON (one list), atomically (a temporary file renamed into place)."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(list(rows), indent=1, ensure_ascii=False) + "\n")
-    tmp.replace(path)
+    """Write rows as pretty JSON (one list), atomically (`uld.report.write_text`)."""
+    write_text(json.dumps(list(rows), indent=1, ensure_ascii=False) + "\n", path)
