@@ -212,6 +212,15 @@ def test_compare_runs_evaluates_reports_and_resumes(tiny_model, tmp_path, capsys
         forget_quality(tr["target"], tr["ga"])
     )
     assert evals["ga"]["summary"]["forget_quality"] == pytest.approx(1.0)
+    # an eval.json from before a summary figure existed is brought up to date, not re-evaluated
+    ga_eval = out / "ga" / "eval" / "eval.json"
+    old = json.loads(ga_eval.read_text())
+    del old["summary"]["forget_tr_gap"]
+    ga_eval.write_text(json.dumps(old))
+    assert main(["compare", "--config", str(plan)]) == 0
+    printed = capsys.readouterr().out
+    assert "training" not in printed and printed.count("re-scored") == 1
+    assert json.loads(ga_eval.read_text())["summary"]["forget_tr_gap"] == pytest.approx(0.0)
     plan.write_text(plan.read_text() + "  bogus: {method: nope}\n")
     assert main(["compare", "--config", str(plan)]) == 2  # checked before anything runs
 

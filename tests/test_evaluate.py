@@ -66,7 +66,7 @@ def test_protocol_aggregates_follow_the_tofu_definitions(model, roles):
     assert s["forget_rouge"] == sp["forget"]["rouge_l"]
     for key in ("mia_loss_auc", "mia_min_k_auc", "extraction_strength"):
         assert 0 <= s[key] <= 1
-    assert s["forget_quality"] is None  # no reference
+    assert s["forget_quality"] is None and s["forget_tr_gap"] is None  # no reference
     # real authors / world facts: probability relative to the perturbed options, in (0, 1)
     assert 0 < sp["real_authors"]["prob"] < 1
 
@@ -78,6 +78,11 @@ def test_forget_quality_of_a_model_against_itself_is_one(model, roles, tiny_mode
     ref = load_reference(tmp_path / "ev" / "eval.json", roles["forget"])
     again = evaluate(m, tok, {"forget": roles["forget"]}, reference=ref, progress=False)
     assert again["summary"]["forget_quality"] == 1.0
+    assert again["summary"]["forget_tr_gap"] == pytest.approx(0.0, abs=1e-9)
+    # paired row by row: the reference's ratios doubled -> every row is log 2 away
+    ref["truth_ratios"] = [2 * r for r in ref["truth_ratios"]]
+    off = evaluate(m, tok, {"forget": roles["forget"]}, reference=ref, progress=False)
+    assert off["summary"]["forget_tr_gap"] == pytest.approx(math.log(2))
 
 
 def test_reference_from_a_model_folder_is_cached(tiny_model, roles, tmp_path, monkeypatch):
@@ -212,9 +217,9 @@ def test_seed_table_groups_runs_over_seeds_and_computes_their_statistics():
 
     runs = {
         "target": {"forget_quality": 0.01, "model_utility": 0.5},
-        "npo": {"forget_quality": 0.99, "model_utility": 0.3},
-        "npo-seed1": {"forget_quality": 0.92, "model_utility": 0.2},
-        "npo-seed2": {"forget_quality": 0.16, "model_utility": 0.4},
+        "npo": {"forget_quality": 0.99, "model_utility": 0.3, "forget_tr_gap": 0.1},
+        "npo-seed1": {"forget_quality": 0.92, "model_utility": 0.2, "forget_tr_gap": 0.2},
+        "npo-seed2": {"forget_quality": 0.16, "model_utility": 0.4, "forget_tr_gap": 0.6},
         "uld-lr1e-3-seed3": {"forget_quality": 0.5, "model_utility": None},
         "uld-lr1e-3-seed4": {"forget_quality": 0.25, "model_utility": 0.1},
     }
@@ -223,10 +228,11 @@ def test_seed_table_groups_runs_over_seeds_and_computes_their_statistics():
         "uld-lr1e-3": ["uld-lr1e-3-seed3", "uld-lr1e-3-seed4"],
     }
     table = seed_table(runs)
-    # median of (0.99, 0.92, 0.16) = 0.92, mean = 2.07 / 3 = 0.69; M.U. mean 0.3, min 0.2
-    assert "| npo | 3 | 0.99, 0.92, 0.16 | 0.92 | 0.69 | 0.3000 | 0.2000 |" in table
-    # a missing M.U. is shown as missing and left out of the mean
-    assert "| uld-lr1e-3 | 2 | 0.5, 0.25 | 0.375 | 0.375 | 0.1000 | 0.1000 |" in table
+    # median of (0.99, 0.92, 0.16) = 0.92, mean = 2.07 / 3 = 0.69; gap mean 0.9 / 3 = 0.3;
+    # M.U. mean 0.3, min 0.2
+    assert "| npo | 3 | 0.99, 0.92, 0.16 | 0.92 | 0.69 | 0.300 | 0.3000 | 0.2000 |" in table
+    # a missing M.U. is shown as missing and left out of the mean; no gap at all: "–"
+    assert "| uld-lr1e-3 | 2 | 0.5, 0.25 | 0.375 | 0.375 | – | 0.1000 | 0.1000 |" in table
     assert "Over seeds" in tables(runs) and "Over seeds" not in tables({"npo": runs["npo"]})
 
 

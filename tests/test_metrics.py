@@ -24,6 +24,7 @@ from uld.metrics import (
     to_result,
     token_logprobs,
     truth_ratio,
+    truth_ratio_gap,
 )
 
 # 1 x 3 x 2 logits. Position 0: [0, 0] -> p = [1/2, 1/2]. Position 1: [ln 3, 0] -> p = [3/4, 1/4].
@@ -152,6 +153,20 @@ def test_forget_quality_uses_raw_ratios():
     assert forget_quality([0.5, 0.25, 0.2], [2.0, 4.0, 5.0]) == pytest.approx(0.1)
     with pytest.raises(ValueError, match="NaN"):
         forget_quality([0.5, float("nan")], [1.0])
+
+
+def test_truth_ratio_gap_pairs_rows():
+    # rows: |log 2 - log 1| = log 2, |log 0.5 - log 2| = 2 log 2, 0 -> mean = log 2
+    assert truth_ratio_gap([2.0, 0.5, 3.0], [1.0, 2.0, 3.0]) == pytest.approx(math.log(2))
+    # the same two sets in another pairing: F.Q. cannot tell them apart, the gap can
+    a, b = [0.5, 1.0, 2.0], [2.0, 1.0, 0.5]
+    assert forget_quality(a, b) == pytest.approx(1.0)
+    assert truth_ratio_gap(a, b) == pytest.approx(4 * math.log(2) / 3)
+    assert truth_ratio_gap(a, a) == 0.0
+    with pytest.raises(ValueError, match="row by row"):
+        truth_ratio_gap([1.0, 2.0], [1.0])
+    with pytest.raises(ValueError, match="> 0"):
+        truth_ratio_gap([0.0, 2.0], [1.0, 1.0])
 
 
 def test_min_k_prob():

@@ -105,15 +105,16 @@ def is_moe(model_path: str | Path) -> bool:
 
 
 def rescore(folder: Path, reference: dict | None) -> None:
-    """Recompute the summary of an existing evaluation against the plan's reference if it was
-    scored against another one (or an unknown one): Forget Quality only needs the per-item truth
-    ratios that eval.json keeps, so a new retain model does not mean evaluating again."""
-    from uld.evaluate import summarise
+    """Recompute the summary of an existing evaluation if it was scored against another
+    reference (or an unknown one), or lacks a figure `summarise` now writes: they come from the
+    per-item numbers that eval.json keeps, so a new retain model or a new summary figure does
+    not mean evaluating again."""
+    from uld.evaluate import SUMMARY_KEYS, summarise
     from uld.report import read_eval, write_eval
 
     res = read_eval(folder)
     source = reference["source"] if reference else None
-    if res.get("reference", "unknown") == source:
+    if res.get("reference", "unknown") == source and set(SUMMARY_KEYS) <= set(res["summary"]):
         return
     extra = {k: v for k, v in res["summary"].items() if k == "routing_shift"}
     res["summary"] = summarise(res["splits"], reference) | extra

@@ -300,11 +300,23 @@ def evaluate(
     }
 
 
+SUMMARY_KEYS = (
+    "forget_quality",
+    "forget_rouge",
+    "model_utility",
+    "retain_rouge",
+    "forget_prob",
+    "forget_truth_ratio",
+    "forget_tr_gap",
+    "mia_loss_auc",
+    "mia_min_k_auc",
+    "extraction_strength",
+)
+
+
 def summarise(splits: dict[str, dict], reference: dict | None = None) -> dict:
     """Headline numbers from per-role results (see `evaluate`). None where not computable."""
-    keys = ("forget_quality", "forget_rouge", "model_utility", "retain_rouge", "forget_prob")
-    keys += ("forget_truth_ratio", "mia_loss_auc", "mia_min_k_auc", "extraction_strength")
-    s: dict = dict.fromkeys(keys)
+    s: dict = dict.fromkeys(SUMMARY_KEYS)
     forget = splits.get("forget")
     if forget:
         s["forget_rouge"] = forget.get("rouge_l")
@@ -314,6 +326,8 @@ def summarise(splits: dict[str, dict], reference: dict | None = None) -> dict:
         R = _values(forget, "truth_ratio")
         if reference is not None and R:
             s["forget_quality"] = metrics.forget_quality(R, reference["truth_ratios"])
+            if len(R) == len(reference["truth_ratios"]):  # paired: same questions, same order
+                s["forget_tr_gap"] = metrics.truth_ratio_gap(R, reference["truth_ratios"])
         if "holdout" in splits:
             hold = splits["holdout"]["items"]
             # higher score = more likely a member: -loss for LOSS, Min-K% as is

@@ -12,6 +12,7 @@ Shapes: B batch, T sequence length, V vocabulary, N items, k perturbed answers p
     p = normalised_prob(logp, n)                    # P(a|q)^(1/|a|)
     R = truth_ratio(p_perturbed, p_paraphrased)     # per item, [N]
     forget_quality(R_unlearned, R_retain_model)     # KS-test p-value, TOFU's headline number
+    truth_ratio_gap(R_unlearned, R_retain_model)    # row by row, ours: mean |log R - log R_ref|
 """
 
 from collections.abc import Sequence
@@ -210,6 +211,29 @@ def forget_quality(truth_ratios_unlearned: ArrayLike, truth_ratios_retain: Array
     a = _as_1d(truth_ratios_unlearned, "truth_ratios_unlearned")
     b = _as_1d(truth_ratios_retain, "truth_ratios_retain")
     return float(ks_2samp(a, b).pvalue)  # scipy's default: two-sided, exact for small samples
+
+
+def truth_ratio_gap(truth_ratios_unlearned: ArrayLike, truth_ratios_retain: ArrayLike) -> float:
+    """Row-by-row distance to the retain model: mean_i |log R_i - log R_retain,i|.
+
+    truth_ratios_unlearned [N], truth_ratios_retain [N]: per-item truth ratios on the same forget
+    questions in the same order -> float >= 0; 0 when every row's ratio equals the retain
+    model's. Not part of TOFU: our own diagnostic. Forget Quality compares the two *sets* of
+    ratios, so a model can reach it by moving each row's ratio anywhere the retain model's
+    distribution has mass; this asks whether each row moved to where the retain model has it.
+    It is also continuous where F.Q.'s KS p-value moves in steps of 1/N in the statistic, so it
+    separates runs that F.Q. ties at its ceiling. Ratios must be > 0 (a zero has no log).
+    """
+    a = _as_1d(truth_ratios_unlearned, "truth_ratios_unlearned")
+    b = _as_1d(truth_ratios_retain, "truth_ratios_retain")
+    if a.shape != b.shape:
+        raise ValueError(
+            f"the truth ratios must pair up row by row: {a.size} items against the retain "
+            f"model's {b.size}"
+        )
+    if (a <= 0).any() or (b <= 0).any():
+        raise ValueError("truth ratios must be > 0 to take their log")
+    return float(np.mean(np.abs(np.log(a) - np.log(b))))
 
 
 def model_utility(values: Sequence[float]) -> float:

@@ -29,6 +29,7 @@ COLUMNS = [  # (header, summary key, format)
 EXTRA_COLUMNS = [
     ("Prob (forget)", "forget_prob", ".4f"),
     ("Truth ratio (forget)", "forget_truth_ratio", ".4f"),
+    ("log R gap to retain", "forget_tr_gap", ".3f"),
     ("MIA AUC, LOSS", "mia_loss_auc", ".4f"),
     ("MIA AUC, Min-K%", "mia_min_k_auc", ".4f"),
     ("Extraction strength", "extraction_strength", ".4f"),
@@ -106,23 +107,29 @@ def seed_groups(names) -> dict[str, list[str]]:
     return {base: members for base, members in by_setting(names).items() if len(members) > 1}
 
 
+SEED_KEYS = ("forget_quality", "model_utility", "forget_tr_gap")
+
+
 def seed_table(runs: dict[str, dict]) -> str:
     """One row per setting run over several seeds: each seed's Forget Quality, their median and
-    mean, and Model Utility's mean and minimum. With few forget rows F.Q. moves in coarse steps,
-    so one seed's value says little; this is the table to compare settings by."""
+    mean, the mean row-by-row log truth-ratio gap to the retain model (`metrics.truth_ratio_gap`,
+    continuous where F.Q. ties), and Model Utility's mean and minimum. With few forget rows F.Q.
+    moves in coarse steps, so one seed's value says little; this is the table to compare
+    settings by."""
     lines = [
-        "| Setting | Seeds | F.Q. per seed | F.Q. median | F.Q. mean | M.U. mean | M.U. min |",
-        "|---|---:|---|---:|---:|---:|---:|",
+        "| Setting | Seeds | F.Q. per seed | F.Q. median | F.Q. mean | log R gap mean "
+        "| M.U. mean | M.U. min |",
+        "|---|---:|---|---:|---:|---:|---:|---:|",
     ]
     for base, members in seed_groups(runs).items():
-        fq = [runs[n].get("forget_quality") for n in members]
-        mu = [runs[n].get("model_utility") for n in members]
-        fq_ok, mu_ok = [v for v in fq if v is not None], [v for v in mu if v is not None]
+        fq, mu, gap = ([runs[n].get(k) for n in members] for k in SEED_KEYS)
+        fq_ok, mu_ok, gap_ok = ([v for v in xs if v is not None] for xs in (fq, mu, gap))
         cells = [
             str(len(members)),
             ", ".join(_fmt(v, ".2g") for v in fq),
             _fmt(statistics.median(fq_ok) if fq_ok else None, ".3g"),
             _fmt(statistics.fmean(fq_ok) if fq_ok else None, ".3g"),
+            _fmt(statistics.fmean(gap_ok) if gap_ok else None, ".3f"),
             _fmt(statistics.fmean(mu_ok) if mu_ok else None, ".4f"),
             _fmt(min(mu_ok) if mu_ok else None, ".4f"),
         ]
