@@ -4,7 +4,8 @@ and combined for every setting; no generation, so a grid of 28 costs about one e
 
 Per (alpha, filter):
 - F.Q.: the KS-test p-value of the forget split's truth ratios against the reference's (as
-  `uld eval`), from the paraphrased and perturbed answers;
+  `uld eval`), from the paraphrased and perturbed answers; and the log truth-ratio gap, row by
+  row (`metrics.truth_ratio_gap`);
 - KS vs holdout and MIA AUC (with a holdout split): the KS-test p-value of the forget split's
   truth ratios against the held-out rows' under the same model (what `uld calibrate` maximises;
   no reference needed), and the LOSS membership AUC of forget vs held-out rows;
@@ -91,8 +92,10 @@ def main() -> None:
 
     table = []
     for i, (alpha, filter) in enumerate(grid):
-        fq = metrics.forget_quality(truth[i].tolist(), reference["truth_ratios"])
-        row = {"alpha": alpha, "filter": filter, "forget_quality": fq}
+        R = truth[i].tolist()
+        fq = metrics.forget_quality(R, reference["truth_ratios"])
+        gap = metrics.truth_ratio_gap(R, reference["truth_ratios"])
+        row = {"alpha": alpha, "filter": filter, "forget_quality": fq, "forget_tr_gap": gap}
         if holdout:  # no reference model needed: forget rows against held-out rows
             row |= held_out_scores(truth[i], truth_h[i], loss[i], loss_h[i])
         row |= {f"agreement_{role}": round(v[i], 4) for role, v in agreement.items()}
@@ -111,15 +114,16 @@ def main() -> None:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
     print(
-        "| α | filter | F.Q. | KS vs holdout | MIA AUC | agreement: retain | real authors "
-        "| world facts |"
+        "| α | filter | F.Q. | log R gap | KS vs holdout | MIA AUC | agreement: retain "
+        "| real authors | world facts |"
     )
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     nan = float("nan")
     for r in table:
         print(
             f"| {r['alpha']:g} | {r['filter']:g} | {r['forget_quality']:.3g} | "
-            f"{r.get('holdout_ks', nan):.3g} | {r.get('mia_loss_auc', nan):.3f} | "
+            f"{r['forget_tr_gap']:.3f} | {r.get('holdout_ks', nan):.3g} | "
+            f"{r.get('mia_loss_auc', nan):.3f} | "
             f"{r['agreement_retain']:.3f} | {r['agreement_real_authors']:.3f} | "
             f"{r['agreement_world_facts']:.3f} |"
         )
