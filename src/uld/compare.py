@@ -120,7 +120,7 @@ def rescore(folder: Path, reference: dict | None) -> None:
     res["summary"] = summarise(res["splits"], reference) | extra
     res["reference"] = source
     write_eval(res, folder)
-    print(f"[compare] {folder}: summary re-scored (reference: {source})")
+    print(f"[uld] {folder}: summary re-scored (reference: {source})")
 
 
 def status(path: str | Path) -> list[tuple[str, str, str]]:

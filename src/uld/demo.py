@@ -56,6 +56,7 @@ def uld_config(target: Path, out: Path) -> UnlearnConfig:
 
 def run_demo(workdir: str | Path = "runs/demo", fresh: bool = False) -> dict:
     from uld.cli import load_any
+    from uld.compare import rescore
     from uld.config import EvalSplits
     from uld.evaluate import evaluate, load_reference, load_roles
     from uld.finetune import finetune
@@ -108,7 +109,9 @@ def run_demo(workdir: str | Path = "runs/demo", fresh: bool = False) -> dict:
     folders = []
     for name, path in [("target", target), ("retain", retain), ("uld", uld_out)]:
         folder = work / "eval" / name
-        if not (folder / "eval.json").exists() or fresh:
+        if (folder / "eval.json").exists() and not fresh:
+            rescore(folder, reference)  # an evaluation from an older uld gets today's summary
+        else:
             model, tok = load_any(str(path))
             start = time.time()
             res = {"name": name, "model": str(path), "training": model_info(path)}
