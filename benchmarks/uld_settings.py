@@ -114,7 +114,7 @@ def main() -> None:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
     print(
-        "| α | filter | F.Q. | log R gap | KS vs holdout | MIA AUC | agreement: retain "
+        "| α | filter | F.Q. | log R gap to retain | KS vs holdout | MIA AUC | agreement: retain "
         "| real authors | world facts |"
     )
     print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")

@@ -117,6 +117,18 @@ def test_rows_without_perturbed_answers_are_reported_not_fatal(model, roles):
     assert math.isfinite(wf["truth_ratio"])
 
 
+def test_truth_ratio_gap_pairs_rows_by_index_when_a_forget_row_fails(model, roles):
+    m, tok = model
+    ref = {"source": "hand", "truth_ratios": [1.0, 100.0, 1.0, 1.0]}  # row 1 fails below
+    rows = [dict(r) for r in roles["forget"]]
+    del rows[1]["perturbed_answer"]
+    res = evaluate(m, tok, {"forget": rows}, reference=ref, progress=False)
+    R = [it["truth_ratio"] for it in res["splits"]["forget"]["items"] if "truth_ratio" in it]
+    # rows 0, 2, 3 against the reference's rows 0, 2, 3 (all 1.0): mean |log R|
+    expected = sum(abs(math.log(r)) for r in R) / 3
+    assert len(R) == 3 and res["summary"]["forget_tr_gap"] == pytest.approx(expected)
+
+
 def test_uld_model_with_alpha_zero_scores_like_its_target(tiny_model, roles):
     from uld.logit_diff import ULDModel
     from uld.unlearn import build_assistant

@@ -326,8 +326,10 @@ def summarise(splits: dict[str, dict], reference: dict | None = None) -> dict:
         R = _values(forget, "truth_ratio")
         if reference is not None and R:
             s["forget_quality"] = metrics.forget_quality(R, reference["truth_ratios"])
-            if len(R) == len(reference["truth_ratios"]):  # paired: same questions, same order
-                s["forget_tr_gap"] = metrics.truth_ratio_gap(R, reference["truth_ratios"])
+            # row by row: load_reference checked its questions are this split's, in order
+            paired = [it["index"] for it in forget["items"] if "truth_ratio" in it]
+            ref_R = [reference["truth_ratios"][i] for i in paired]
+            s["forget_tr_gap"] = metrics.truth_ratio_gap(R, ref_R)
         if "holdout" in splits:
             hold = splits["holdout"]["items"]
             # higher score = more likely a member: -loss for LOSS, Min-K% as is
