@@ -12,7 +12,7 @@ import torch
 
 from uld import metrics
 from uld.config import UTILITY_ROLES, EvalSplits
-from uld.evaluate import evaluate, load_reference, load_roles, score_answers
+from uld.evaluate import evaluate, load_reference, load_roles, score_answers, summarise
 from uld.models import load_model
 from uld.report import markdown_table, report, write_eval
 
@@ -127,6 +127,10 @@ def test_truth_ratio_gap_pairs_rows_by_index_when_a_forget_row_fails(model, role
     # rows 0, 2, 3 against the reference's rows 0, 2, 3 (all 1.0): mean |log R|
     expected = sum(abs(math.log(r)) for r in R) / 3
     assert len(R) == 3 and res["summary"]["forget_tr_gap"] == pytest.approx(expected)
+    # a ratio of 0 has no log: the gap is left out, the rest of the summary is kept
+    res["splits"]["forget"]["items"][0]["truth_ratio"] = 0.0
+    s = summarise(res["splits"], ref)
+    assert s["forget_tr_gap"] is None and s["forget_quality"] is not None
 
 
 def test_uld_model_with_alpha_zero_scores_like_its_target(tiny_model, roles):

@@ -329,7 +329,8 @@ def summarise(splits: dict[str, dict], reference: dict | None = None) -> dict:
             # row by row: load_reference checked its questions are this split's, in order
             paired = [it["index"] for it in forget["items"] if "truth_ratio" in it]
             ref_R = [reference["truth_ratios"][i] for i in paired]
-            s["forget_tr_gap"] = metrics.truth_ratio_gap(R, ref_R)
+            if min(R + ref_R) > 0:  # a ratio of 0 (a probability underflowed) has no log
+                s["forget_tr_gap"] = metrics.truth_ratio_gap(R, ref_R)
         if "holdout" in splits:
             hold = splits["holdout"]["items"]
             # higher score = more likely a member: -loss for LOSS, Min-K% as is
