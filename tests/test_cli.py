@@ -247,7 +247,11 @@ def test_compare_status_tells_each_runs_state_without_loading_models(tmp_path, c
     (out / "ga" / "eval" / "eval.json").write_text("{}")
     (out / "ga-seed1" / "model").mkdir(parents=True)
     for step in (5, 40, 10):  # the newest is the highest step, not the last in name order
-        (out / "ga-seed2" / "model.ckpt" / f"checkpoint-{step}").mkdir(parents=True)
+        ckpt = out / "ga-seed2" / "model.ckpt" / f"checkpoint-{step}"
+        ckpt.mkdir(parents=True)
+        (ckpt / "trainer_state.json").write_text("{}")
+    # a checkpoint whose saving was cut short (no trainer_state.json) is not the run's state
+    (out / "ga-seed2" / "model.ckpt" / "checkpoint-50").mkdir()
     assert main(["compare", "--config", str(plan), "--status"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert [line.split(None, 2) for line in lines[:4]] == [

@@ -1,4 +1,4 @@
-"""The one training loop: resume from the last checkpoint after an interruption."""
+"""The one training loop: resume from the last whole checkpoint after an interruption."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from transformers import TrainerCallback
 from uld.data.format import Collator, QADataset
 from uld.data.load import load_split
 from uld.models import load_model
-from uld.trainer import WeightAverage, checkpoint_dir, train
+from uld.trainer import WeightAverage, checkpoint_dir, last_checkpoint, train
 
 
 def test_resume_continues_from_the_last_checkpoint(tiny_model, tmp_path, capsys):
@@ -19,11 +19,19 @@ def test_resume_continues_from_the_last_checkpoint(tiny_model, tmp_path, capsys)
     assert first.state.global_step == 2
     assert (checkpoint_dir(out) / "checkpoint-2").exists()
 
-    # "interrupted" after epoch 1 of 2: a new process with a fresh model resumes from there
+    # "interrupted" after epoch 1 of 2, while saving a later checkpoint (a full disk): that one
+    # has no trainer_state.json, which the Trainer writes last
+    partial = checkpoint_dir(out) / "checkpoint-3"
+    partial.mkdir()
+    (partial / "optimizer.pt").write_bytes(b"cut short")
+    assert last_checkpoint(out) == checkpoint_dir(out) / "checkpoint-2"
+    # a new process with a fresh model resumes from the last whole checkpoint
     fresh, _ = load_model(tiny_model)
     capsys.readouterr()
     second = train(fresh, ds, Collator(tok.pad_token_id), out, "finetune", epochs=2, batch_size=10)
-    assert "resuming" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "resuming from the last checkpoint" in printed and "checkpoint-2" in printed
+    assert "set aside" in printed and (checkpoint_dir(out) / "incomplete-checkpoint-3").exists()
     assert second.state.global_step == 4
     # the log carries on from the checkpoint's: step 2 (first run), step 4 (after resuming)
     assert [h["step"] for h in second.state.log_history if "loss" in h] == [2, 4]

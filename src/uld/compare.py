@@ -127,20 +127,19 @@ def status(path: str | Path) -> list[tuple[str, str, str]]:
     """(name, method, state) of every run of the plan at `path`, without loading any model:
     "evaluated", "trained, not evaluated", "at checkpoint-N" (a run in progress, or one
     interrupted, which a rerun resumes there) or "no checkpoint yet"."""
-    from uld.trainer import checkpoint_dir
+    from uld.trainer import last_checkpoint
 
     plan = load_plan(path)
     out = Path(plan["out"])
     rows = []
     for name in plan["runs"]:
         cfg = run_config(plan, name, out / name / "model")
-        steps = [int(c.name.split("-")[1]) for c in checkpoint_dir(cfg.out).glob("checkpoint-*")]
         if (out / name / "eval" / "eval.json").exists():
             state = "evaluated"
         elif Path(cfg.out).exists():
             state = "trained, not evaluated"
-        elif steps:
-            state = f"at checkpoint-{max(steps)}"
+        elif ckpt := last_checkpoint(cfg.out):
+            state = f"at {ckpt.name}"
         else:
             state = "no checkpoint yet"
         rows.append((name, cfg.method, state))

@@ -108,7 +108,9 @@ class WeightAverage(TrainerCallback):
         from safetensors.torch import save_file
 
         folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-        save_file({n: v.contiguous() for n, v in self.avg.items()}, str(folder / self.FILE))
+        tmp = folder / f"{self.FILE}.tmp"  # whole or absent: a resume never reads half of it
+        save_file({n: v.contiguous() for n, v in self.avg.items()}, str(tmp))
+        tmp.replace(folder / self.FILE)
 
     @contextlib.contextmanager
     def applied(self, model: torch.nn.Module):
@@ -204,6 +206,33 @@ def checkpoint_dir(out: str | Path) -> Path:
     return out.parent / f"{out.name}.ckpt"
 
 
+def last_checkpoint(out: str | Path, set_aside: bool = False) -> Path | None:
+    """The newest checkpoint of the run at `out` that was saved whole, or None.
+
+    The Trainer writes `trainer_state.json` last, so a checkpoint without it (or with it cut
+    short) is one whose saving was interrupted: a full disk, a killed process. Resuming from it
+    would fail; the previous checkpoint is still there (the Trainer deletes it only after the
+    new one is saved), so resume from that. With `set_aside`, such partial checkpoints are
+    renamed `incomplete-checkpoint-N`, out of the Trainer's sight, and said so.
+    """
+    ckpt = checkpoint_dir(out)
+    found = sorted(
+        (int(c.name.split("-")[1]), c)
+        for c in ckpt.glob("checkpoint-*")
+        if c.is_dir() and c.name.split("-")[1].isdigit()
+    )
+    complete = None
+    for _, c in found:
+        try:
+            json.loads((c / "trainer_state.json").read_text())
+            complete = c
+        except (OSError, ValueError):
+            if set_aside:
+                c.rename(c.with_name("incomplete-" + c.name))
+                print(f"[uld] {c} was not saved whole (no readable trainer_state.json); set aside")
+    return complete
+
+
 def train(
     model: torch.nn.Module,
     dataset,
@@ -257,10 +286,10 @@ def train(
         frozen=frozen,
         callbacks=callbacks,
     )
-    resume = ckpt.exists() and any(ckpt.glob("checkpoint-*"))
+    resume = last_checkpoint(out, set_aside=True)
     if resume:
-        print(f"[uld] resuming from the last checkpoint in {ckpt}")
-    trainer.train(resume_from_checkpoint=True if resume else None)
+        print(f"[uld] resuming from the last checkpoint, {resume}")
+    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     return trainer
 
 
