@@ -228,7 +228,8 @@ def last_checkpoint(out: str | Path, set_aside: bool = False) -> Path | None:
             complete = c
         except (OSError, ValueError):
             if set_aside:
-                c.rename(c.with_name("incomplete-" + c.name))
+                with contextlib.suppress(FileNotFoundError):  # another process moved it first
+                    c.rename(c.with_name("incomplete-" + c.name))
                 print(f"[uld] {c} was not saved whole (no readable trainer_state.json); set aside")
     return complete
 
