@@ -22,18 +22,17 @@ seeds: `uld eval --model runs/retain90-seed1 --reference runs/demo/retain90 --ou
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
 
 from uld import metrics
-from uld.report import by_setting, write_json
+from uld.report import by_setting, read_eval, write_json
 
 
 def log_ratios(eval_dir: Path) -> tuple[np.ndarray, dict]:
     """eval_dir/eval.json -> (log R per forget row [N], summary); every row must have R."""
-    res = json.loads((eval_dir / "eval.json").read_text())
+    res = read_eval(eval_dir)
     items = res["splits"]["forget"]["items"]
     if any("truth_ratio" not in it for it in items):
         raise SystemExit(f"{eval_dir}: a forget row has no truth ratio; rows cannot be paired")

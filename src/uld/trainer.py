@@ -217,9 +217,9 @@ def last_checkpoint(out: str | Path, set_aside: bool = False) -> Path | None:
     """
     ckpt = checkpoint_dir(out)
     found = sorted(
-        (int(c.name.split("-")[1]), c)
+        (int(step), c)
         for c in ckpt.glob("checkpoint-*")
-        if c.is_dir() and c.name.split("-")[1].isdigit()
+        if c.is_dir() and (step := c.name.removeprefix("checkpoint-")).isdigit()
     )
     complete = None
     for _, c in found:
