@@ -144,12 +144,18 @@ def _snapshot(module) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.parametrize(
-    "method, lora",
-    [(m, False) for m in methods() if not m.startswith("uoe+")]
-    + [(m, True) for m in ("ga+gd", "dpo+kl", "npo+kl")],
+    "method, lora, distill",
+    [(m, False, False) for m in methods() if not m.startswith("uoe+")]
+    + [(m, True, False) for m in ("ga+gd", "dpo+kl", "npo+kl")]
+    + [("uld", False, True)],  # the assistant taught by the target (frozen.target untouched)
 )
-def test_every_method_trains_what_it_should_and_nothing_else(tiny_model, tmp_path, method, lora):
-    run = prepare(_cfg(tiny_model, method, tmp_path, lora=lora))
+def test_every_method_trains_what_it_should_and_nothing_else(
+    tiny_model, tmp_path, method, lora, distill
+):
+    run = prepare(_cfg(tiny_model, method, tmp_path, lora=lora, distill=distill))
+    assert (run.frozen is not None and run.frozen.target is not None) == (
+        distill or method.startswith("offset-")
+    )
     trainable = {n for n, p in run.model.named_parameters() if p.requires_grad}
     before = _snapshot(run.model)
     frozen = {

@@ -278,7 +278,16 @@ def test_compare_seeds_expand_into_named_runs_and_bad_lists_are_refused():
         expand_seeds({"uld": {"seeds": [0, 1]}, "uld-seed1": {}})
 
 
-@pytest.mark.parametrize("plan", ["compare.yaml", "compare_forget05.yaml", "compare_moe.yaml"])
+@pytest.mark.parametrize(
+    "plan",
+    [
+        "compare.yaml",
+        "compare_forget05.yaml",
+        "compare_forget05_retain95.yaml",
+        "compare_forget01.yaml",
+        "compare_moe.yaml",
+    ],
+)
 def test_shipped_comparison_configs_are_valid(plan, monkeypatch, tmp_path):
     """Every run of the shipped comparison files builds a valid UnlearnConfig (nothing trains)."""
     from pathlib import Path

@@ -16,7 +16,7 @@ from uld.data.augment import drop_forget_overlap, forget_set, retain_set
 from uld.data.format import Collator, PairedDataset, QADataset
 from uld.data.load import DataError, load_split
 from uld.logit_diff import ULDModel, decode, logit_difference
-from uld.losses import Hyper, nll, uld_objective, uniform_kl
+from uld.losses import Frozen, Hyper, nll, soft_nll, uld_objective, uniform_kl
 from uld.models import load_model
 from uld.unlearn import build_assistant, unlearn
 
@@ -28,6 +28,21 @@ def test_nll_by_hand():
     logits = torch.tensor([[0.0, math.log(3)], [0.0, math.log(3)]])
     expected = (-math.log(0.75) - math.log(0.25)) / 2
     assert nll(logits, torch.tensor([1, 0])).item() == pytest.approx(expected, abs=1e-6)
+
+
+def test_soft_nll_by_hand_and_nll_at_a_one_hot_teacher():
+    # p = [1/4, 3/4]; teacher [1/2, 1/2]: -(1/2 ln 1/4 + 1/2 ln 3/4)
+    logits = torch.tensor([[0.0, math.log(3)]])
+    half = soft_nll(logits, torch.zeros(1, 2)).item()
+    assert half == pytest.approx(-(math.log(0.25) + math.log(0.75)) / 2, abs=1e-6)
+    # teacher softmax([0, ln 3]) = p itself: the entropy of p
+    entropy = -(0.25 * math.log(0.25) + 0.75 * math.log(0.75))
+    assert soft_nll(logits, logits).item() == pytest.approx(entropy, abs=1e-6)
+    one_hot = torch.tensor([[0.0, 60.0], [60.0, 0.0]])  # softmax is one-hot to float precision
+    both = torch.cat([logits, logits])
+    assert soft_nll(both, one_hot).item() == pytest.approx(
+        nll(both, torch.tensor([1, 0])).item(), abs=1e-6
+    )
 
 
 def test_uniform_kl_zero_exactly_at_uniform_and_by_hand():
@@ -176,6 +191,25 @@ def test_training_changes_every_lora_weight_and_no_target_weight(tiny_model):
         assert torch.equal(p, target_sd[key]), key
 
 
+def test_distilled_forget_term_has_no_gradient_where_the_assistant_matches_its_teacher(tiny_model):
+    """--distill: L_f is the cross-entropy toward the teacher's distribution, whose gradient in
+    the logits is p - q: zero when the assistant already matches the teacher. The paper's hard
+    L_f (the answer tokens) still pulls there."""
+    import copy
+
+    assistant, tok = build_assistant(tiny_model, k=2, rank=4, alpha=8, dropout=0.0)
+    teacher = copy.deepcopy(assistant).requires_grad_(False)  # LoRA B = 0: equal to the assistant
+    batch = _paired_batch(tok)
+    lora = [p for n, p in assistant.named_parameters() if "lora_B" in n]
+    norms = {}
+    for name, frozen in (("soft", Frozen(target=teacher)), ("hard", None)):
+        assistant.zero_grad()
+        loss, parts = uld_objective(assistant, batch, Hyper(beta=0.0), frozen)
+        loss.backward()
+        norms[name] = sum(p.grad.norm().item() for p in lora)
+    assert norms["soft"] < 1e-4 < norms["hard"], norms
+
+
 def test_lora_only_on_first_k_layers(tiny_model):
     assistant, _ = build_assistant(tiny_model, k=2, rank=4, alpha=8, dropout=0.0)
     assert len(decoder_layers(assistant)) == 2
@@ -305,6 +339,7 @@ def test_save_and_from_pretrained_round_trip(
         ({"filter": 0.0}, "filter"),
         ({"filter": 1.5}, "filter"),
         ({"ema": 1.0}, "--ema=1.0"),
+        ({"method": "npo+kl", "distill": True}, "--distill trains ULD's assistant"),
     ],
 )
 def test_bad_hyperparameters_are_refused(tiny_model, tmp_path, change, message):

@@ -84,6 +84,12 @@ class UnlearnConfig:
         "add forget questions with perturbed answers to the retain set (default: on for ULD, "
         "off otherwise)",
     )
+    distill: bool = _f(
+        False,
+        "ULD: train the assistant on D'_f toward the target's own next-token distribution "
+        "(soft labels) instead of the answer tokens, so it knows each forget row as strongly "
+        "as the target does; our variant, not the paper's",
+    )
     augment_from_eval: bool = _f(
         False,
         "take the paraphrases and perturbed answers from the evaluation's paraphrased_answer / "
@@ -169,6 +175,8 @@ class UnlearnConfig:
             raise ValueError(f"--lora-dropout={self.lora_dropout} must be in [0, 1)")
         if not 0 <= self.ema < 1:
             raise ValueError(f"--ema={self.ema} must be in [0, 1) (0: no averaging)")
+        if self.distill and self.method != "uld":
+            raise ValueError(f"--distill trains ULD's assistant; {self.method} has none")
         if self.calibrate and self.method != "uld":
             raise ValueError(
                 f"--calibrate chooses ULD's alpha; {self.method} has none (drop --calibrate)"

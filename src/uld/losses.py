@@ -71,6 +71,17 @@ def nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits, targets)
 
 
+def soft_nll(logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy toward a teacher's next-token distribution, averaged over positions:
+    -sum_v softmax(teacher)_v log softmax(logits)_v. It is nll when the teacher is one-hot and
+    KL(teacher || p) plus the teacher's entropy otherwise. logits, teacher_logits [N, V] -> scalar.
+
+    ULD with `--distill` (our variant): L_f with the target's soft labels on D'_f.
+    """
+    teacher = F.softmax(teacher_logits.float(), dim=-1)
+    return -(teacher * F.log_softmax(logits, dim=-1)).sum(dim=-1).mean()
+
+
 def uniform_kl(logits: torch.Tensor) -> torch.Tensor:
     """KL(U || p) averaged over positions: cross-entropy toward the uniform distribution minus
     its floor log V, so it is >= 0 and 0 exactly when p is uniform. logits [N, V] -> scalar.
@@ -144,7 +155,8 @@ class Frozen:
     model with its adapters switched off *is* the reference, so no second copy is loaded.
     target: set for the Offset methods (Huang et al. 2024, delta-unlearning): the trained model
     is then a small offset model and the unlearned logits are
-    l_target + l_offset - l_offset_at_start; the reference is the target itself.
+    l_target + l_offset - l_offset_at_start; the reference is the target itself. For ULD with
+    `--distill`, the teacher whose distribution on D'_f the assistant learns.
     offset_start: the offset model at the start when it is fully fine-tuned (None with LoRA).
     """
 
@@ -197,8 +209,16 @@ def uld_objective(model, batch: dict, hp: Hyper, frozen: Frozen | None = None):
     We average L_u over answer tokens rather than all positions (the paper's choice): the
     assistant is only ever subtracted where the target answers, and applying the LM head to
     prompt positions would double the cost of a step.
+    With `frozen.target` set (`--distill`, our variant) L_f is `soft_nll` toward the target's
+    distribution instead of the answer tokens.
     """
-    l_f = nll(*answer_logits(model, batch["forget"]))
+    logits, targets = answer_logits(model, batch["forget"])
+    if frozen is not None and frozen.target is not None:
+        with torch.no_grad():
+            teacher = answer_logits(frozen.target, batch["forget"])[0]
+        l_f = soft_nll(logits, teacher)
+    else:
+        l_f = nll(logits, targets)
     l_u = uniform_kl(answer_logits(model, batch["retain"])[0])
     return l_f + hp.beta * l_u, {"l_f": l_f.item(), "l_u": l_u.item()}
 

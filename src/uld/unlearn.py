@@ -187,8 +187,12 @@ def prepare_uld(cfg: UnlearnConfig) -> Run:
             _target_params(assistant, k, n_layers),
         ),
     }
+    frozen = None
+    if cfg.distill:  # the target is the teacher of L_f
+        frozen = Frozen(target=load_model(target)[0])
+        extra["distill"] = True
     dataset = PairedDataset(QADataset(d_f, tokenizer), QADataset(d_r, tokenizer), seed=cfg.seed)
-    return Run(target, assistant, tokenizer, dataset, "uld", None, extra, k, None, calibration)
+    return Run(target, assistant, tokenizer, dataset, "uld", frozen, extra, k, None, calibration)
 
 
 def calibration_rows(cfg: UnlearnConfig, forget: list[dict]) -> tuple[list[dict], list[dict]]:
