@@ -40,6 +40,9 @@ def log_ratios(eval_dir: Path) -> tuple[np.ndarray, dict]:
 
 
 def corr(a: np.ndarray, b: np.ndarray) -> float:
+    """Pearson correlation; nan when either side is constant (the target's own shift is 0)."""
+    if a.std() == 0 or b.std() == 0:
+        return float("nan")
     return float(np.corrcoef(a, b)[0, 1])
 
 
