@@ -5,6 +5,9 @@ method, the same batch size, the same number of steps. ULD trains its assistant 
 
     python benchmarks/train_cost.py --target runs/demo/target [--steps 10] [--methods npo+kl]
 
+`--methods uld-distill,npo+kl` adds ULD with `--distill` (its L_f also runs the target on the
+forget batch).
+
 Results: benchmarks/results/train_cost.json. The ULD paper reports ULD > 3x faster than the
 baselines; our issue's target is >= 5x against NPO+KL.
 """
@@ -71,8 +74,10 @@ def main() -> None:
     methods = ["uld", *args.methods.split(",")]
     runs, cfgs = {}, {}
     for method in methods:
-        extra = {k: v for k, v in uld.items() if k not in same} if method == "uld" else {}
-        cfgs[method] = UnlearnConfig(**(extra | same | {"method": method}))
+        extra = {k: v for k, v in uld.items() if k not in same} if method.startswith("uld") else {}
+        if method == "uld-distill":
+            extra |= {"method": "uld", "distill": True}
+        cfgs[method] = UnlearnConfig(**({"method": method} | extra | same))
         runs[method] = prepare(cfgs[method])
     # interleaved rounds (the first warms up), so a change in machine load hits every method
     times: dict[str, list[float]] = {m: [] for m in methods}
