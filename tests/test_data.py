@@ -95,16 +95,18 @@ def test_collator_right_pads_and_pairs(tiny_model):
     assert all(d == r[0] for d in dealt) and len(paired) == 1
 
 
-def test_general_prompts_stay_clear_of_the_evaluation_sets():
-    """The general prompts widen D'_r; none may ask an evaluation question or name its answer
+@pytest.mark.parametrize("which", ["general", "knowledge"])
+def test_general_prompts_stay_clear_of_the_evaluation_sets(which):
+    """The built-in prompts widen D'_r; none may ask an evaluation question or name its answer
     (a person, book, place or thing `uld.data.real` asks about)."""
     import re
 
-    from uld.data.general import general_prompts
+    from uld.data import general
     from uld.data.real import real_authors, world_facts
 
-    prompts = general_prompts()
+    prompts = getattr(general, f"{which}_prompts")()
     assert len(prompts) == len(set(prompts)) >= 100
+    assert not set(general.general_prompts()) & set(general.knowledge_prompts())
     rows = real_authors() + world_facts() + load_split("full")
     questions = {r["question"] for r in rows} | {r.get("paraphrased_question") for r in rows}
     assert not questions & set(prompts)

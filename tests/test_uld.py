@@ -471,7 +471,7 @@ def test_general_rows_join_d_r_and_need_a_retain_term(tiny_model, tmp_path):
 
 
 def test_builtin_general_rows_are_the_targets_own_answers(tiny_model, tmp_path):
-    from uld.data.general import general_prompts
+    from uld.data.general import general_prompts, knowledge_prompts
     from uld.evaluate import generate_answers
     from uld.unlearn import general_rows
 
@@ -492,6 +492,15 @@ def test_builtin_general_rows_are_the_targets_own_answers(tiny_model, tmp_path):
         {"question": q, "answer": a} for q, a in zip(prompts, answers, strict=True) if a
     ]
     assert len(rows) > len(prompts) // 2
+    # sources join with commas: the built-in sets answered in one pass, then a file's rows
+    extra = [{"question": "What is thing 1?", "answer": "A thing.", "note": "dropped"}]
+    (tmp_path / "extra.json").write_text(json.dumps(extra))
+    both = general_rows(f"builtin, knowledge,{tmp_path / 'extra.json'}", str(tmp_path / "m"))
+    facts = knowledge_prompts()
+    assert [r["question"] for r in both[: len(rows)]] == [r["question"] for r in rows]
+    assert {r["question"] for r in both[len(rows) : -1]} <= set(facts)
+    assert len(both) - len(rows) - 1 > len(facts) // 2
+    assert both[-1] == {"question": "What is thing 1?", "answer": "A thing."}
 
 
 def test_per_epoch_evaluation_does_not_change_training(tiny_model, tmp_path, monkeypatch):

@@ -100,8 +100,9 @@ class UnlearnConfig:
     general: str = _f(
         "",
         "add rows the model must keep to the retain set (ULD: to D'_r, where the assistant learns "
-        "to know nothing): builtin (our general prompts answered by the target) or a .json/.jsonl "
-        "file of question/answer rows; empty: none",
+        "to know nothing), one source or several joined by commas: builtin (our everyday prompts "
+        "answered by the target), knowledge (our well-known-fact prompts, answered by the "
+        "target) or a .json/.jsonl file of question/answer rows; empty: none",
     )
     epochs: float = _f(10.0, "epochs over the forget set (paper 10)")
     lr: float = _f(

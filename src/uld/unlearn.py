@@ -123,28 +123,38 @@ def _training_sets(cfg: UnlearnConfig, target: str) -> tuple[list[dict], list[di
 
 
 def general_rows(source: str, target: str, batch_size: int = 16) -> list[dict]:
-    """Rows that widen D_r: `builtin` -> `uld.data.general`'s prompts with the target's own greedy
-    answers (what the target does off the forget set is what must be kept); otherwise a
-    .json/.jsonl file (or split) of question/answer rows, used as they are."""
-    if source != "builtin":
-        return [{"question": r["question"], "answer": r["answer"]} for r in load_split(source)]
-    from uld.data.general import general_prompts
+    """Rows that widen D_r, from one source or several joined by commas: `builtin` ->
+    `uld.data.general`'s everyday prompts, `knowledge` -> its well-known-fact prompts, each with
+    the target's own greedy answers (what the target does off the forget set is what must be
+    kept); anything else is a .json/.jsonl file (or split) of question/answer rows, used as is."""
+    from uld.data.general import general_prompts, knowledge_prompts
+
+    builtin = {"builtin": general_prompts, "knowledge": knowledge_prompts}
+    sources = [s.strip() for s in source.split(",") if s.strip()]
+    rows = [
+        {"question": r["question"], "answer": r["answer"]}
+        for s in sources
+        if s not in builtin
+        for r in load_split(s)
+    ]
+    prompts = [p for s in sources if s in builtin for p in builtin[s]()]
+    if not prompts:
+        return rows
     from uld.evaluate import generate_answers
 
     model, tokenizer = load_model(target)
-    prompts = general_prompts()
     start = time.time()
     answers = generate_answers(model.eval(), tokenizer, prompts, batch_size, 64, progress=False)
     took = time.time() - start
-    print(f"[uld] the target answered {len(prompts)} general prompts in {took:.0f} s")
-    rows = [{"question": q, "answer": a} for q, a in zip(prompts, answers, strict=True) if a]
-    if not rows:
+    print(f"[uld] the target answered {len(prompts)} built-in prompts in {took:.0f} s")
+    answered = [{"question": q, "answer": a} for q, a in zip(prompts, answers, strict=True) if a]
+    if not answered:
         raise DataError(
-            f"the target {target} answered none of the {len(prompts)} general prompts (every "
+            f"the target {target} answered none of the {len(prompts)} built-in prompts (every "
             "answer was blank); check that it is an instruction-tuned model, or pass --general "
             "a .json/.jsonl file of question/answer rows"
         )
-    return rows
+    return answered + rows
 
 
 def _assistant_shape(cfg: UnlearnConfig, target: str) -> tuple[int, int, int]:
