@@ -68,6 +68,20 @@ def test_resumed_run_remembers_the_best_epoch(tiny_model, tmp_path):
     assert saved == [1]  # epoch 3 (0.5) did not overwrite epoch 1's (0.9) weights
 
 
+def test_epoch_eval_every_n_epochs_and_the_last(tiny_model, tmp_path):
+    """`every=2` over 5 epochs evaluates after epochs 2, 4 and 5 (the last always)."""
+    from uld.trainer import EpochEval
+
+    model, tok = load_model(tiny_model)
+    ds = QADataset(load_split("forget01"), tok)
+    seen: list[int] = []
+    ev = EpochEval(lambda m: {"fq": -len(seen)}, "fq", lambda m, e, s: seen.append(e), every=2)
+    collator = Collator(tok.pad_token_id)
+    train(model, ds, collator, tmp_path / "r", "finetune", epochs=5, batch_size=4, callbacks=[ev])
+    assert [h["epoch"] for h in ev.history] == [2, 4, 5]
+    assert ev.best_epoch == 2 and seen == [2]
+
+
 class _Record(TrainerCallback):
     """The trainable weights after every optimizer step."""
 

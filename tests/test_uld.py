@@ -340,6 +340,7 @@ def test_save_and_from_pretrained_round_trip(
         ({"filter": 1.5}, "filter"),
         ({"ema": 1.0}, "--ema=1.0"),
         ({"method": "npo+kl", "distill": True}, "--distill trains ULD's assistant"),
+        ({"eval_every": 0}, "--eval-every=0"),
     ],
 )
 def test_bad_hyperparameters_are_refused(tiny_model, tmp_path, change, message):

@@ -122,6 +122,9 @@ class UnlearnConfig:
         "evaluate each epoch and keep the best epoch by this metric: forget_quality (needs "
         "--reference), forget_rouge or model_utility; empty: keep the last epoch",
     )
+    eval_every: int = _f(
+        1, "with --eval-metric: evaluate every this many epochs (and after the last one)"
+    )
     eval_splits: str = _f(
         "forget", "what the per-epoch evaluation covers: forget (cheap) or all (adds M.U.)"
     )
@@ -157,6 +160,8 @@ class UnlearnConfig:
             )
         if self.eval_splits not in ("forget", "all"):
             raise ValueError(f"--eval-splits={self.eval_splits!r}: choose forget or all")
+        if self.eval_every < 1:
+            raise ValueError(f"--eval-every={self.eval_every} must be >= 1 (1: every epoch)")
         if self.eval_metric == "model_utility" and self.eval_splits != "all":
             raise ValueError("--eval-metric model_utility needs --eval-splits all")
         if self.eval_metric == "forget_quality" and not self.reference:

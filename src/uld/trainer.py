@@ -138,7 +138,8 @@ def _trainable(model: torch.nn.Module):
 
 
 class EpochEval(TrainerCallback):
-    """Runs `evaluate(model) -> dict` after each epoch; keeps the best epoch by `metric`.
+    """Runs `evaluate(model) -> dict` after each epoch (or every `every` epochs and after the
+    last one); keeps the best epoch by `metric`.
 
     `save_best(model, epoch, scores)` is called whenever an epoch beats the best so far. The
     history (one dict per epoch) is in `self.history`; with `state`, it is also written to that
@@ -155,9 +156,10 @@ class EpochEval(TrainerCallback):
         mode: str = "max",
         state: str | Path | None = None,
         average: WeightAverage | None = None,
+        every: int = 1,
     ):
         self.evaluate, self.metric, self.save_best, self.mode = evaluate, metric, save_best, mode
-        self.average = average
+        self.average, self.every = average, every
         self.state = Path(state) if state else None
         self.history: list[dict] = []
         self.best: float | None = None
@@ -167,6 +169,9 @@ class EpochEval(TrainerCallback):
             self.history, self.best, self.best_epoch = kept["history"], kept["best"], kept["epoch"]
 
     def on_epoch_end(self, args, state, control, model=None, **kwargs):
+        epoch = round(state.epoch or 0)
+        if epoch % self.every and epoch < math.ceil(args.num_train_epochs):
+            return control
         weights = self.average.applied(model) if self.average else contextlib.nullcontext()
         with weights:
             self._epoch_end(state, model)

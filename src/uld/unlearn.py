@@ -485,7 +485,9 @@ def epoch_evaluator(
 
     mode = "min" if cfg.eval_metric == "forget_rouge" else "max"
     state = best.parent / "epochs.json"
-    return EpochEval(run, cfg.eval_metric, save_best, mode=mode, state=state, average=average)
+    return EpochEval(
+        run, cfg.eval_metric, save_best, mode, state, average=average, every=cfg.eval_every
+    )
 
 
 def save_assistant(assistant, target_path: str, cfg: UnlearnConfig, k: int, extra: dict) -> None:
