@@ -375,6 +375,23 @@ def _small_run(model: str, out, **kw) -> UnlearnConfig:
     return UnlearnConfig(model=model, out=str(out), **{**base, **kw})
 
 
+def test_retain_passes_and_the_warning_when_below_one(tiny_model, tmp_path, capsys):
+    from uld.unlearn import retain_passes
+
+    # forget10 with the demo's settings: 120 D'_f rows x 10 epochs over 597 D'_r rows
+    assert retain_passes(120, 597, 10) == pytest.approx(1200 / 597)
+    assert retain_passes(12, 528, 10) == pytest.approx(120 / 528)  # forget01: 0.23
+    # forget01 (12 D'_f rows with two paraphrases each) for 2 epochs: far below one pass
+    unlearn(_small_run(tiny_model, tmp_path / "u", epochs=2, general=""))
+    out = capsys.readouterr().out
+    saved = json.loads((tmp_path / "u" / "uld_config.json").read_text())
+    assert saved["d_r_passes"] == pytest.approx(saved["d_f_rows"] * 2 / saved["d_r_rows"], abs=1e-3)
+    need = -(-saved["d_r_rows"] // saved["d_f_rows"])
+    assert "passes of D'_r" in out and f"Raise --epochs to {2 * need}" in out
+    unlearn(_small_run(tiny_model, tmp_path / "v", epochs=2 * need, max_steps=1, general=""))
+    assert "Raise --epochs" not in capsys.readouterr().out
+
+
 def test_unlearn_end_to_end_few_steps(tiny_model, tmp_path):
     out = unlearn(_small_run(tiny_model, tmp_path / "u", epochs=1, lr=1e-2))
     model, tok = ULDModel.from_pretrained(out)

@@ -5,6 +5,7 @@ Everything that can be wrong with the inputs is checked before any model is load
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -176,11 +177,33 @@ def _report_trainable(model, what: str, target_total: int | None = None) -> dict
     return {"trainable_params": trainable, "trainable_share": trainable / total}
 
 
+def retain_passes(n_f: int, n_r: int, epochs: float) -> float:
+    """How many times ULD's training goes through D'_r: each epoch pairs every D'_f row with one
+    D'_r row, so n_f * epochs D'_r rows are seen in all.
+
+    Below about one pass the assistant stays close to where it started, the target's first K
+    layers, whose logits agree with the target's almost everywhere; subtracting them then costs
+    utility on everything, not only the forget set (docs/results.md: forget01, where 10 epochs
+    see 0.23 passes and M.U. falls to 0.00-0.10, while forget10's 10 epochs see 2.0)."""
+    return n_f * epochs / max(n_r, 1)
+
+
 def prepare_uld(cfg: UnlearnConfig) -> Run:
     """ULD: an assistant (the target's first K layers with LoRA) on D'_f and D'_r."""
     target = resolve(cfg.model)
     k, rank, n_layers = _assistant_shape(cfg, target)
     forget, d_f, d_r = _training_sets(cfg, target)
+    passes = retain_passes(len(d_f), len(d_r), cfg.epochs)
+    if passes < 1:
+        need = math.ceil(len(d_r) / len(d_f))
+        print(
+            f"[uld] warning: {cfg.epochs:g} epochs over {len(d_f)} D'_f rows see {passes:.2f} "
+            f"passes of D'_r ({len(d_r)} rows): the assistant will stay close to the target's "
+            f"first layers off the forget set, and subtracting it will cost utility there. "
+            f"Raise --epochs to {2 * need} or more (about two passes, as forget10's 10 epochs "
+            "give) and choose alpha with --calibrate holdout10 (or your own held-out rows): a "
+            "longer-trained assistant knows the forget set more strongly"
+        )
     calibration = calibration_rows(cfg, forget) if cfg.calibrate else None
     set_seed(cfg.seed)  # the LoRA matrices are initialised at random: same seed, same run
     assistant, tokenizer = build_assistant(
@@ -191,6 +214,7 @@ def prepare_uld(cfg: UnlearnConfig) -> Run:
         "lora_rank": rank,
         "d_f_rows": len(d_f),
         "d_r_rows": len(d_r),
+        "d_r_passes": round(passes, 3),
         **_report_trainable(
             assistant,
             f"assistant, {k} of {n_layers} layers, LoRA r={rank}",
