@@ -386,9 +386,9 @@ def test_retain_passes_and_the_warning_when_below_one(tiny_model, tmp_path, caps
     out = capsys.readouterr().out
     saved = json.loads((tmp_path / "u" / "uld_config.json").read_text())
     assert saved["d_r_passes"] == pytest.approx(saved["d_f_rows"] * 2 / saved["d_r_rows"], abs=1e-3)
-    need = -(-saved["d_r_rows"] // saved["d_f_rows"])
-    assert "passes of D'_r" in out and f"Raise --epochs to {2 * need}" in out
-    unlearn(_small_run(tiny_model, tmp_path / "v", epochs=2 * need, max_steps=1, general=""))
+    two_passes = -(-2 * saved["d_r_rows"] // saved["d_f_rows"])  # ceil
+    assert "passes of D'_r" in out and f"Raise --epochs to {two_passes}" in out
+    unlearn(_small_run(tiny_model, tmp_path / "v", epochs=two_passes, max_steps=1, general=""))
     assert "Raise --epochs" not in capsys.readouterr().out
 
 

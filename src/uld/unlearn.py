@@ -195,12 +195,12 @@ def prepare_uld(cfg: UnlearnConfig) -> Run:
     forget, d_f, d_r = _training_sets(cfg, target)
     passes = retain_passes(len(d_f), len(d_r), cfg.epochs)
     if passes < 1:
-        need = math.ceil(len(d_r) / len(d_f))
+        two_passes = math.ceil(2 * len(d_r) / len(d_f))
         print(
             f"[uld] warning: {cfg.epochs:g} epochs over {len(d_f)} D'_f rows see {passes:.2f} "
             f"passes of D'_r ({len(d_r)} rows): the assistant will stay close to the target's "
-            f"first layers off the forget set, and subtracting it will cost utility there. "
-            f"Raise --epochs to {2 * need} or more (about two passes, as forget10's 10 epochs "
+            "first layers off the forget set, and subtracting it will cost utility there. "
+            f"Raise --epochs to {two_passes} or more (about two passes, as forget10's 10 epochs "
             "give) and choose alpha with --calibrate holdout10 (or your own held-out rows): a "
             "longer-trained assistant knows the forget set more strongly"
         )

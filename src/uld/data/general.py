@@ -267,4 +267,5 @@ KNOWLEDGE_PROMPTS: list[str] = [
 
 
 def knowledge_prompts() -> list[str]:
+    """A fresh copy of the built-in well-known-fact prompts (101 of them)."""
     return list(KNOWLEDGE_PROMPTS)
