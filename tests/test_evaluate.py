@@ -85,6 +85,19 @@ def test_forget_quality_of_a_model_against_itself_is_one(model, roles, tiny_mode
     assert off["summary"]["forget_tr_gap"] == pytest.approx(math.log(2))
 
 
+def test_without_generation_the_teacher_forced_figures_are_the_same(model, roles):
+    m, tok = model
+    full = evaluate(m, tok, roles, progress=False)
+    fast = evaluate(m, tok, roles, progress=False, generate=False)
+    for role, split in fast["splits"].items():
+        assert "rouge_l" not in split and all("generated" not in it for it in split["items"])
+        for it, ref in zip(split["items"], full["splits"][role]["items"], strict=True):
+            assert {k: it[k] for k in it} == {k: ref[k] for k in it}  # same values, fewer keys
+    assert fast["summary"]["forget_rouge"] is None and fast["summary"]["model_utility"] is None
+    assert fast["summary"]["forget_truth_ratio"] == full["summary"]["forget_truth_ratio"]
+    assert fast["summary"]["mia_loss_auc"] == full["summary"]["mia_loss_auc"]
+
+
 def test_reference_from_a_model_folder_is_cached(tiny_model, roles, tmp_path, monkeypatch):
     monkeypatch.setenv("ULD_HOME", str(tmp_path / "home"))
     ref = load_reference(tiny_model, roles["forget"])

@@ -341,6 +341,8 @@ def test_save_and_from_pretrained_round_trip(
         ({"ema": 1.0}, "--ema=1.0"),
         ({"method": "npo+kl", "distill": True}, "--distill trains ULD's assistant"),
         ({"eval_every": 0}, "--eval-every=0"),
+        ({"eval_splits": "some"}, "choose forget, truth or all"),
+        ({"eval_metric": "forget_rouge", "eval_splits": "truth"}, "needs generated answers"),
     ],
 )
 def test_bad_hyperparameters_are_refused(tiny_model, tmp_path, change, message):
@@ -410,7 +412,8 @@ def test_weight_average_without_per_epoch_evaluation_saves_the_average(tiny_mode
         assert torch.isfinite(model(**_batch(tok, ["Where was Ilse born?"])).logits).all()
 
 
-def test_each_epoch_is_evaluated_and_the_best_kept(tiny_model, tmp_path):
+@pytest.mark.parametrize("eval_splits", ["forget", "truth"])
+def test_each_epoch_is_evaluated_and_the_best_kept(tiny_model, tmp_path, eval_splits):
     cfg = _small_run(
         tiny_model,
         tmp_path / "u",
@@ -418,11 +421,14 @@ def test_each_epoch_is_evaluated_and_the_best_kept(tiny_model, tmp_path):
         lr=5e-2,
         eval_metric="forget_quality",
         reference=tiny_model,
+        eval_splits=eval_splits,
     )
     out = unlearn(cfg)
     saved = json.loads((out / "uld_config.json").read_text())
     history = saved["epochs_evaluated"]
     assert [h["epoch"] for h in history] == [1, 2, 3]
+    # `truth` generates no answers: no ROUGE-L, the same teacher-forced figures
+    assert all(("forget_rouge" in h) == (eval_splits == "forget") for h in history)
     fq = [h["forget_quality"] for h in history]
     assert all(0 <= v <= 1 for v in fq)
     assert saved["best_epoch"] == history[fq.index(max(fq))]["epoch"]

@@ -126,7 +126,10 @@ class UnlearnConfig:
         1, "with --eval-metric: evaluate every this many epochs (and after the last one)"
     )
     eval_splits: str = _f(
-        "forget", "what the per-epoch evaluation covers: forget (cheap) or all (adds M.U.)"
+        "forget",
+        "what the per-epoch evaluation covers: forget (the forget split), truth (the forget "
+        "split without generating answers: teacher-forced figures and F.Q. only, cheapest) or "
+        "all (adds M.U.)",
     )
     reference: str = _f("", "retain model folder (or its eval.json): the reference for F.Q.")
     calibrate: str = _f(
@@ -158,8 +161,13 @@ class UnlearnConfig:
                 f"--eval-metric={self.eval_metric!r}: choose forget_quality, forget_rouge, "
                 "model_utility or leave it empty"
             )
-        if self.eval_splits not in ("forget", "all"):
-            raise ValueError(f"--eval-splits={self.eval_splits!r}: choose forget or all")
+        if self.eval_splits not in ("forget", "truth", "all"):
+            raise ValueError(f"--eval-splits={self.eval_splits!r}: choose forget, truth or all")
+        if self.eval_metric == "forget_rouge" and self.eval_splits == "truth":
+            raise ValueError(
+                "--eval-metric forget_rouge needs generated answers, which --eval-splits truth "
+                "leaves out; use --eval-splits forget"
+            )
         if self.eval_every < 1:
             raise ValueError(f"--eval-every={self.eval_every} must be >= 1 (1: every epoch)")
         if self.eval_metric == "model_utility" and self.eval_splits != "all":

@@ -217,13 +217,20 @@ def _usable(rows: list[dict], role: str, errors: list[dict]) -> list[int]:
 
 
 def evaluate_role(
-    model, tokenizer, role: str, rows: list[dict], batch_size: int = 8, progress: bool = True
+    model,
+    tokenizer,
+    role: str,
+    rows: list[dict],
+    batch_size: int = 8,
+    progress: bool = True,
+    generate: bool = True,
 ) -> dict:
     """One split under its role: per-item values and the role's aggregates (TOFU Sec. 2.5).
 
     forget/retain: prob = mean P̄(a), truth ratio R = P̄(perturbed)/P̄(paraphrased);
     real_authors/world_facts: prob = mean P̄(a)/(P̄(a)+ΣP̄(perturbed)), R uses the answer itself;
-    holdout: teacher-forced scores only (for the membership test).
+    holdout: teacher-forced scores only (for the membership test). generate=False leaves out the
+    greedy answers and their ROUGE-L (most of the cost; the truth ratios and F.Q. stay).
     """
     errors: list[dict] = []
     items = [
@@ -239,10 +246,11 @@ def evaluate_role(
     out: dict = {"rows": len(rows), "items": items, "errors": errors}
     if role == "holdout":
         return out
-    rouge, gen = rouge_eval(model, tokenizer, rows, batch_size, progress=False)
-    for it, g in zip(items, gen, strict=True):
-        it.update(generated=g["generated"], rouge_l=g["rouge_l"])
-    out["rouge_l"] = rouge
+    if generate:
+        rouge, gen = rouge_eval(model, tokenizer, rows, batch_size, progress=False)
+        for it, g in zip(items, gen, strict=True):
+            it.update(generated=g["generated"], rouge_l=g["rouge_l"])
+        out["rouge_l"] = rouge
     ok = _usable(rows, role, errors)
     if errors:
         print(f"[uld] {role}: {len(errors)} row(s) left out of the truth ratio: {errors[:3]}")
@@ -274,9 +282,11 @@ def evaluate(
     reference: dict | None = None,
     batch_size: int = 8,
     progress: bool = True,
+    generate: bool = True,
 ) -> dict:
     """The whole protocol. roles: {role: rows} (see `ROLES`); reference: `load_reference(...)`,
-    the retain model's per-item forget truth ratios (Forget Quality needs it).
+    the retain model's per-item forget truth ratios (Forget Quality needs it); generate=False:
+    teacher-forced figures only (no ROUGE-L, no Model Utility).
 
     Returns {"splits": {role: evaluate_role(...)}, "summary": {...}, "reference": its source};
     the summary holds
@@ -291,7 +301,9 @@ def evaluate(
     bar = tqdm(list(roles), desc="evaluating", disable=not progress)
     for role in bar:
         bar.set_postfix_str(role)
-        splits[role] = evaluate_role(model, tokenizer, role, roles[role], batch_size, progress)
+        splits[role] = evaluate_role(
+            model, tokenizer, role, roles[role], batch_size, progress, generate
+        )
     return {
         "splits": splits,
         "summary": summarise(splits, reference),

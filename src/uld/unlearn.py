@@ -470,7 +470,7 @@ def epoch_evaluator(
     from uld.trainer import EpochEval
 
     splits = EvalSplits.for_data(cfg.data, forget=cfg.forget)
-    if cfg.eval_splits == "forget":
+    if cfg.eval_splits in ("forget", "truth"):
         splits = EvalSplits(
             forget=cfg.forget, retain="", real_authors="", world_facts="", holdout=""
         )
@@ -491,7 +491,14 @@ def epoch_evaluator(
             else:
                 view.load_lora(model)
         start = time.time()
-        res = evaluate(view if composite else model, tokenizer, roles, reference, progress=False)
+        res = evaluate(
+            view if composite else model,
+            tokenizer,
+            roles,
+            reference,
+            progress=False,
+            generate=cfg.eval_splits != "truth",
+        )
         s = {k: v for k, v in res["summary"].items() if v is not None}
         return s | {"seconds": round(time.time() - start, 1)}
 
