@@ -427,7 +427,7 @@ def test_each_epoch_is_evaluated_and_the_best_kept(tiny_model, tmp_path, eval_sp
     saved = json.loads((out / "uld_config.json").read_text())
     history = saved["epochs_evaluated"]
     assert [h["epoch"] for h in history] == [1, 2, 3]
-    # `truth` generates no answers: no ROUGE-L, the same teacher-forced figures
+    # `truth` generates no answers, so it has no ROUGE-L
     assert all(("forget_rouge" in h) == (eval_splits == "forget") for h in history)
     fq = [h["forget_quality"] for h in history]
     assert all(0 <= v <= 1 for v in fq)
