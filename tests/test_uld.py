@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import warnings
 
 import pytest
 import torch
@@ -295,6 +296,20 @@ def test_decode_with_cache_matches_stepwise_argmax_and_left_padding(tiny_model, 
                 nxt = model(ids).logits[:, -1].argmax(-1, keepdim=True)
             ids = torch.cat([ids, nxt], dim=1)
         assert ids[0, -6:].tolist() == one[0, -6:].tolist()
+
+
+def test_decode_passes_the_cache_by_the_name_this_transformers_expects(
+    tiny_model, trained_assistant
+):
+    # The old keyword (`past_key_values`) warns on transformers >= 5.24 and goes away in 5.40.
+    target, tok = load_model(tiny_model)
+    b = _batch(tok, ["Where was Ilse born?"])
+    for alpha in (0.0, 0.75):  # alpha 0 takes the target-only path
+        model = ULDModel(target, trained_assistant[0], alpha=alpha)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            decode(model, b["input_ids"], b["attention_mask"], max_new_tokens=3, eos_token_id=-1)
+        assert not [w for w in caught if "past_key_values" in str(w.message)], alpha
 
 
 def test_sampling_is_seeded_and_stops_at_eos(tiny_model, trained_assistant):

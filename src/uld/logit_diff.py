@@ -48,6 +48,7 @@ from transformers.generation.logits_process import (
     TopKLogitsWarper,
     TopPLogitsWarper,
 )
+from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from uld.assistant import (
     base_lm,
@@ -57,6 +58,10 @@ from uld.assistant import (
     final_norm,
     weights_fingerprint,
 )
+
+# The KV cache's keyword: newer transformers (5.24 here) call it `cache`, and the old name
+# `past_key_values` warns and goes away in 5.40; older versions know only `past_key_values`.
+CACHE_ARG = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
 
 ULD_CONFIG = "uld_config.json"
 ADAPTER = "default"
@@ -227,28 +232,30 @@ class ULDModel(nn.Module):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
-        past_key_values=None,
+        cache=None,
         use_cache: bool = False,
         return_both: bool = False,
         keep: torch.Tensor | None = None,
+        past_key_values=None,
     ):
         """Combined logits [B, T, V] (float32); with `return_both`, also (l_t, l_a).
 
         `keep` [B, T] (bool): apply the LM head only there and return logits [N, V] for the N kept
         positions (evaluation needs answer positions only; the head is most of the cost).
-        Returns an object with `.logits` and `.past_key_values` like an HF output.
+        `cache` (or its older name `past_key_values`): the KV cache. Returns an object with
+        `.logits` and `.cache` (also as `.past_key_values`) like an HF output.
         """
+        kv = {CACHE_ARG: cache if cache is not None else past_key_values, "use_cache": use_cache}
         if self.alpha == 0 and not return_both:  # the target alone, bit for bit
             with self.target_only():
                 out = self.target(
                     input_ids=input_ids,
                     attention_mask=attention_mask,
                     position_ids=position_ids,
-                    past_key_values=past_key_values,
-                    use_cache=use_cache,
+                    **kv,
                 )
             logits = out.logits.float()
-            return _Output(logits if keep is None else logits[keep], out.past_key_values)
+            return _Output(logits if keep is None else logits[keep], getattr(out, CACHE_ARG))
         B = input_ids.shape[0]
         double = lambda x: None if x is None else torch.cat([x, x], dim=0)  # noqa: E731
         self._split = B
@@ -257,8 +264,7 @@ class ULDModel(nn.Module):
                 input_ids=double(input_ids),
                 attention_mask=double(attention_mask),
                 position_ids=double(position_ids),
-                past_key_values=past_key_values,
-                use_cache=use_cache,
+                **kv,
             )
             norm = final_norm(self.target)
             hs = [out.last_hidden_state, norm(self._captured)]
@@ -278,7 +284,7 @@ class ULDModel(nn.Module):
             combined = offset_logits(l_t, l_a, logits[2 * n :], self.alpha)
         else:
             combined = logit_difference(l_t, l_a, self.alpha, self.filter)
-        result = _Output(combined, out.past_key_values)
+        result = _Output(combined, getattr(out, CACHE_ARG))
         if return_both:
             result.parts = (l_t, l_a)
         return result
@@ -354,8 +360,12 @@ def _linear(layer: nn.Module, h: torch.Tensor) -> torch.Tensor:
 
 
 class _Output:
-    def __init__(self, logits, past_key_values):
-        self.logits, self.past_key_values = logits, past_key_values
+    def __init__(self, logits, cache):
+        self.logits, self.cache = logits, cache
+
+    @property
+    def past_key_values(self):  # the name transformers used before 5.24
+        return self.cache
 
 
 def write_uld_config(folder, target, target_path, k, alpha, filter, card=None) -> None:
@@ -438,7 +448,8 @@ def decode(
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Greedy or sampled decoding with a KV cache for any model whose forward takes
-    (input_ids, attention_mask, position_ids, past_key_values, use_cache) and returns `.logits`.
+    (input_ids, attention_mask, position_ids, cache or past_key_values (`CACHE_ARG`), use_cache)
+    and returns `.logits`.
 
     input_ids [B, T] left-padded. Returns [B, T + n] (prompt + new tokens; rows that stopped at
     EOS are padded with `pad_token_id`), as transformers' generate does.
@@ -480,7 +491,7 @@ def decode(
             input_ids=step_ids,
             attention_mask=mask,
             position_ids=position_ids,
-            past_key_values=cache,
+            **{CACHE_ARG: cache},
             use_cache=True,
             **last(step_ids),
         )
