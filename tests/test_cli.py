@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 from uld.cli import main
+from uld.compare import claim
 from uld.metrics import forget_quality
 from uld.models import load_model, read_card
 
@@ -128,8 +133,6 @@ def test_chat_answers_each_line_until_an_empty_one(tiny_model, monkeypatch, caps
 
 
 def test_demo_settings_and_their_yaml_agree():
-    from pathlib import Path
-
     import yaml
 
     from uld.demo import DEMO_ULD, uld_config
@@ -184,7 +187,16 @@ def test_compare_runs_evaluates_reports_and_resumes(tiny_model, tmp_path, capsys
         "eval: {forget: forget01, retain: '', real_authors: '', world_facts: '', holdout: ''}\n"
         "runs:\n  uld: {layers: 2, lora_rank: 4}\n  ga: {lr: 1.0e-3, seeds: [0, 1]}\n"
     )
-    assert main(["compare", "--config", str(plan)]) == 0
+    # another process holds the target and ga-seed1 (flock: a second open file of this process
+    # counts as another holder): this one skips both and leaves the report to a later process
+    with claim(out / "target"), claim(out / "ga-seed1"):
+        assert main(["compare", "--config", str(plan)]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("another process is on it (pid ") == 2 and "no report yet" in printed
+    assert (out / "ga" / "eval" / "eval.json").exists() and not (out / "report").exists()
+    assert not (out / "target" / "eval").exists() and not (out / "ga-seed1" / "model").exists()
+    assert main(["compare", "--config", str(plan)]) == 0  # released: the rest is done
+    assert capsys.readouterr().out.count("[compare] training") == 1  # ga-seed1 only
     for name in ("target", "uld", "ga", "ga-seed1"):
         assert (out / name / "eval" / "eval.json").exists()
     summary = json.loads((out / "report" / "summary.json").read_text())
@@ -261,7 +273,37 @@ def test_compare_status_tells_each_runs_state_without_loading_models(tmp_path, c
         ["ga-seed3", "ga", "no checkpoint yet"],
     ]
     assert lines[4] == "1 of 4 runs evaluated"
+    with claim(out / "ga-seed2"):  # a process is training it
+        assert main(["compare", "--config", str(plan), "--status"]) == 0
+    state = capsys.readouterr().out.splitlines()[2].split(None, 2)[2]
+    assert state == f"running (pid {os.getpid()}, at checkpoint-40)"
     assert not (out / "report").exists()  # nothing ran
+
+
+def test_a_run_locked_by_a_process_is_freed_when_that_process_dies(tmp_path):
+    from uld.compare import LOCK, claim, holder
+
+    run = tmp_path / "ga"
+    run.mkdir()
+    hold = (
+        "import fcntl, os, sys, time\n"
+        f"fd = os.open({str(run / LOCK)!r}, os.O_RDWR | os.O_CREAT)\n"
+        "fcntl.flock(fd, fcntl.LOCK_EX); os.write(fd, b'4242\\n'); print('held', flush=True)\n"
+        "time.sleep(120)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", hold], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "held"
+        assert holder(run) == "pid 4242"
+        with claim(run) as mine:
+            assert not mine
+    finally:
+        proc.kill()
+        proc.wait()
+    assert holder(run) is None  # the OS released the dead process's lock: nothing went stale
+    with claim(run) as mine:
+        assert mine and holder(run) == f"pid {os.getpid()}"
+    assert holder(run) is None
 
 
 def test_compare_seeds_expand_into_named_runs_and_bad_lists_are_refused():
@@ -278,24 +320,16 @@ def test_compare_seeds_expand_into_named_runs_and_bad_lists_are_refused():
         expand_seeds({"uld": {"seeds": [0, 1]}, "uld-seed1": {}})
 
 
-@pytest.mark.parametrize(
-    "plan",
-    [
-        "compare.yaml",
-        "compare_forget05.yaml",
-        "compare_forget05_retain95.yaml",
-        "compare_forget01.yaml",
-        "compare_moe.yaml",
-    ],
-)
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+@pytest.mark.parametrize("plan", sorted(p.name for p in CONFIGS.glob("compare*.yaml")))
 def test_shipped_comparison_configs_are_valid(plan, monkeypatch, tmp_path):
     """Every run of the shipped comparison files builds a valid UnlearnConfig (nothing trains)."""
-    from pathlib import Path
-
     from uld.compare import load_plan, run_config
     from uld.unlearn import methods
 
-    root = Path(__file__).resolve().parents[1]
+    root = CONFIGS.parent
     monkeypatch.chdir(root)  # `config:` paths are relative to the checkout
     loaded = load_plan(root / "configs" / plan)
     for name in loaded["runs"]:

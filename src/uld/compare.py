@@ -17,12 +17,20 @@ Each run trains into `<out>/<name>/model` and is evaluated into `<out>/<name>/ev
 evaluation exists is skipped, so an interrupted comparison continues where it stopped (also in a
 later session). The merged table and plots go to `<out>/report` (`uld.report.report`); runs of
 one setting over seeds (`name`, `name-seedN`) also get a row each in its table over seeds.
+
+Several processes may work on one plan at once (say one per core, each with
+OMP_NUM_THREADS=1): a process locks each run while it trains and evaluates it
+(`<out>/<name>/.lock`, an OS file lock that its end, or its death, releases), and the others
+skip that run and go on to the next. Each process writes the report when it has nothing left;
+the last to finish writes the complete one.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import yaml
@@ -94,6 +102,60 @@ def run_config(plan: dict, name: str, out: Path) -> UnlearnConfig:
     return cfg
 
 
+LOCK = ".lock"
+
+
+@contextmanager
+def claim(folder: Path, wait: bool = False):
+    """Lock `folder` (a run's folder under the plan's `out`) for this process; yields whether it
+    got the lock (with `wait`, it waits for it and yields True). The lock is flock(2) on
+    `folder/.lock`, so the OS releases it when the holder ends or dies: nothing goes stale, and a
+    run whose process died is simply resumed by the next one. The file holds the holder's pid,
+    for `status`. Where flock does not exist (Windows) every claim succeeds, so processes must not
+    share a plan there."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover (not on POSIX)
+        yield True
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        for attempt in range(3):  # `holder` may be probing the lock for an instant
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+                break
+            except BlockingIOError:
+                if attempt == 2:
+                    yield False
+                    return
+                time.sleep(0.2)
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        yield True
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def holder(folder: Path) -> str | None:
+    """'pid N' of the live process that holds `folder`'s lock (see `claim`), else None. Probes
+    with a shared lock, held for an instant, and writes nothing."""
+    try:
+        import fcntl
+
+        fd = os.open(folder / LOCK, os.O_RDONLY)
+    except (ImportError, FileNotFoundError):
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return None
+    except BlockingIOError:
+        pid = os.read(fd, 32).decode().strip()
+        return f"pid {pid}" if pid else "another process"
+    finally:
+        os.close(fd)
+
+
 def is_moe(model_path: str | Path) -> bool:
     """Whether a model folder holds one of the MoE families `uld.moe` knows."""
     from transformers import AutoConfig
@@ -136,6 +198,9 @@ def status(path: str | Path) -> list[tuple[str, str, str]]:
         cfg = run_config(plan, name, out / name / "model")
         if (out / name / "eval" / "eval.json").exists():
             state = "evaluated"
+        elif who := holder(out / name):
+            ckpt = last_checkpoint(cfg.out)
+            state = f"running ({who}{', at ' + ckpt.name if ckpt else ''})"
         elif Path(cfg.out).exists():
             state = "trained, not evaluated"
         elif ckpt := last_checkpoint(cfg.out):
@@ -172,13 +237,8 @@ def compare(path: str | Path, only: list[str] | None = None) -> dict:
 
     original = None  # the target, loaded once if routing shifts are measured (MoE targets)
 
-    def evaluated(name: str, model_path: Path | str, kind: str) -> Path:
+    def evaluate_into(folder: Path, name: str, model_path: Path | str, kind: str) -> None:
         nonlocal original
-        folder = out / name / "eval"
-        if (folder / "eval.json").exists():
-            print(f"[compare] {name}: evaluated already ({folder})")
-            rescore(folder, reference)
-            return folder
         model, tok = load_any(str(model_path))
         print(f"[compare] evaluating {name}")
         res = {"name": name, "model": str(model_path), "kind": kind, "data": data}
@@ -196,22 +256,41 @@ def compare(path: str | Path, only: list[str] | None = None) -> dict:
                 res["summary"]["routing_shift"] = 0.0
         write_eval(res, folder)
         del model
-        return folder
 
-    folders = [evaluated("target", plan["target"], "plain")]
-    for name, model_path in (plan.get("models") or {}).items():
-        folders.append(evaluated(name, model_path, "plain"))
+    def run(name: str, model_path: Path | str, cfg: UnlearnConfig | None = None) -> None:
+        """Train (if `cfg` and not trained yet) and evaluate one row, unless done or locked."""
+        folder = out / name / "eval"
+        if (folder / "eval.json").exists():
+            print(f"[compare] {name}: evaluated already ({folder})")
+            rescore(folder, reference)
+            return
+        with claim(out / name) as mine:
+            if not mine:
+                who = holder(out / name) or "it has just finished"
+                print(f"[compare] {name}: another process is on it ({who}); next")
+                return
+            if (folder / "eval.json").exists():  # another process has just finished it
+                return
+            if cfg and not Path(cfg.out).exists():
+                start = time.time()
+                print(f"[compare] training {name} ({cfg.method})")
+                unlearn(cfg)
+                print(f"[compare] {name}: trained in {time.time() - start:.0f} s")
+            plain = not cfg or not (cfg.method == "uld" or cfg.method.startswith("offset-"))
+            evaluate_into(folder, name, model_path, "plain" if plain else "uld")
+
+    fixed = {"target": plan["target"]} | dict(plan.get("models") or {})
+    for name, model_path in fixed.items():
+        run(name, model_path)
     for name, cfg in configs.items():
-        model_dir = Path(cfg.out)
-        if not model_dir.exists() and not (out / name / "eval" / "eval.json").exists():
-            start = time.time()
-            print(f"[compare] training {name} ({cfg.method})")
-            unlearn(cfg)
-            print(f"[compare] {name}: trained in {time.time() - start:.0f} s")
-        kind = "uld" if cfg.method == "uld" or cfg.method.startswith("offset-") else "plain"
-        folders.append(evaluated(name, model_dir, kind))
-    # the report covers every run of the plan evaluated so far, in the plan's order
-    done = [out / n / "eval" for n in plan["runs"] if (out / n / "eval" / "eval.json").exists()]
-    runs = report(folders[: 1 + len(plan.get("models") or {})] + done, out / "report")
+        run(name, cfg.out, cfg)
+    # the report covers every row of the plan evaluated so far, in the plan's order
+    rows = [out / n / "eval" for n in [*fixed, *plan["runs"]]]
+    rows = [folder for folder in rows if (folder / "eval.json").exists()]
+    if not (out / "target" / "eval" / "eval.json").exists():
+        print("[compare] no report yet: the target is not evaluated (another process is on it)")
+        return {}
+    with claim(out / "report", wait=True):  # one writer at a time; the last one is complete
+        runs = report(rows, out / "report")
     print(f"[compare] wrote {out / 'report'}/report.md and the plots")
     return runs

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import statistics
 from pathlib import Path
@@ -161,7 +162,7 @@ def write_text(text: str, path: Path) -> None:
     """Write a file atomically: a temporary file renamed into place, so a crash never leaves a
     half-written one (its folder is created if missing)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # processes may write one file
     tmp.write_text(text)
     tmp.replace(path)
 
