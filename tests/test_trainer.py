@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from transformers import TrainerCallback
 
@@ -80,6 +81,33 @@ def test_epoch_eval_every_n_epochs_and_the_last(tiny_model, tmp_path):
     train(model, ds, collator, tmp_path / "r", "finetune", epochs=5, batch_size=4, callbacks=[ev])
     assert [h["epoch"] for h in ev.history] == [2, 4, 5]
     assert ev.best_epoch == 2 and seen == [2]
+
+
+@pytest.mark.parametrize(
+    "least, saved_epochs, best",
+    [
+        (0.3, [1, 2, 3], 3),  # epochs 2 and 3 reach the floor; 3 has the higher F.Q.
+        (0.5, [1, 2], 2),  # none does: the one with the highest utility is kept
+    ],
+)
+def test_epoch_eval_with_a_floor_keeps_the_best_epoch_above_it(
+    tiny_model, tmp_path, least, saved_epochs, best
+):
+    from uld.trainer import EpochEval
+
+    model, tok = load_model(tiny_model)
+    ds = QADataset(load_split("forget01"), tok)
+    fq, mu = [0.9, 0.5, 0.7, 0.95], [0.1, 0.35, 0.3, 0.2]
+    saved: list[int] = []
+    ev = EpochEval(
+        lambda m: {"fq": fq[len(ev.history)], "mu": mu[len(ev.history)]},
+        "fq",
+        lambda m, e, s: saved.append(e),
+        floor=("mu", least),
+    )
+    collator = Collator(tok.pad_token_id)
+    train(model, ds, collator, tmp_path / "r", "finetune", epochs=4, batch_size=4, callbacks=[ev])
+    assert saved == saved_epochs and ev.best_epoch == best
 
 
 class _Record(TrainerCallback):

@@ -358,6 +358,8 @@ def test_save_and_from_pretrained_round_trip(
         ({"eval_every": 0}, "--eval-every=0"),
         ({"eval_splits": "some"}, "choose forget, truth or all"),
         ({"eval_metric": "forget_rouge", "eval_splits": "truth"}, "needs generated answers"),
+        ({"min_utility": 0.9}, "needs --eval-metric"),
+        ({"min_utility": -1.0}, "--min-utility=-1.0"),
     ],
 )
 def test_bad_hyperparameters_are_refused(tiny_model, tmp_path, change, message):
@@ -456,6 +458,42 @@ def test_each_epoch_is_evaluated_and_the_best_kept(tiny_model, tmp_path, eval_sp
     reference, _ = load_model(tiny_model)
     fq_saved = forget_quality(truth_ratios(model, tok, rows), truth_ratios(reference, tok, rows))
     assert fq_saved == pytest.approx(max(fq), abs=1e-6)
+
+
+def test_min_utility_measures_the_target_once_and_floors_the_kept_epoch(
+    tiny_model, tmp_path, monkeypatch, capsys
+):
+    import uld.unlearn as U
+    from uld.config import EvalSplits
+    from uld.evaluate import evaluate, load_roles
+
+    kw = dict(epochs=2, lr=5e-2, eval_metric="forget_quality", reference=tiny_model)
+    kw |= dict(eval_splits="all", min_utility=0.5)
+    target, tok = load_model(tiny_model)
+    roles = load_roles(EvalSplits(forget="", holdout=""))
+    mu = evaluate(target, tok, roles, progress=False)["summary"]["model_utility"]
+    # measured once, then read back (a resumed run does not evaluate the target again)
+    assert U.target_utility(tiny_model, tok, roles, tmp_path) == mu
+    monkeypatch.setattr("uld.evaluate.evaluate", lambda *a, **k: pytest.fail("evaluated again"))
+    assert U.target_utility(tiny_model, tok, roles, tmp_path) == mu
+    monkeypatch.undo()
+
+    out = unlearn(_small_run(tiny_model, tmp_path / "a", **kw))
+    saved = json.loads((out / "uld_config.json").read_text())
+    assert saved["min_utility"] == {"fraction": 0.5, "least": 0.5 * mu}
+    assert all("model_utility" in h for h in saved["epochs_evaluated"])
+    # a floor no epoch reaches (the tiny target's M.U. is 0, so the floor is faked): the epoch
+    # with the highest M.U. is kept (the first, on a tie), with a warning
+    monkeypatch.setattr(U, "target_utility", lambda *a, **k: 1e9)
+    capsys.readouterr()
+    out = unlearn(_small_run(tiny_model, tmp_path / "b", **kw))
+    saved = json.loads((out / "uld_config.json").read_text())
+    printed = capsys.readouterr().out
+    assert printed.count("model_utility below 5e+08, not a candidate") == 2
+    assert "warning: no epoch kept M.U. >= 5e+08" in printed
+    history = saved["epochs_evaluated"]
+    best_mu = max(h["model_utility"] for h in history)
+    assert saved["best_epoch"] == next(h["epoch"] for h in history if h["model_utility"] == best_mu)
 
 
 def test_answer_probs_on_answer_positions_only_match_full_logits(tiny_model, trained_assistant):

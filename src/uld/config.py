@@ -131,6 +131,12 @@ class UnlearnConfig:
         "split without generating answers: teacher-forced figures and F.Q. only, cheapest) or "
         "all (adds M.U.)",
     )
+    min_utility: float = _f(
+        0.0,
+        "with --eval-metric and --eval-splits all: only epochs whose Model Utility is at least "
+        "this fraction of the target's (measured once, before training) can be kept, e.g. 0.95; "
+        "if none is, the epoch with the highest M.U. is kept. 0: any epoch",
+    )
     reference: str = _f("", "retain model folder (or its eval.json): the reference for F.Q.")
     calibrate: str = _f(
         "",
@@ -172,6 +178,13 @@ class UnlearnConfig:
             raise ValueError(f"--eval-every={self.eval_every} must be >= 1 (1: every epoch)")
         if self.eval_metric == "model_utility" and self.eval_splits != "all":
             raise ValueError("--eval-metric model_utility needs --eval-splits all")
+        if not (math.isfinite(self.min_utility) and self.min_utility >= 0):
+            raise ValueError(f"--min-utility={self.min_utility} must be a fraction >= 0, e.g. 0.95")
+        if self.min_utility and not (self.eval_metric and self.eval_splits == "all"):
+            raise ValueError(
+                "--min-utility compares each epoch's Model Utility with the target's: it needs "
+                "--eval-metric (e.g. forget_quality) and --eval-splits all"
+            )
         if self.eval_metric == "forget_quality" and not self.reference:
             raise ValueError("--eval-metric forget_quality needs --reference RETAIN_MODEL_FOLDER")
         if self.lora_rank < 0 or self.layers < 0:

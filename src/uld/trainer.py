@@ -146,6 +146,10 @@ class EpochEval(TrainerCallback):
     JSON file after every epoch and read back at the start, so a resumed run still knows which
     epoch was best (and does not overwrite the kept weights with a worse epoch). With `average`
     (a WeightAverage), each epoch's averaged weights are evaluated and kept instead.
+
+    `floor` = (key, least): only epochs with scores[key] >= least are candidates (say, Model
+    Utility no lower than 0.95 of the target's); while none is, the epoch with the highest
+    scores[key] is kept, and any epoch that reaches the floor replaces it.
     """
 
     def __init__(
@@ -157,9 +161,10 @@ class EpochEval(TrainerCallback):
         state: str | Path | None = None,
         average: WeightAverage | None = None,
         every: int = 1,
+        floor: tuple[str, float] | None = None,
     ):
         self.evaluate, self.metric, self.save_best, self.mode = evaluate, metric, save_best, mode
-        self.average, self.every = average, every
+        self.average, self.every, self.floor = average, every, floor
         self.state = Path(state) if state else None
         self.history: list[dict] = []
         self.best: float | None = None
@@ -188,15 +193,15 @@ class EpochEval(TrainerCallback):
         model.train()
         epoch = round(state.epoch or 0)
         scores = {"epoch": epoch, **scores}
+        kept = next((h for h in self.history if h["epoch"] == self.best_epoch), None)
         # an epoch evaluated before an interruption but not checkpointed is evaluated again
         self.history = [h for h in self.history if h["epoch"] != epoch] + [scores]
-        value = scores[self.metric]
-        better = self.best is None or (
-            value > self.best if self.mode == "max" else value < self.best
-        )
         print(f"[uld] epoch {epoch}: " + ", ".join(f"{k}={v:.4g}" for k, v in scores.items()))
-        if better:
-            self.best, self.best_epoch = value, epoch
+        if not self.meets_floor(scores):
+            key, least = self.floor
+            print(f"[uld] epoch {epoch}: {key} below {least:.4g}, not a candidate for best")
+        if kept is None or self._rank(scores) > self._rank(kept):
+            self.best, self.best_epoch = scores[self.metric], epoch
             self.save_best(model, epoch, scores)
         if self.state:
             from uld.report import write_json
@@ -204,6 +209,21 @@ class EpochEval(TrainerCallback):
             write_json(
                 {"history": self.history, "best": self.best, "epoch": self.best_epoch}, self.state
             )
+
+    def meets_floor(self, scores: dict) -> bool:
+        if self.floor is None:
+            return True
+        key, least = self.floor
+        return scores.get(key) is not None and scores[key] >= least
+
+    def _rank(self, scores: dict) -> tuple[int, float]:
+        """Higher is better: epochs on or above the floor by the metric, then the rest by the
+        floor's key."""
+        if self.meets_floor(scores):
+            value = scores[self.metric]
+            return (1, value if self.mode == "max" else -value)
+        v = scores.get(self.floor[0])
+        return (0, -math.inf if v is None else v)
 
 
 def checkpoint_dir(out: str | Path) -> Path:

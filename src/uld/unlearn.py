@@ -5,6 +5,7 @@ Everything that can be wrong with the inputs is checked before any model is load
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Callable
@@ -23,7 +24,7 @@ from uld.assistant import (
     lora_config,
     trainable_count,
 )
-from uld.config import UnlearnConfig
+from uld.config import UTILITY_ROLES, UnlearnConfig
 from uld.data.augment import (
     check_disjoint,
     drop_forget_overlap,
@@ -391,6 +392,15 @@ def train_and_save(cfg: UnlearnConfig, run: Run) -> Path:
         extra["best_epoch"] = ev.best_epoch
         load_best(model, best)
         print(f"[uld] keeping epoch {ev.best_epoch} (best {cfg.eval_metric})")
+        if ev.floor:
+            extra["min_utility"] = {"fraction": cfg.min_utility, "least": ev.floor[1]}
+            kept = next(h for h in ev.history if h["epoch"] == ev.best_epoch)
+            if not ev.meets_floor(kept):
+                print(
+                    f"[uld] warning: no epoch kept M.U. >= {ev.floor[1]:.4g} ({cfg.min_utility} "
+                    f"of the target's); epoch {ev.best_epoch} has the highest, "
+                    f"{kept['model_utility']:.4g}"
+                )
         del ev  # frees that target before `calibrated` loads its own
     if calibration:
         cfg = calibrated(cfg, run, extra)
@@ -514,11 +524,44 @@ def epoch_evaluator(
             }
             save_file(state, str(best / "model.safetensors"))
 
+    floor = None
+    if cfg.min_utility:
+        mu = target_utility(target, tokenizer, roles, best.parent, full)
+        floor = ("model_utility", cfg.min_utility * mu)
+        print(f"[uld] epochs kept only with M.U. >= {floor[1]:.4g} ({cfg.min_utility} x {mu:.4g})")
     mode = "min" if cfg.eval_metric == "forget_rouge" else "max"
     state = best.parent / "epochs.json"
     return EpochEval(
-        run, cfg.eval_metric, save_best, mode, state, average=average, every=cfg.eval_every
+        run,
+        cfg.eval_metric,
+        save_best,
+        mode,
+        state,
+        average=average,
+        every=cfg.eval_every,
+        floor=floor,
     )
+
+
+def target_utility(target: str, tokenizer, roles: dict, folder: Path, model=None) -> float:
+    """The target's Model Utility on the utility roles of `roles`, evaluated once and kept in
+    `folder/target_utility.json` (so a resumed run does not evaluate it again). `model`: the
+    target if already loaded."""
+    from uld.evaluate import evaluate
+    from uld.report import write_json
+
+    path = folder / "target_utility.json"
+    if path.exists():
+        return json.loads(path.read_text())["model_utility"]
+    own = model is None
+    model = load_model(target)[0].eval() if own else model
+    utility = {r: rows for r, rows in roles.items() if r in UTILITY_ROLES}
+    with torch.no_grad():
+        mu = evaluate(model, tokenizer, utility, progress=False)["summary"]["model_utility"]
+    if own:
+        del model
+    write_json({"target": str(target), "model_utility": mu}, path)
+    return mu
 
 
 def save_assistant(assistant, target_path: str, cfg: UnlearnConfig, k: int, extra: dict) -> None:
