@@ -304,8 +304,9 @@ def test_decode_passes_the_cache_by_the_name_this_transformers_expects(
     # The old keyword (`past_key_values`) warns on transformers >= 5.24 and goes away in 5.40.
     target, tok = load_model(tiny_model)
     b = _batch(tok, ["Where was Ilse born?"])
+    model = ULDModel(target, trained_assistant[0], alpha=0.75)
     for alpha in (0.0, 0.75):  # alpha 0 takes the target-only path
-        model = ULDModel(target, trained_assistant[0], alpha=alpha)
+        model.alpha = alpha
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             decode(model, b["input_ids"], b["attention_mask"], max_new_tokens=3, eos_token_id=-1)
