@@ -69,6 +69,23 @@ def test_resumed_run_remembers_the_best_epoch(tiny_model, tmp_path):
     assert saved == [1]  # epoch 3 (0.5) did not overwrite epoch 1's (0.9) weights
 
 
+def test_stopwatch_adds_up_the_time_of_a_resumed_run(tiny_model, tmp_path):
+    import json
+
+    model, tok = load_model(tiny_model)
+    ds, collator = QADataset(load_split("forget01"), tok), Collator(tok.pad_token_id)
+    out = tmp_path / "run"
+    first = train(model, ds, collator, out, "finetune", epochs=2, batch_size=4)
+    assert first.stopwatch.before == 0 and first.stopwatch.seconds() > 0
+    saved = json.loads((checkpoint_dir(out) / "checkpoint-2" / "stopwatch.json").read_text())
+    assert 0 < saved["seconds"] <= first.stopwatch.seconds()
+    again = train(model, ds, collator, out, "finetune", epochs=3, batch_size=4)  # resumes
+    assert again.stopwatch.before == saved["seconds"]
+    assert again.stopwatch.seconds() > saved["seconds"]
+    third = json.loads((checkpoint_dir(out) / "checkpoint-3" / "stopwatch.json").read_text())
+    assert saved["seconds"] < third["seconds"] <= again.stopwatch.seconds()
+
+
 def test_epoch_eval_every_n_epochs_and_the_last(tiny_model, tmp_path):
     """`every=2` over 5 epochs evaluates after epochs 2, 4 and 5 (the last always)."""
     from uld.trainer import EpochEval

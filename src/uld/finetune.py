@@ -9,7 +9,6 @@ ordinary model folder.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 from transformers import set_seed
@@ -51,8 +50,7 @@ def finetune(
     print(
         f"[uld] fine-tuning on {split}: {len(rows)} rows, {n_tokens} tokens/epoch, {epochs} epochs"
     )
-    start = time.time()
-    train(
+    trainer = train(
         net,
         dataset,
         Collator(tokenizer.pad_token_id),
@@ -64,7 +62,8 @@ def finetune(
         seed=seed,
         max_steps=max_steps,
     )
-    seconds = time.time() - start
+    seconds = trainer.stopwatch.seconds()  # all resumes together
+    del trainer
     if lora:
         net = net.merge_and_unload()
     card = {

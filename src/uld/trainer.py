@@ -12,6 +12,7 @@ import contextlib
 import json
 import math
 import shutil
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -131,6 +132,36 @@ class WeightAverage(TrainerCallback):
             tmp = p.detach().clone()
             p.copy_(self.avg[n])
             self.avg[n].copy_(tmp)
+
+
+class Stopwatch(TrainerCallback):
+    """Wall-clock seconds of a run across resumes: the seconds so far are saved in each
+    checkpoint (`stopwatch.json`) and read back when a run resumes from it, so an interrupted
+    run's time is the sum of its parts (work after the last checkpoint, redone, counts once)."""
+
+    FILE = "stopwatch.json"
+
+    def __init__(self):
+        self.start, self.before, self.resumed = time.time(), 0.0, None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.start = time.time()
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if self.resumed is None:  # the first step: the Trainer has restored global_step
+            saved = Path(args.output_dir) / f"checkpoint-{state.global_step}" / self.FILE
+            self.resumed = bool(state.global_step) and saved.exists()
+            if self.resumed:
+                self.before = json.loads(saved.read_text())["seconds"]
+
+    def on_save(self, args, state, control, **kwargs):
+        from uld.report import write_json
+
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        write_json({"seconds": round(self.seconds(), 3)}, folder / self.FILE)
+
+    def seconds(self) -> float:
+        return self.before + time.time() - self.start
 
 
 def _trainable(model: torch.nn.Module):
@@ -276,7 +307,8 @@ def train(
     callbacks: list[TrainerCallback] | None = None,
     max_steps: int = -1,
 ) -> UnlearnTrainer:
-    """Train `model` in place with `LOSSES[method]`; resumes from `<out>.ckpt` if present."""
+    """Train `model` in place with `LOSSES[method]`; resumes from `<out>.ckpt` if present. The
+    returned trainer's `stopwatch.seconds()` is the run's wall time over all its resumes."""
     ckpt = checkpoint_dir(out)
     steps_per_epoch = math.ceil(len(dataset) / (batch_size * grad_accum))
     total = max_steps if max_steps > 0 else math.ceil(steps_per_epoch * epochs)
@@ -310,8 +342,9 @@ def train(
         method=method,
         hp=hp or Hyper(),
         frozen=frozen,
-        callbacks=callbacks,
+        callbacks=[watch := Stopwatch(), *(callbacks or [])],
     )
+    trainer.stopwatch = watch
     resume = last_checkpoint(out, set_aside=True)
     if resume:
         print(f"[uld] resuming from the last checkpoint, {resume}")

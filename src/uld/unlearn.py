@@ -352,8 +352,7 @@ def train_and_save(cfg: UnlearnConfig, run: Run) -> Path:
     callbacks: list = [average] if average else []
     if cfg.eval_metric:
         callbacks.append(epoch_evaluator(cfg, target, tokenizer, best, frozen, average))
-    start = time.time()
-    train(
+    trainer = train(
         model,
         dataset,
         Collator(tokenizer.pad_token_id),
@@ -382,7 +381,8 @@ def train_and_save(cfg: UnlearnConfig, run: Run) -> Path:
         extra["ema"] = cfg.ema
     if finish is not None:
         finish()
-    extra["train_seconds"] = round(time.time() - start, 1)
+    extra["train_seconds"] = round(trainer.stopwatch.seconds(), 1)  # all resumes together
+    del trainer
     extra["lr"] = cfg.default_lr()
     if cfg.eval_metric:
         ev = callbacks.pop()  # the last reference but `ev` to the evaluation's full target
