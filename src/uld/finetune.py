@@ -50,7 +50,7 @@ def finetune(
     print(
         f"[uld] fine-tuning on {split}: {len(rows)} rows, {n_tokens} tokens/epoch, {epochs} epochs"
     )
-    trainer = train(
+    watch = train(
         net,
         dataset,
         Collator(tokenizer.pad_token_id),
@@ -61,9 +61,8 @@ def finetune(
         batch_size=batch_size,
         seed=seed,
         max_steps=max_steps,
-    )
-    seconds = trainer.stopwatch.seconds()  # all resumes together
-    del trainer
+    ).stopwatch
+    seconds = watch.seconds()  # all resumes together
     if lora:
         net = net.merge_and_unload()
     card = {

@@ -92,7 +92,7 @@ class WeightAverage(TrainerCallback):
 
     def on_step_begin(self, args, state, control, **kwargs):
         if self.resumed is None:  # the first step: a resumed run reads its average so far
-            saved = Path(args.output_dir) / f"checkpoint-{state.global_step}" / self.FILE
+            saved = _in_checkpoint(args, state, self.FILE)
             self.resumed = bool(state.global_step) and saved.exists()
             if self.resumed:
                 from safetensors.torch import load_file
@@ -108,10 +108,10 @@ class WeightAverage(TrainerCallback):
     def on_save(self, args, state, control, **kwargs):
         from safetensors.torch import save_file
 
-        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-        tmp = folder / f"{self.FILE}.tmp"  # whole or absent: a resume never reads half of it
+        path = _in_checkpoint(args, state, self.FILE)
+        tmp = path.with_name(f"{self.FILE}.tmp")  # whole or absent: a resume never reads half of it
         save_file({n: v.contiguous() for n, v in self.avg.items()}, str(tmp))
-        tmp.replace(folder / self.FILE)
+        tmp.replace(path)
 
     @contextlib.contextmanager
     def applied(self, model: torch.nn.Module):
@@ -141,15 +141,12 @@ class Stopwatch(TrainerCallback):
 
     FILE = "stopwatch.json"
 
-    def __init__(self):
+    def __init__(self):  # made just before the Trainer: its set-up counts
         self.start, self.before, self.resumed = time.time(), 0.0, None
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        self.start = time.time()
 
     def on_step_begin(self, args, state, control, **kwargs):
         if self.resumed is None:  # the first step: the Trainer has restored global_step
-            saved = Path(args.output_dir) / f"checkpoint-{state.global_step}" / self.FILE
+            saved = _in_checkpoint(args, state, self.FILE)
             self.resumed = bool(state.global_step) and saved.exists()
             if self.resumed:
                 self.before = json.loads(saved.read_text())["seconds"]
@@ -157,11 +154,16 @@ class Stopwatch(TrainerCallback):
     def on_save(self, args, state, control, **kwargs):
         from uld.report import write_json
 
-        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-        write_json({"seconds": round(self.seconds(), 3)}, folder / self.FILE)
+        write_json({"seconds": round(self.seconds(), 3)}, _in_checkpoint(args, state, self.FILE))
 
     def seconds(self) -> float:
         return self.before + time.time() - self.start
+
+
+def _in_checkpoint(args, state, name: str) -> Path:
+    """`name` in the checkpoint of the current step: where `on_save` writes it, and where a
+    resumed run's first step finds it."""
+    return Path(args.output_dir) / f"checkpoint-{state.global_step}" / name
 
 
 def _trainable(model: torch.nn.Module):

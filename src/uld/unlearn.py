@@ -352,7 +352,7 @@ def train_and_save(cfg: UnlearnConfig, run: Run) -> Path:
     callbacks: list = [average] if average else []
     if cfg.eval_metric:
         callbacks.append(epoch_evaluator(cfg, target, tokenizer, best, frozen, average))
-    trainer = train(
+    watch = train(
         model,
         dataset,
         Collator(tokenizer.pad_token_id),
@@ -375,14 +375,13 @@ def train_and_save(cfg: UnlearnConfig, run: Run) -> Path:
         max_steps=cfg.max_steps,
         weight_decay=0.0 if k else 0.01,
         callbacks=callbacks,
-    )
+    ).stopwatch
     if average is not None:
         average.finish(model)  # the averaged weights are the model (or load_best's below)
         extra["ema"] = cfg.ema
     if finish is not None:
         finish()
-    extra["train_seconds"] = round(trainer.stopwatch.seconds(), 1)  # all resumes together
-    del trainer
+    extra["train_seconds"] = round(watch.seconds(), 1)  # all resumes together
     extra["lr"] = cfg.default_lr()
     if cfg.eval_metric:
         ev = callbacks.pop()  # the last reference but `ev` to the evaluation's full target
