@@ -226,7 +226,7 @@ class EpochEval(TrainerCallback):
         model.train()
         epoch = round(state.epoch or 0)
         scores = {"epoch": epoch, **scores}
-        kept = next((h for h in self.history if h["epoch"] == self.best_epoch), None)
+        kept = self.kept()
         # an epoch evaluated before an interruption but not checkpointed is evaluated again
         self.history = [h for h in self.history if h["epoch"] != epoch] + [scores]
         print(f"[uld] epoch {epoch}: " + ", ".join(f"{k}={v:.4g}" for k, v in scores.items()))
@@ -242,6 +242,10 @@ class EpochEval(TrainerCallback):
             write_json(
                 {"history": self.history, "best": self.best, "epoch": self.best_epoch}, self.state
             )
+
+    def kept(self) -> dict | None:
+        """The scores of the epoch kept so far (None before the first evaluation)."""
+        return next((h for h in self.history if h["epoch"] == self.best_epoch), None)
 
     def meets_floor(self, scores: dict) -> bool:
         if self.floor is None:

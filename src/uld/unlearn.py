@@ -393,7 +393,7 @@ def train_and_save(cfg: UnlearnConfig, run: Run) -> Path:
         print(f"[uld] keeping epoch {ev.best_epoch} (best {cfg.eval_metric})")
         if ev.floor:
             extra["min_utility"] = {"fraction": cfg.min_utility, "least": ev.floor[1]}
-            kept = next(h for h in ev.history if h["epoch"] == ev.best_epoch)
+            kept = ev.kept()
             if not ev.meets_floor(kept):
                 print(
                     f"[uld] warning: no epoch kept M.U. >= {ev.floor[1]:.4g} ({cfg.min_utility} "
@@ -552,13 +552,10 @@ def target_utility(target: str, tokenizer, roles: dict, folder: Path, model=None
     path = folder / "target_utility.json"
     if path.exists():
         return json.loads(path.read_text())["model_utility"]
-    own = model is None
-    model = load_model(target)[0].eval() if own else model
+    model = model if model is not None else load_model(target)[0].eval()
     utility = {r: rows for r, rows in roles.items() if r in UTILITY_ROLES}
     with torch.no_grad():
         mu = evaluate(model, tokenizer, utility, progress=False)["summary"]["model_utility"]
-    if own:
-        del model
     write_json({"target": str(target), "model_utility": mu}, path)
     return mu
 
