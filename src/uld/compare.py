@@ -276,8 +276,7 @@ def compare(path: str | Path, only: list[str] | None = None) -> dict:
                 print(f"[compare] training {name} ({cfg.method})")
                 unlearn(cfg)
                 print(f"[compare] {name}: trained in {time.time() - start:.0f} s")
-            plain = not cfg or not (cfg.method == "uld" or cfg.method.startswith("offset-"))
-            evaluate_into(folder, name, model_path, "plain" if plain else "uld")
+            evaluate_into(folder, name, model_path, "uld" if cfg and cfg.composite else "plain")
 
     fixed = {"target": plan["target"]} | dict(plan.get("models") or {})
     for name, model_path in fixed.items():

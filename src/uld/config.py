@@ -145,6 +145,12 @@ class UnlearnConfig:
         "theirs (uld.calibrate; no retain model needed); empty: keep --alpha",
     )
 
+    @property
+    def composite(self) -> bool:
+        """ULD or an Offset variant: the trained model is small, and its logits are combined with
+        the target's at inference (so it is evaluated through `ULDModel`, not on its own)."""
+        return self.method == "uld" or self.method.startswith("offset-")
+
     def default_lr(self) -> float:
         if self.lr:
             return self.lr

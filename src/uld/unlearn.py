@@ -485,7 +485,7 @@ def epoch_evaluator(
         )
     roles = load_roles(splits, cfg.data)
     reference = load_reference(cfg.reference, roles["forget"]) if cfg.reference else None
-    composite = cfg.method == "uld" or cfg.method.startswith("offset-")
+    composite = cfg.composite
     full = None
     if composite:
         full = frozen.target if frozen is not None and frozen.target is not None else None
