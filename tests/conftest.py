@@ -22,6 +22,14 @@ CHATML = (
 )
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _uld_home(tmp_path_factory):
+    """Every test (and every CLI it runs) caches under a fresh ULD_HOME, not the user's."""
+    with pytest.MonkeyPatch.context() as m:
+        m.setenv("ULD_HOME", str(tmp_path_factory.mktemp("uld_home")))
+        yield
+
+
 def _corpus() -> list[str]:
     rows = [r for rows in builtin_splits(n_authors=20).values() for r in rows]
     text = [r[k] for r in rows for k in ("question", "answer", "paraphrased_answer")]

@@ -473,11 +473,17 @@ def test_min_utility_measures_the_target_once_and_floors_the_kept_epoch(
     target, tok = load_model(tiny_model)
     roles = load_roles(EvalSplits(forget="", holdout=""))
     mu = evaluate(target, tok, roles, progress=False)["summary"]["model_utility"]
-    # measured once, then read back (a resumed run does not evaluate the target again)
-    assert U.target_utility(tiny_model, tok, roles, tmp_path) == mu
-    monkeypatch.setattr("uld.evaluate.evaluate", lambda *a, **k: pytest.fail("evaluated again"))
-    assert U.target_utility(tiny_model, tok, roles, tmp_path) == mu
-    monkeypatch.undo()
+    # measured once, then read back: by a resumed run (its folder), and by another run on the
+    # same target and rows (the uld cache: conftest points ULD_HOME at a fresh folder)
+    assert U.target_utility(tiny_model, tok, roles, tmp_path / "r1") == mu
+    with monkeypatch.context() as m:
+        m.setattr("uld.evaluate.evaluate", lambda *a, **k: pytest.fail("evaluated again"))
+        assert U.target_utility(tiny_model, tok, roles, tmp_path / "r1") == mu
+        assert U.target_utility(tiny_model, tok, roles, tmp_path / "r2") == mu
+        # other rows are another entry: measured, not read (`evaluate` here fails the test)
+        fewer = {role: rows[:2] for role, rows in roles.items()}
+        with pytest.raises(pytest.fail.Exception, match="evaluated again"):
+            U.target_utility(tiny_model, tok, fewer, tmp_path / "r3")
 
     out = unlearn(_small_run(tiny_model, tmp_path / "a", **kw))
     saved = json.loads((out / "uld_config.json").read_text())

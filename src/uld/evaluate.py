@@ -392,9 +392,7 @@ def load_reference(path: str | Path, forget_rows: list[dict]) -> dict:
 
     Refuses a reference computed on other forget questions than `forget_rows`.
     """
-    import hashlib
-
-    from uld.models import uld_home
+    from uld.models import model_cache
     from uld.report import write_json
 
     path = Path(path)
@@ -404,11 +402,7 @@ def load_reference(path: str | Path, forget_rows: list[dict]) -> dict:
     if path.is_file():
         ref = reference_from_results(json.loads(path.read_text()), str(path))
     elif path.is_dir():
-        stamp = max((p.stat().st_mtime_ns for p in path.glob("*.safetensors")), default=0)
-        key = hashlib.sha1(
-            json.dumps([str(path.resolve()), stamp, forget_rows], sort_keys=True).encode()
-        ).hexdigest()[:16]
-        cache = uld_home() / "references" / f"{key}.json"
+        cache = model_cache("references", path, forget_rows)
         if cache.exists():
             ref = json.loads(cache.read_text())
             print(f"[uld] reference truth ratios from the cache {cache}")

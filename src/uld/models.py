@@ -38,6 +38,18 @@ def uld_home() -> Path:
     return Path(xdg) / "uld"
 
 
+def model_cache(kind: str, model_dir: str | Path, data: Any) -> Path:
+    """Where a result computed once from a local model folder and `data` (JSON-able: the rows it
+    was computed on) is kept: `<ULD_HOME>/<kind>/<key>.json`. The key covers the folder's path,
+    its weights' newest mtime and `data`, so a retrained model or other rows get a new entry."""
+    import hashlib
+
+    path = Path(model_dir)
+    stamp = max((p.stat().st_mtime_ns for p in path.glob("*.safetensors")), default=0)
+    blob = json.dumps([str(path.resolve()), stamp, data], sort_keys=True).encode()
+    return uld_home() / kind / f"{hashlib.sha1(blob).hexdigest()[:16]}.json"
+
+
 def default_dtype(device: str | torch.device) -> torch.dtype:
     """bf16 on a GPU that supports it; fp32 elsewhere (bf16 is 3-5x slower on our CPUs)."""
     device = torch.device(device)

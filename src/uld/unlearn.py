@@ -544,18 +544,28 @@ def epoch_evaluator(
 
 def target_utility(target: str, tokenizer, roles: dict, folder: Path, model=None) -> float:
     """The target's Model Utility on the utility roles of `roles`, evaluated once and kept in
-    `folder/target_utility.json` (so a resumed run does not evaluate it again). `model`: the
-    target if already loaded."""
+    `folder/target_utility.json` (so a resumed run does not evaluate it again) and, for a local
+    target folder, in the uld cache (`models.model_cache`), so the other runs of a `uld compare`
+    plan on the same target and rows do not evaluate it again either. `model`: the target if
+    already loaded."""
     from uld.evaluate import evaluate
+    from uld.models import model_cache
     from uld.report import write_json
 
     path = folder / "target_utility.json"
     if path.exists():
         return json.loads(path.read_text())["model_utility"]
-    model = model if model is not None else load_model(target)[0].eval()
     utility = {r: rows for r, rows in roles.items() if r in UTILITY_ROLES}
-    with torch.no_grad():
-        mu = evaluate(model, tokenizer, utility, progress=False)["summary"]["model_utility"]
+    shared = model_cache("utility", target, utility) if Path(target).is_dir() else None
+    if shared is not None and shared.exists():
+        mu = json.loads(shared.read_text())["model_utility"]
+        print(f"[uld] the target's Model Utility from the cache {shared}: {mu:.4g}")
+    else:
+        model = model if model is not None else load_model(target)[0].eval()
+        with torch.no_grad():
+            mu = evaluate(model, tokenizer, utility, progress=False)["summary"]["model_utility"]
+        if shared is not None:
+            write_json({"target": str(target), "model_utility": mu}, shared)
     write_json({"target": str(target), "model_utility": mu}, path)
     return mu
 
