@@ -251,6 +251,37 @@ def test_upcycle_then_experts(tiny_model, tmp_path, capsys):
     assert main(["experts", "--model", tiny_model, "--out", str(out)]) == 2  # dense: refused
 
 
+def test_compare_takes_the_kept_epochs_full_evaluation_from_training(tiny_model, tmp_path, capsys):
+    """With `eval_splits: all` every epoch is evaluated in full while training; compare reuses
+    the kept epoch's evaluation, and it equals evaluating the saved model afresh."""
+    from uld.cli import load_any
+    from uld.config import EvalSplits
+    from uld.evaluate import evaluate, load_reference, load_roles
+
+    plan = tmp_path / "compare.yaml"
+    out = tmp_path / "cmp"
+    plan.write_text(
+        f"target: {tiny_model}\nreference: {tiny_model}\nout: {out}\n"
+        "common: {forget: forget01, retain: retain99, epochs: 2, batch_size: 4, max_steps: 2,"
+        " eval_metric: forget_quality, eval_splits: all}\n"
+        "runs:\n  ga: {lr: 1.0e-3}\n  uld: {layers: 2, lora_rank: 4}\n"
+    )
+    assert main(["compare", "--config", str(plan)]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("its kept epoch was evaluated in full in training") == 2
+    assert "evaluating target" in printed and "evaluating ga" not in printed
+    roles = load_roles(EvalSplits.for_data("builtin", "forget01"))
+    reference = load_reference(tiny_model, roles["forget"])
+    for name in ("ga", "uld"):
+        saved = json.loads((out / name / "eval" / "eval.json").read_text())
+        model, tok = load_any(str(out / name / "model"))
+        fresh = evaluate(model, tok, roles, reference, progress=False)
+        assert saved["summary"] == pytest.approx(fresh["summary"], abs=1e-5)
+        assert saved["reference"] == str(tiny_model) and saved["kind"] == (
+            "uld" if name == "uld" else "plain"
+        )
+
+
 def test_compare_status_tells_each_runs_state_without_loading_models(tmp_path, capsys):
     out = tmp_path / "cmp"
     plan = tmp_path / "plan.yaml"

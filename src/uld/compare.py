@@ -28,6 +28,7 @@ the last to finish writes the complete one.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import time
 from contextlib import contextmanager
@@ -166,6 +167,16 @@ def is_moe(model_path: str | Path) -> bool:
     return getattr(AutoConfig.from_pretrained(resolve(str(model_path))), "model_type", "") in SCORES
 
 
+def same_rows(splits: dict, roles: dict[str, list[dict]]) -> bool:
+    """Whether an evaluation's per-role results (`evaluate(...)["splits"]`) cover exactly the
+    rows of `roles`: the same roles, questions and answers, in order."""
+    return set(splits) == set(roles) and all(
+        [(it["question"], it["answer"]) for it in splits[role]["items"]]
+        == [(r["question"], r["answer"]) for r in rows]
+        for role, rows in roles.items()
+    )
+
+
 def rescore(folder: Path, reference: dict | None) -> None:
     """Recompute the summary of an existing evaluation if it was scored against another
     reference (or an unknown one), or lacks a figure `summarise` now writes: they come from the
@@ -214,9 +225,9 @@ def status(path: str | Path) -> list[tuple[str, str, str]]:
 def compare(path: str | Path, only: list[str] | None = None) -> dict:
     """Run, evaluate and report every run of the plan at `path` (see the module docstring)."""
     from uld.cli import load_any
-    from uld.evaluate import evaluate, load_reference, load_roles
+    from uld.evaluate import evaluate, load_reference, load_roles, summarise
     from uld.report import model_info, report, write_eval
-    from uld.unlearn import unlearn
+    from uld.unlearn import KEPT_EVAL, unlearn
 
     plan = load_plan(path)
     out = Path(plan["out"])
@@ -239,12 +250,21 @@ def compare(path: str | Path, only: list[str] | None = None) -> dict:
 
     def evaluate_into(folder: Path, name: str, model_path: Path | str, kind: str) -> None:
         nonlocal original
-        model, tok = load_any(str(model_path))
-        print(f"[compare] evaluating {name}")
         res = {"name": name, "model": str(model_path), "kind": kind, "data": data}
         res["training"] = model_info(model_path)
+        moe = is_moe(plan["target"])
+        kept = Path(model_path) / KEPT_EVAL
+        done = json.loads(kept.read_text()) if kept.exists() and not moe else None
+        if done and same_rows(done["splits"], roles):
+            print(f"[compare] {name}: its kept epoch was evaluated in full in training ({kept})")
+            res |= done | {"reference": reference["source"] if reference else None}
+            res["summary"] = summarise(done["splits"], reference)
+            write_eval(res, folder)
+            return
+        model, tok = load_any(str(model_path))
+        print(f"[compare] evaluating {name}")
         res |= evaluate(model, tok, roles, reference)
-        if is_moe(plan["target"]) and "retain" in roles:
+        if moe and "retain" in roles:
             from uld.moe import routing_shift
 
             if kind == "plain" and is_moe(model_path):  # how far routing on retain moved

@@ -344,6 +344,11 @@ def _loss_dataset(d_f, d_r, tokenizer, loss: str, seed: int) -> PairedDataset:
     )
 
 
+# With `--eval-splits all` the kept epoch was evaluated in full during training; its results
+# are saved beside the model under this name, so `uld compare` need not evaluate it again.
+KEPT_EVAL = "epoch_eval.json"
+
+
 def train_and_save(cfg: UnlearnConfig, run: Run) -> Path:
     """The one training loop, the per-epoch evaluation if asked, and the atomic save."""
     target, model, tokenizer, dataset, loss, frozen, extra, k, finish, calibration = run
@@ -418,6 +423,11 @@ def train_and_save(cfg: UnlearnConfig, run: Run) -> Path:
             {"made_by": f"uld unlearn --method {cfg.method}", "target": str(cfg.model), **extra},
             cfg,
         )
+    kept_eval = best / KEPT_EVAL
+    if cfg.eval_metric and not calibration and kept_eval.exists():  # (a new alpha voids it)
+        from uld.report import write_text
+
+        write_text(kept_eval.read_text(), Path(cfg.out) / KEPT_EVAL)
     remove_checkpoints(cfg.out)
     return Path(cfg.out)
 
@@ -491,6 +501,7 @@ def epoch_evaluator(
         full = frozen.target if frozen is not None and frozen.target is not None else None
         full = full or load_model(target)[0]
     view: ULDModel | None = None
+    last: dict = {}  # the latest evaluation in full
 
     def run(model) -> dict:
         nonlocal view
@@ -508,6 +519,8 @@ def epoch_evaluator(
             progress=False,
             generate=cfg.eval_splits != "truth",
         )
+        last.clear()
+        last.update(res)
         s = {k: v for k, v in res["summary"].items() if v is not None}
         return s | {"seconds": round(time.time() - start, 1)}
 
@@ -522,6 +535,10 @@ def epoch_evaluator(
                 n: p.detach().contiguous() for n, p in model.named_parameters() if p.requires_grad
             }
             save_file(state, str(best / "model.safetensors"))
+        if cfg.eval_splits == "all":  # the kept epoch's whole evaluation, for `uld compare`
+            from uld.report import write_json
+
+            write_json(last, best / KEPT_EVAL)
 
     floor = None
     if cfg.min_utility:
