@@ -225,7 +225,7 @@ def status(path: str | Path) -> list[tuple[str, str, str]]:
 def compare(path: str | Path, only: list[str] | None = None) -> dict:
     """Run, evaluate and report every run of the plan at `path` (see the module docstring)."""
     from uld.cli import load_any
-    from uld.evaluate import evaluate, load_reference, load_roles, summarise
+    from uld.evaluate import evaluate, load_reference, load_roles
     from uld.report import model_info, report, write_eval
     from uld.unlearn import KEPT_EVAL, unlearn
 
@@ -257,9 +257,8 @@ def compare(path: str | Path, only: list[str] | None = None) -> dict:
         done = json.loads(kept.read_text()) if kept.exists() and not moe else None
         if done and same_rows(done["splits"], roles):
             print(f"[compare] {name}: its kept epoch was evaluated in full in training ({kept})")
-            res |= done | {"reference": reference["source"] if reference else None}
-            res["summary"] = summarise(done["splits"], reference)
-            write_eval(res, folder)
+            write_eval(res | done, folder)
+            rescore(folder, reference)  # if training scored F.Q. against another reference
             return
         model, tok = load_any(str(model_path))
         print(f"[compare] evaluating {name}")
