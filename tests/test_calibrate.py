@@ -15,12 +15,13 @@ from uld.calibrate import (
     check_rows,
     choose_alpha,
     combined_at_tokens,
+    near_reference,
     truth_and_loss,
 )
 from uld.cli import main
 from uld.config import UnlearnConfig
 from uld.data.load import load_split
-from uld.evaluate import score_answers, truth_ratios
+from uld.evaluate import evaluate, load_reference, score_answers, truth_ratios
 from uld.logit_diff import ULDModel, logit_difference, plausible_set
 from uld.metrics import forget_quality
 from uld.models import load_model
@@ -151,3 +152,68 @@ def test_ties_go_to_the_smaller_median_gap(uld_model, monkeypatch):
     gaps = [g["median_log_gap"] for g in res["grid"]]
     assert len(set(gaps)) == len(gaps)  # the tie-break has something to decide
     assert res["alpha"] == ALPHAS[gaps.index(min(gaps))]
+
+
+def test_near_reference_keeps_the_best_fq_among_the_nearest_alphas():
+    fq = [0.01, 0.2, 0.5, 0.9, 0.3, 0.9, 0.1, 1.0, 0.0]  # alpha 0, 0.1, ..., 0.8
+    grid = [{"alpha": round(0.1 * i, 1), "forget_quality": f} for i, f in enumerate(fq)]
+    # nearest five to 0.4 are 0.2..0.6; 0.7's 1.0 is out of reach; 0.3 and 0.5 tie at 0.9,
+    # equally near: the smaller alpha wins
+    assert near_reference(grid, 0.4, 5) == [0.3, 0.5, 0.2, 0.4, 0.6]
+    assert near_reference(grid, 0.4, 1) == [0.4]  # one candidate: the held-out choice itself
+    assert near_reference(grid, 0.8, 2) == [0.7, 0.8]  # at the grid's edge
+    assert near_reference(grid, 0.45, 2) == [0.5, 0.4]  # nearest two; 0.5 has the higher F.Q.
+    with pytest.raises(ValueError, match="near=0"):
+        near_reference(grid, 0.4, 0)
+
+
+def test_choice_by_reference_scores_each_alpha_as_forget_quality(uld_model, tiny_plain_model):
+    model, tok = uld_model
+    forget, holdout = load_split("forget01"), load_split("holdout10")[:12]
+    reference = load_reference(tiny_plain_model, forget)["truth_ratios"]
+    alphas = (0.0, 0.5, 1.0, 1.5, 2.0)
+    res = choose_alpha(model, tok, forget, holdout, alphas, reference=reference, near=3)
+    for a, g in zip(alphas, res["grid"], strict=True):
+        model.alpha = a
+        expected = forget_quality(truth_ratios(model, tok, forget).tolist(), reference)
+        assert g["forget_quality"] == pytest.approx(expected, rel=1e-6)
+    held = max(res["grid"], key=lambda g: (g["holdout_ks"], -g["median_log_gap"]))["alpha"]
+    assert res["alpha_held_out"] == held
+    assert res["alpha"] == near_reference(res["grid"], held, 3)[0] == res["near_reference"][0]
+    with pytest.raises(ValueError, match="needs a reference"):
+        choose_alpha(model, tok, forget, holdout, alphas, near=3)
+
+
+def test_unlearn_alpha_by_reference_keeps_the_fq_it_reports(tiny_model, tiny_plain_model, tmp_path):
+    common = {"model": tiny_model, "method": "uld", "calibrate": "holdout10"}
+    with pytest.raises(ValueError, match="--alpha-by-reference"):
+        UnlearnConfig(out="o", alpha_by_reference=5, **common).validate()  # no reference
+    with pytest.raises(ValueError, match="--alpha-by-reference"):
+        UnlearnConfig(out="o", alpha_by_reference=-1, reference=tiny_plain_model).validate()
+    cfg = UnlearnConfig(
+        out=str(tmp_path / "u"),
+        forget="forget01",
+        retain="retain99",
+        layers=2,
+        lora_rank=4,
+        batch_size=4,
+        epochs=1,
+        lr=1e-2,
+        reference=tiny_plain_model,
+        alpha_by_reference=5,
+        **common,
+    )
+    out = unlearn(cfg)
+    card = json.loads((out / "uld_config.json").read_text())
+    cal = card["calibration"]
+    assert cal["reference"] == tiny_plain_model and len(cal["near_reference"]) == 5
+    assert card["alpha"] == near_reference(cal["grid"], cal["alpha_held_out"], 5)[0]
+    # the saved model, evaluated as `uld eval` does, has the F.Q. the grid gave its alpha
+    model, tok = ULDModel.from_pretrained(out)
+    forget = load_split("forget01")
+    reference = load_reference(tiny_plain_model, forget)
+    res = evaluate(model, tok, {"forget": forget}, reference, progress=False, generate=False)
+    kept = next(g for g in cal["grid"] if g["alpha"] == card["alpha"])
+    assert res["summary"]["forget_quality"] == pytest.approx(kept["forget_quality"], rel=1e-6)
+    best_near = max(g["forget_quality"] for g in cal["grid"] if g["alpha"] in cal["near_reference"])
+    assert kept["forget_quality"] == best_near

@@ -13,6 +13,10 @@ grid is combined from them on the plausible set only (`combined_at_tokens`), so 
 costs little more than one pass over the rows.
 
     uld calibrate --model runs/uld --holdout holdout10 --write
+
+With a retain model, `near_reference` narrows the choice further: among the few grid alphas
+nearest the held-out choice it keeps the one with the best Forget Quality, the same use of the
+reference that `--eval-metric forget_quality` makes when it keeps one of a baseline's epochs.
 """
 
 from __future__ import annotations
@@ -202,6 +206,8 @@ def choose_alpha(
     holdout: list[dict],
     alphas: Sequence[float] = ALPHAS,
     filter: float | None = None,
+    reference: Sequence[float] | None = None,
+    near: int = 0,
 ) -> dict:
     """The alpha under which the forget rows' truth ratios look most like the held-out rows'.
 
@@ -210,6 +216,9 @@ def choose_alpha(
     mia_loss_auc}, ...]}; holdout_ks is the KS p-value of forget vs held-out truth ratios (the
     same test as Forget Quality, against held-out rows instead of a retain model), and
     mia_loss_auc the LOSS membership AUC of forget vs held-out rows (0.5: indistinguishable).
+
+    reference [N]: a retain model's truth ratios on the same forget rows; each grid entry then
+    also has its forget_quality, and with near > 0 the choice moves to `near_reference`'s.
     """
     check_rows(forget, "the forget rows")
     check_rows(holdout, "the held-out rows")
@@ -223,20 +232,52 @@ def choose_alpha(
         {"alpha": a} | held_out_scores(*scores)
         for a, *scores in zip(alphas, truth_f, truth_h, loss_f, loss_h, strict=True)
     ]
+    if reference is not None:
+        for g, r in zip(grid, truth_f, strict=True):
+            g["forget_quality"] = metrics.forget_quality(r.tolist(), list(reference))
     best = max(grid, key=lambda g: (g["holdout_ks"], -g["median_log_gap"]))
-    return {"alpha": best["alpha"], "filter": filter, "grid": grid}
+    res = {"alpha": best["alpha"], "filter": filter, "grid": grid}
+    if near:
+        if reference is None:
+            raise ValueError("choosing alpha among the nearest by Forget Quality needs a reference")
+        res["alpha_held_out"] = best["alpha"]
+        res["near_reference"] = near_reference(grid, best["alpha"], near)
+        res["alpha"] = res["near_reference"][0]
+    return res
+
+
+def near_reference(grid: list[dict], center: float, near: int) -> list[float]:
+    """The `near` alphas of `grid` nearest `center` (ties: the smaller alpha), the one with the
+    highest forget_quality first (ties: the nearer to `center`, then the smaller alpha).
+
+    grid: entries with alpha and forget_quality. This is how a baseline's epoch is chosen
+    (`--eval-metric forget_quality`: the best F.Q. of its epochs), given to ULD's alpha over as
+    many candidates as a baseline has epochs, around the choice made without the reference."""
+    if near < 1:
+        raise ValueError(f"near={near} must be >= 1")
+
+    def distance(g: dict) -> float:  # rounded: 0.5 - 0.4 and 0.4 - 0.3 differ in float
+        return round(abs(g["alpha"] - center), 9)
+
+    by_distance = sorted(grid, key=lambda g: (distance(g), g["alpha"]))[:near]
+    ranked = sorted(by_distance, key=lambda g: (-g["forget_quality"], distance(g), g["alpha"]))
+    return [g["alpha"] for g in ranked]
 
 
 def format_grid(result: dict) -> str:
     """The grid of `choose_alpha` as a markdown table, the chosen alpha marked."""
+    fq = all("forget_quality" in g for g in result["grid"])
     lines = [
-        "| alpha | KS p, forget vs held-out | median log R gap | MIA LOSS AUC |",
-        "|---:|---:|---:|---:|",
+        "| alpha | KS p, forget vs held-out | median log R gap | MIA LOSS AUC |"
+        + (" F.Q. |" if fq else ""),
+        "|---:|---:|---:|---:|" + ("---:|" if fq else ""),
     ]
     for g in result["grid"]:
         mark = " (chosen)" if g["alpha"] == result["alpha"] else ""
+        if g["alpha"] == result.get("alpha_held_out") != result["alpha"]:
+            mark = " (held-out choice)"
         lines.append(
             f"| {g['alpha']:g}{mark} | {g['holdout_ks']:.3g} | {g['median_log_gap']:.3f} | "
-            f"{g['mia_loss_auc']:.3f} |"
+            f"{g['mia_loss_auc']:.3f} |" + (f" {g['forget_quality']:.3g} |" if fq else "")
         )
     return "\n".join(lines)

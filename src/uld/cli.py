@@ -245,8 +245,17 @@ def cmd_calibrate(args) -> None:
         raise ValueError(f"{args.model} is an Offset model: it has no alpha to calibrate")
     forget, holdout = load_split(args.forget, args.data), load_split(args.holdout, args.data)
     check_held_out(holdout, forget, f"--holdout {args.holdout}")
+    if args.near and not args.reference:
+        raise ValueError("--near chooses by Forget Quality: it needs --reference RETAIN_MODEL")
+    reference = None
+    if args.reference:
+        from uld.evaluate import load_reference
+
+        reference = load_reference(args.reference, forget)["truth_ratios"]
     model, tok = load_any(args.model, filter=args.filter)
-    res = choose_alpha(model, tok, forget, holdout, args.alphas or ALPHAS, args.filter)
+    res = choose_alpha(
+        model, tok, forget, holdout, args.alphas or ALPHAS, args.filter, reference, args.near
+    )
     print(format_grid(res))
     print(f"alpha {res['alpha']:g} (the model's was {model.alpha:g})")
     if args.write:
@@ -425,6 +434,16 @@ def parser() -> argparse.ArgumentParser:
     cal.add_argument("--data", default="builtin", help="builtin, a folder of <split>.json, hub id")
     cal.add_argument("--alphas", type=float, nargs="+", default=None, help="default 0, 0.1, .., 2")
     cal.add_argument("--filter", type=float, default=None, help="default: the model's")
+    cal.add_argument(
+        "--reference", default=None, help="retain model folder or its eval.json: adds F.Q."
+    )
+    cal.add_argument(
+        "--near",
+        type=int,
+        default=0,
+        help="with --reference: keep the best F.Q. among this many alphas nearest the held-out "
+        "choice (as a baseline keeps its best epoch)",
+    )
     cal.add_argument("--write", action="store_true", help="save the chosen alpha in the model")
     cal.set_defaults(func=cmd_calibrate)
 

@@ -97,7 +97,7 @@ def run_config(plan: dict, name: str, out: Path) -> UnlearnConfig:
     if unknown:
         raise ValueError(f"run {name!r}: unknown settings {unknown}; known: {sorted(known)}")
     cfg = UnlearnConfig(**values)
-    if cfg.eval_metric and not cfg.reference and plan.get("reference"):
+    if (cfg.eval_metric or cfg.alpha_by_reference) and not cfg.reference and plan.get("reference"):
         cfg.reference = str(plan["reference"])
     cfg.validate()
     return cfg

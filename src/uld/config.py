@@ -144,6 +144,13 @@ class UnlearnConfig:
         "e.g. holdout10): the alpha under which the forget rows' truth ratios look most like "
         "theirs (uld.calibrate; no retain model needed); empty: keep --alpha",
     )
+    alpha_by_reference: int = _f(
+        0,
+        "ULD with --calibrate and --reference: of the N grid alphas (0.1 apart) nearest the "
+        "held-out choice, keep the one with the best Forget Quality against the reference, as "
+        "--eval-metric forget_quality keeps a baseline's best epoch (5 alphas match 5 epochs); "
+        "0: keep the held-out choice",
+    )
 
     @property
     def composite(self) -> bool:
@@ -213,6 +220,13 @@ class UnlearnConfig:
         if self.calibrate and self.method != "uld":
             raise ValueError(
                 f"--calibrate chooses ULD's alpha; {self.method} has none (drop --calibrate)"
+            )
+        if self.alpha_by_reference < 0:
+            raise ValueError(f"--alpha-by-reference={self.alpha_by_reference} must be >= 0")
+        if self.alpha_by_reference and not (self.calibrate and self.reference):
+            raise ValueError(
+                "--alpha-by-reference narrows the alpha that --calibrate chooses, by Forget "
+                "Quality: it needs --calibrate HELD_OUT_SPLIT and --reference RETAIN_MODEL_FOLDER"
             )
         if not self.model:
             raise ValueError("--model is required: the fine-tuned target to unlearn")

@@ -468,11 +468,26 @@ def calibrated(cfg: UnlearnConfig, run: Run, extra: dict) -> UnlearnConfig:
     from uld.calibrate import choose_alpha, format_grid
 
     start = time.time()
+    reference = None
+    if cfg.alpha_by_reference:
+        from uld.evaluate import load_reference
+
+        reference = load_reference(cfg.reference, run.calibration[0])["truth_ratios"]
     view = eval_view(cfg, load_model(run.target)[0], run.model).eval()
-    res = choose_alpha(view, run.tokenizer, *run.calibration, filter=cfg.filter)
+    res = choose_alpha(
+        view,
+        run.tokenizer,
+        *run.calibration,
+        filter=cfg.filter,
+        reference=reference,
+        near=cfg.alpha_by_reference,
+    )
     seconds = round(time.time() - start, 1)
-    print(f"[uld] alpha chosen on {cfg.calibrate} ({seconds} s):\n{format_grid(res)}")
+    how = f" and by F.Q. among {cfg.alpha_by_reference} near it" if reference else ""
+    print(f"[uld] alpha chosen on {cfg.calibrate}{how} ({seconds} s):\n{format_grid(res)}")
     extra["calibration"] = {"split": cfg.calibrate, "alpha_before": cfg.alpha} | res
+    if reference is not None:
+        extra["calibration"]["reference"] = cfg.reference
     extra["calibration"]["seconds"] = seconds
     return dataclasses.replace(cfg, alpha=res["alpha"])
 
