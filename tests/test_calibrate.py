@@ -199,10 +199,14 @@ def test_unlearn_alpha_by_reference_keeps_the_fq_it_reports(tiny_model, tiny_pla
         batch_size=4,
         epochs=1,
         lr=1e-2,
-        reference=tiny_plain_model,
+        reference=str(tmp_path / "no-such-model"),
         alpha_by_reference=5,
         **common,
     )
+    with pytest.raises(ValueError, match="no-such-model does not exist"):  # before training
+        unlearn(cfg)
+    assert not (tmp_path / "u").exists() and not (tmp_path / "u.ckpt").exists()
+    cfg.reference = tiny_plain_model
     out = unlearn(cfg)
     card = json.loads((out / "uld_config.json").read_text())
     cal = card["calibration"]

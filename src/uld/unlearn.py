@@ -83,7 +83,8 @@ class Run(NamedTuple):
     extra: dict  # facts for the saved card
     k: int  # assistant/offset layers; 0 for a baseline on the target itself
     finish: Callable[[], None] | None = None  # undo training-only hooks (UOE)
-    calibration: tuple[list[dict], list[dict]] | None = None  # ULD: (forget, held-out) rows
+    # ULD: (forget rows, held-out rows, the reference's forget truth ratios or None)
+    calibration: tuple[list[dict], list[dict], list[float] | None] | None = None
 
 
 def prepare(cfg: UnlearnConfig) -> Run:
@@ -230,16 +231,23 @@ def prepare_uld(cfg: UnlearnConfig) -> Run:
     return Run(target, assistant, tokenizer, dataset, "uld", frozen, extra, k, None, calibration)
 
 
-def calibration_rows(cfg: UnlearnConfig, forget: list[dict]) -> tuple[list[dict], list[dict]]:
-    """(forget, held-out rows) to choose ULD's alpha on after training, checked before it."""
+def calibration_rows(
+    cfg: UnlearnConfig, forget: list[dict]
+) -> tuple[list[dict], list[dict], list[float] | None]:
+    """(forget rows, held-out rows, with --alpha-by-reference the reference's forget truth
+    ratios) to choose ULD's alpha on after training, all checked before it."""
     from uld.calibrate import check_held_out, check_rows
+    from uld.evaluate import load_reference
 
     holdout = load_split(cfg.calibrate, cfg.data)
     check_rows(forget, f"the forget split {cfg.forget}")
     check_rows(holdout, f"--calibrate {cfg.calibrate}")
     seen = forget + load_split(cfg.retain, cfg.data)
     check_held_out(holdout, seen, f"--calibrate {cfg.calibrate}")
-    return forget, holdout
+    reference = None
+    if cfg.alpha_by_reference:
+        reference = load_reference(cfg.reference, forget)["truth_ratios"]
+    return forget, holdout, reference
 
 
 def _target_params(assistant, k: int, n_layers: int) -> int:
@@ -468,16 +476,13 @@ def calibrated(cfg: UnlearnConfig, run: Run, extra: dict) -> UnlearnConfig:
     from uld.calibrate import choose_alpha, format_grid
 
     start = time.time()
-    reference = None
-    if cfg.alpha_by_reference:
-        from uld.evaluate import load_reference
-
-        reference = load_reference(cfg.reference, run.calibration[0])["truth_ratios"]
+    forget, holdout, reference = run.calibration
     view = eval_view(cfg, load_model(run.target)[0], run.model).eval()
     res = choose_alpha(
         view,
         run.tokenizer,
-        *run.calibration,
+        forget,
+        holdout,
         filter=cfg.filter,
         reference=reference,
         near=cfg.alpha_by_reference,
