@@ -28,6 +28,15 @@ from uld.models import load_model
 from uld.unlearn import unlearn
 
 ALPHAS = (0.0, 0.5, 1.5)
+TINY_ULD = {  # one short ULD run on forget01 with a 2-layer assistant
+    "forget": "forget01",
+    "retain": "retain99",
+    "layers": 2,
+    "lora_rank": 4,
+    "batch_size": 4,
+    "epochs": 1,
+    "lr": 1e-2,
+}
 
 
 def test_combination_on_the_plausible_set_equals_the_dense_one():
@@ -115,16 +124,7 @@ def test_bad_calibration_input_is_refused(tiny_model, tmp_path):
 
 def test_unlearn_calibrate_then_uld_calibrate_write(tiny_model, tmp_path, capsys):
     cfg = UnlearnConfig(
-        model=tiny_model,
-        out=str(tmp_path / "u"),
-        forget="forget01",
-        retain="retain99",
-        layers=2,
-        lora_rank=4,
-        batch_size=4,
-        epochs=1,
-        lr=1e-2,
-        calibrate="holdout10",
+        model=tiny_model, out=str(tmp_path / "u"), calibrate="holdout10", **TINY_ULD
     )
     out = unlearn(cfg)
     card = json.loads((out / "uld_config.json").read_text())
@@ -189,19 +189,15 @@ def test_unlearn_alpha_by_reference_keeps_the_fq_it_reports(tiny_model, tiny_pla
     with pytest.raises(ValueError, match="--alpha-by-reference"):
         UnlearnConfig(out="o", alpha_by_reference=5, **common).validate()  # no reference
     with pytest.raises(ValueError, match="--alpha-by-reference"):
-        UnlearnConfig(out="o", alpha_by_reference=-1, reference=tiny_plain_model).validate()
+        UnlearnConfig(
+            out="o", alpha_by_reference=-1, reference=tiny_plain_model, **common
+        ).validate()
     cfg = UnlearnConfig(
         out=str(tmp_path / "u"),
-        forget="forget01",
-        retain="retain99",
-        layers=2,
-        lora_rank=4,
-        batch_size=4,
-        epochs=1,
-        lr=1e-2,
         reference=str(tmp_path / "no-such-model"),
         alpha_by_reference=5,
         **common,
+        **TINY_ULD,
     )
     with pytest.raises(ValueError, match="no-such-model does not exist"):  # before training
         unlearn(cfg)
