@@ -222,6 +222,8 @@ def choose_alpha(
     """
     check_rows(forget, "the forget rows")
     check_rows(holdout, "the held-out rows")
+    if near and reference is None:  # before the passes over the rows, not after
+        raise ValueError("choosing alpha among the nearest by Forget Quality needs a reference")
     if not alphas or any(not (math.isfinite(a) and a >= 0) for a in alphas):
         raise ValueError(f"alphas {list(alphas)} must be a non-empty list of numbers >= 0")
     filter = model.filter if filter is None else filter
@@ -238,8 +240,6 @@ def choose_alpha(
     best = max(grid, key=lambda g: (g["holdout_ks"], -g["median_log_gap"]))
     res = {"alpha": best["alpha"], "filter": filter, "grid": grid}
     if near:
-        if reference is None:
-            raise ValueError("choosing alpha among the nearest by Forget Quality needs a reference")
         res["alpha_held_out"] = best["alpha"]
         res["near_reference"] = near_reference(grid, best["alpha"], near)
         res["alpha"] = res["near_reference"][0]

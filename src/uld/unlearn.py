@@ -488,7 +488,7 @@ def calibrated(cfg: UnlearnConfig, run: Run, extra: dict) -> UnlearnConfig:
         near=cfg.alpha_by_reference,
     )
     seconds = round(time.time() - start, 1)
-    how = f" and by F.Q. among {cfg.alpha_by_reference} near it" if reference else ""
+    how = f" and by F.Q. among {cfg.alpha_by_reference} near it" if reference is not None else ""
     print(f"[uld] alpha chosen on {cfg.calibrate}{how} ({seconds} s):\n{format_grid(res)}")
     extra["calibration"] = {"split": cfg.calibrate, "alpha_before": cfg.alpha} | res
     if reference is not None:
