@@ -312,14 +312,14 @@ def test_compare_status_tells_each_runs_state_without_loading_models(tmp_path, c
 
 
 def test_a_run_locked_by_a_process_is_freed_when_that_process_dies(tmp_path):
-    from uld.compare import LOCK, claim, holder
+    from uld.compare import LOCK, PID, claim, holder
 
     run = tmp_path / "ga"
     run.mkdir()
     hold = (
-        "import fcntl, os, sys, time\n"
-        f"fd = os.open({str(run / LOCK)!r}, os.O_RDWR | os.O_CREAT)\n"
-        "fcntl.flock(fd, fcntl.LOCK_EX); os.write(fd, b'4242\\n'); print('held', flush=True)\n"
+        "import time\nfrom filelock import FileLock\n"
+        f"lock = FileLock({str(run / LOCK)!r}); lock.acquire()\n"
+        f"open({str(run / PID)!r}, 'w').write('4242\\n'); print('held', flush=True)\n"
         "time.sleep(120)\n"
     )
     proc = subprocess.Popen([sys.executable, "-c", hold], stdout=subprocess.PIPE, text=True)

@@ -90,9 +90,30 @@ def test_collator_right_pads_and_pairs(tiny_model):
     n = len(f[0]["input_ids"])
     assert batch["attention_mask"][0].sum() == n
     assert (batch["labels"][batch["attention_mask"] == 0] == IGNORE).all()
+    assert len(PairedDataset(f, r, seed=0)) == 1
+
+
+def test_retain_pairing_is_a_function_of_epoch_and_index(tiny_model):
+    """Every retain row is dealt once per pass, the deal carries on across epochs, and what an
+    item is paired with does not depend on what was fetched before (a resumed run pairs as an
+    uninterrupted one)."""
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    f = QADataset([{"question": f"F{i}?", "answer": f"f{i}."} for i in range(2)], tok)
+    answers = [f"r{i}." for i in range(3)]
+    r = QADataset([{"question": f"R{i}?", "answer": a} for i, a in enumerate(answers)], tok)
+    ids = {tuple(r[i]["input_ids"]): answers[i] for i in range(3)}
+
+    def deal(dataset, epoch, i):
+        dataset.set_epoch(epoch)
+        return ids[tuple(dataset[i]["retain"]["input_ids"])]
+
     paired = PairedDataset(f, r, seed=0)
-    dealt = [paired[0]["retain"] for _ in range(3)]
-    assert all(d == r[0] for d in dealt) and len(paired) == 1
+    dealt = [deal(paired, e, i) for e in range(3) for i in range(2)]  # 3 epochs x 2 rows
+    assert sorted(dealt) == sorted(answers * 2)  # two full passes over the 3 retain rows
+    assert dealt[0] != dealt[2]  # row 0 gets another retain row in the next epoch
+    fresh = PairedDataset(f, r, seed=0)
+    assert deal(fresh, 2, 1) == dealt[5] and deal(fresh, 2, 1) == dealt[5]
+    assert deal(fresh, 0, 0) == dealt[0]
 
 
 @pytest.mark.parametrize("which", ["general", "knowledge"])

@@ -333,7 +333,12 @@ def test_save_and_from_pretrained_round_trip(
     model = ULDModel(target, trained_assistant[0], alpha=0.6, filter=0.02)
     out = model.save_pretrained(tmp_path / "uld", target_path=tiny_model)
     files = sorted(p.name for p in out.iterdir())
-    assert files == ["adapter_config.json", "adapter_model.safetensors", "uld_config.json"]
+    assert files == [
+        ".uld.json",  # uld.outdir's marker: what made the folder, and its files
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "uld_config.json",
+    ]
     loaded, _ = ULDModel.from_pretrained(out)
     assert (loaded.alpha, loaded.filter, loaded.k) == (0.6, 0.02, 2)
     b = _batch(tok, ["Where was Ilse born?"])

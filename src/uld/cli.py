@@ -27,13 +27,21 @@ from pathlib import Path
 from uld import config as cfgmod
 
 
-def load_any(path: str | None, alpha: float | None = None, filter: float | None = None):
-    """A saved ULD folder -> ULDModel; anything else -> a plain HF model. Returns (model, tok)."""
+def load_any(
+    path: str | None,
+    alpha: float | None = None,
+    filter: float | None = None,
+    target: str | None = None,
+):
+    """A saved ULD folder -> ULDModel (on `target` if given, else the target its
+    uld_config.json names); anything else -> a plain HF model. Returns (model, tok)."""
     from uld.logit_diff import ULDModel, is_uld_folder
     from uld.models import load_model
 
     if path and is_uld_folder(path):
-        return ULDModel.from_pretrained(path, alpha=alpha, filter=filter)
+        return ULDModel.from_pretrained(path, alpha=alpha, filter=filter, target=target)
+    if target:
+        raise ValueError(f"--target is for ULD model folders; {path or 'default'} is not one")
     model, tok = load_model(path)
     return model.eval(), tok
 
@@ -41,10 +49,13 @@ def load_any(path: str | None, alpha: float | None = None, filter: float | None 
 def cmd_data_export(args) -> None:
     from uld.data.load import write_split
     from uld.data.synthetic import builtin_splits
-    from uld.models import _atomic_dir
+    from uld.outdir import check_out, locked, output_dir
 
+    if args.authors < 1:
+        raise ValueError(f"--authors={args.authors} must be >= 1")
+    check_out(args.out, args.overwrite)
     splits = builtin_splits(n_authors=args.authors, seed=args.seed)
-    with _atomic_dir(Path(args.out)) as tmp:
+    with locked(args.out), output_dir(args.out, "uld data export", args.overwrite) as tmp:
         for name, rows in splits.items():
             write_split(rows, tmp / f"{name}.json")
     print(
@@ -85,6 +96,8 @@ def cmd_data_augment(args) -> None:
         )
     if args.tries < 1:
         raise ValueError(f"--tries={args.tries}: give at least 1")
+    if out.exists() and not args.overwrite:
+        raise ValueError(f"--out {out} exists; pass --overwrite to replace it, or choose another")
     rows = load_split(args.forget, data=args.data)
     progress = out.with_name(out.name + ".progress.json")
     done = json.loads(progress.read_text()) if progress.exists() else {}
@@ -148,6 +161,7 @@ def cmd_finetune(args) -> None:
         lora_rank=cfg.lora_rank,
         seed=cfg.seed,
         max_steps=cfg.max_steps,
+        overwrite=cfg.overwrite,
     )
     print(f"saved {out}")
 
@@ -163,7 +177,7 @@ def cmd_unlearn(args) -> None:
 def cmd_generate(args) -> None:
     from uld.evaluate import generate_answers
 
-    model, tok = load_any(args.model, args.alpha, args.filter)
+    model, tok = load_any(args.model, args.alpha, args.filter, args.target)
     answers = generate_answers(
         model,
         tok,
@@ -179,7 +193,7 @@ def cmd_generate(args) -> None:
 def cmd_chat(args) -> None:
     from uld.evaluate import generate_answers
 
-    model, tok = load_any(args.model, args.alpha, args.filter)
+    model, tok = load_any(args.model, args.alpha, args.filter, args.target)
     print("uld chat: one question per line; an empty line or Ctrl-D ends.")
     for line in sys.stdin if not sys.stdin.isatty() else iter(lambda: input("> "), ""):
         q = line.strip()
@@ -196,8 +210,11 @@ def cmd_eval(args) -> None:
 
     from uld.config import EvalSplits
     from uld.evaluate import evaluate, load_reference, load_roles
+    from uld.outdir import check_out, locked, output_dir
     from uld.report import model_info, tables, write_eval
 
+    if args.out:
+        check_out(args.out, args.overwrite, inputs=[args.model, args.reference])
     splits = EvalSplits.for_data(args.data, args.forget or "forget10")
     for role in asdict(splits):  # flags given on the command line win
         if getattr(args, role) is not None:
@@ -208,7 +225,7 @@ def cmd_eval(args) -> None:
         if "forget" not in roles:
             raise ValueError("--reference needs a forget split (--forget SPLIT)")
         reference = load_reference(args.reference, roles["forget"])
-    model, tok = load_any(args.model, args.alpha, args.filter)
+    model, tok = load_any(args.model, args.alpha, args.filter, args.target)
     name = args.name or (Path(args.model).name if args.model else "default")
     print(f"[uld] evaluating {name}: " + ", ".join(f"{r} {len(v)}" for r, v in roles.items()))
     results = {
@@ -220,12 +237,17 @@ def cmd_eval(args) -> None:
         "reference": args.reference or None,
         "training": model_info(args.model),
     }
-    results |= evaluate(model, tok, roles, reference, batch_size=args.batch_size)
+    sampling = _sampling(args) | {"max_new_tokens": args.max_new_tokens}
+    if sampling != {"max_new_tokens": None}:
+        results["sampling"] = sampling
+    results |= evaluate(model, tok, roles, reference, batch_size=args.batch_size, sampling=sampling)
     print(tables({name: results["summary"]}))
     if reference is None and "forget" in roles:
         print("(Forget Quality needs --reference RETAIN_MODEL_FOLDER or its eval.json)")
     if args.out:
-        print(f"[uld] wrote {write_eval(results, args.out)}/eval.json and eval.md")
+        with locked(args.out), output_dir(args.out, "uld eval", args.overwrite) as tmp:
+            write_eval(results, tmp)
+        print(f"[uld] wrote {args.out}/eval.json and eval.md")
 
 
 def cmd_calibrate(args) -> None:
@@ -252,7 +274,7 @@ def cmd_calibrate(args) -> None:
         from uld.evaluate import load_reference
 
         reference = load_reference(args.reference, forget)["truth_ratios"]
-    model, tok = load_any(args.model, filter=args.filter)
+    model, tok = load_any(args.model, filter=args.filter, target=args.target)
     res = choose_alpha(
         model, tok, forget, holdout, args.alphas or ALPHAS, args.filter, reference, args.near
     )
@@ -268,10 +290,13 @@ def cmd_calibrate(args) -> None:
 
 
 def cmd_report(args) -> None:
+    from uld.outdir import check_out, locked, output_dir
     from uld.report import report, tables
 
+    check_out(args.out, args.overwrite, inputs=args.runs)
     names = args.names.split(",") if args.names else None
-    runs = report(args.runs, args.out, names, args.relative_to)
+    with locked(args.out), output_dir(args.out, "uld report", args.overwrite) as tmp:
+        runs = report(args.runs, tmp, names, args.relative_to)
     print(tables(runs))
     print(f"[uld] wrote {args.out}/report.md, summary.json and the plots")
 
@@ -280,8 +305,10 @@ def cmd_experts(args) -> None:
     from uld.data.load import load_split
     from uld.models import load_model
     from uld.moe import expert_attribution, plot_attribution, ranking_rows, top_experts
+    from uld.outdir import check_out, locked, output_dir
     from uld.report import write_json
 
+    check_out(args.out, args.overwrite, inputs=[args.model])
     rows = load_split(args.forget, args.data)
     model, tok = load_model(args.model)
     attribution = expert_attribution(model.eval(), tok, rows, tokens=args.tokens)
@@ -295,23 +322,27 @@ def cmd_experts(args) -> None:
         )
     print(f"selected (M={args.m}{'' if layer is None else f', layer {layer}'}): {selected}")
     out = Path(args.out)
-    plot_attribution(attribution, out / "experts.png", selected)
-    write_json(
-        {"forget": args.forget, "selected": selected, "attribution": attribution.tolist()},
-        out / "experts.json",
-    )
+    with locked(out), output_dir(out, "uld experts", args.overwrite) as tmp:
+        plot_attribution(attribution, tmp / "experts.png", selected)
+        write_json(
+            {"forget": args.forget, "selected": selected, "attribution": attribution.tolist()},
+            tmp / "experts.json",
+        )
     print(f"wrote {out / 'experts.png'} (heat map, layers x experts) and {out / 'experts.json'}")
 
 
 def cmd_upcycle(args) -> None:
     from uld.models import load_model, save_model
+    from uld.outdir import check_out, locked
     from uld.upcycle import upcycle
 
+    check_out(args.out, args.overwrite, inputs=[args.model])
     dense, tok = load_model(args.model)
     moe = upcycle(dense, args.experts, args.top_k, args.noise, seed=args.seed)
     card = {"made_by": "uld upcycle", "base_model": str(args.model or "default")}
     card |= {"n_experts": args.experts, "top_k": args.top_k, "expert_noise": args.noise}
-    save_model(moe, tok, args.out, card | {"seed": args.seed})
+    with locked(args.out):
+        save_model(moe, tok, args.out, card | {"seed": args.seed}, overwrite=args.overwrite)
     n = sum(p.numel() for p in moe.parameters())
     print(f"saved {args.out}: a {args.experts}-expert top-{args.top_k} Mixtral, {n:,} parameters")
 
@@ -341,16 +372,71 @@ def cmd_demo(args) -> None:
 def _sampling(args) -> dict:
     if args.temperature and args.temperature > 0:
         return {"do_sample": True, "temperature": args.temperature, "top_p": args.top_p}
+    if args.top_p != 1.0:
+        raise ValueError(f"--top-p {args.top_p} samples: it needs --temperature above 0")
     return {}
 
 
-def _model_flags(p: argparse.ArgumentParser) -> None:
+def _number(kind=float, least=None, most=None, above=None):
+    """An argparse type: `kind`, finite, in the range given; the message says the range."""
+    import math
+
+    def convert(text: str):
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a {kind.__name__}") from None
+        ok = math.isfinite(v) and (least is None or v >= least) and (most is None or v <= most)
+        if not ok or (above is not None and v <= above):
+            lo = (
+                f"> {above:g}"
+                if above is not None
+                else f">= {least:g}"
+                if least is not None
+                else ""
+            )
+            hi = f"<= {most:g}" if most is not None else ""
+            raise argparse.ArgumentTypeError(
+                f"{text} must be {' and '.join(filter(None, [lo, hi]))}"
+            )
+        return v
+
+    convert.__name__ = kind.__name__
+    return convert
+
+
+def _model_flags(p: argparse.ArgumentParser, max_new_tokens: int | None = 64) -> None:
+    from uld.config import MAX_ALPHA
+
     p.add_argument("--model", default=None, help="model folder (plain or ULD) or hub id")
-    p.add_argument("--alpha", type=float, default=None, help="ULD: override alpha")
-    p.add_argument("--filter", type=float, default=None, help="ULD: override the filter")
-    p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument("--temperature", type=float, default=0.0, help="> 0 samples (default greedy)")
-    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument(
+        "--target",
+        default=None,
+        help="ULD: load the adapter on this target folder instead of the one its uld_config.json "
+        "names (it must hold the same weights)",
+    )
+    p.add_argument(
+        "--alpha", type=_number(float, 0, MAX_ALPHA), default=None, help="ULD: override alpha"
+    )
+    p.add_argument(
+        "--filter", type=_number(float, None, 1, above=0), default=None, help="ULD: override filter"
+    )
+    p.add_argument(
+        "--max-new-tokens",
+        type=_number(int, 1),
+        default=max_new_tokens,
+        help="most tokens to generate per answer"
+        + (f" (default {max_new_tokens})" if max_new_tokens else " (default: from the answers)"),
+    )
+    p.add_argument(
+        "--temperature", type=_number(float, 0), default=0.0, help="> 0 samples (default greedy)"
+    )
+    p.add_argument("--top-p", type=_number(float, None, 1, above=0), default=1.0)
+
+
+OVERWRITE_HELP = (
+    "replace an earlier result in --out (files uld did not write there are never deleted)"
+)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -366,6 +452,7 @@ def parser() -> argparse.ArgumentParser:
     export.add_argument("--out", required=True)
     export.add_argument("--authors", type=int, default=100)
     export.add_argument("--seed", type=int, default=0)
+    export.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     export.set_defaults(func=cmd_data_export)
     aug = data.add_parser(
         "augment",
@@ -383,6 +470,7 @@ def parser() -> argparse.ArgumentParser:
     aug.add_argument("--max-new-tokens", type=int, default=0, help="default: from the answers")
     aug.add_argument("--batch-size", type=int, default=8)
     aug.add_argument("--seed", type=int, default=0)
+    aug.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     aug.set_defaults(func=cmd_data_augment)
 
     for name, cls, func, text in [
@@ -404,7 +492,7 @@ def parser() -> argparse.ArgumentParser:
     chat.set_defaults(func=cmd_chat)
 
     ev = sub.add_parser("eval", help="the TOFU evaluation protocol (F.Q., M.U., ROUGE-L, ...)")
-    _model_flags(ev)
+    _model_flags(ev, max_new_tokens=None)
     ev.add_argument("--name", default="", help="the run's name in tables (default: folder name)")
     ev.add_argument(
         "--reference",
@@ -419,14 +507,16 @@ def parser() -> argparse.ArgumentParser:
             "locuslab/TOFU)",
         )
     ev.add_argument("--data", default="builtin", help="builtin, a folder of <split>.json, hub id")
-    ev.add_argument("--batch-size", type=int, default=8)
+    ev.add_argument("--batch-size", type=_number(int, 1), default=8)
     ev.add_argument("--out", default=None, help="folder for eval.json and eval.md")
+    ev.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     ev.set_defaults(func=cmd_eval)
 
     cal = sub.add_parser(
         "calibrate", help="ULD: choose alpha on held-out rows, without a retain model"
     )
     cal.add_argument("--model", required=True, help="a saved ULD model folder")
+    cal.add_argument("--target", default=None, help="its target, if not the one it names")
     cal.add_argument("--forget", default="forget10", help="the forget split it unlearned")
     cal.add_argument(
         "--holdout", default="holdout10", help="rows of the same kind in no training set"
@@ -452,6 +542,7 @@ def parser() -> argparse.ArgumentParser:
     rep.add_argument("--out", required=True, help="folder for report.md, summary.json, plots")
     rep.add_argument("--names", default="", help="comma-separated names for the runs")
     rep.add_argument("--relative-to", default="", help="the run whose training time is 1")
+    rep.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     rep.set_defaults(func=cmd_report)
 
     ex = sub.add_parser("experts", help="MoE: which experts the forget set engages (UOE)")
@@ -463,6 +554,7 @@ def parser() -> argparse.ArgumentParser:
     ex.add_argument("--top", type=int, default=10, help="rows of the ranking table")
     ex.add_argument("--tokens", default="all", choices=["all", "answer"])
     ex.add_argument("--out", default="runs/experts", help="folder for experts.png and .json")
+    ex.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     ex.set_defaults(func=cmd_experts)
 
     up = sub.add_parser("upcycle", help="a dense Llama-family model -> an MoE (Mixtral)")
@@ -472,6 +564,7 @@ def parser() -> argparse.ArgumentParser:
     up.add_argument("--noise", type=float, default=0.01, help="relative noise on expert copies")
     up.add_argument("--seed", type=int, default=0)
     up.add_argument("--out", required=True)
+    up.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     up.set_defaults(func=cmd_upcycle)
 
     cmp = sub.add_parser("compare", help="run, evaluate and tabulate several methods")

@@ -27,7 +27,6 @@ the last to finish writes the complete one.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import time
@@ -36,7 +35,7 @@ from pathlib import Path
 
 import yaml
 
-from uld.config import EvalSplits, UnlearnConfig
+from uld.config import EvalSplits, UnlearnConfig, read_yaml, typed
 from uld.report import setting_of
 
 KNOWN = {"target", "reference", "out", "common", "models", "runs", "eval", "data"}
@@ -86,16 +85,12 @@ def expand_seeds(runs: dict, path: str | Path = "the plan") -> dict:
 def run_config(plan: dict, name: str, out: Path) -> UnlearnConfig:
     """The UnlearnConfig of one run: defaults < common < its `config:` file < its own fields."""
     spec = dict(plan["runs"][name] or {})
-    values: dict = dict(plan.get("common") or {})
+    values: dict = typed(UnlearnConfig, dict(plan.get("common") or {}), "the plan's common")
     if spec.get("config"):
-        values |= yaml.safe_load(Path(spec.pop("config")).read_text()) or {}
-    values |= spec
+        values |= read_yaml(UnlearnConfig, spec.pop("config"))
+    values |= typed(UnlearnConfig, spec, f"run {name!r}")
     values.setdefault("method", setting_of(name))
     values |= {"model": str(plan["target"]), "out": str(out), "data": plan.get("data", "builtin")}
-    known = {f.name for f in dataclasses.fields(UnlearnConfig)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ValueError(f"run {name!r}: unknown settings {unknown}; known: {sorted(known)}")
     cfg = UnlearnConfig(**values)
     if (cfg.eval_metric or cfg.alpha_by_reference) and not cfg.reference and plan.get("reference"):
         cfg.reference = str(plan["reference"])
@@ -104,57 +99,51 @@ def run_config(plan: dict, name: str, out: Path) -> UnlearnConfig:
 
 
 LOCK = ".lock"
+PID = ".lock.pid"
 
 
 @contextmanager
 def claim(folder: Path, wait: bool = False):
     """Lock `folder` (a run's folder under the plan's `out`) for this process; yields whether it
-    got the lock (with `wait`, it waits for it and yields True). The lock is flock(2) on
-    `folder/.lock`, so the OS releases it when the holder ends or dies: nothing goes stale, and a
-    run whose process died is simply resumed by the next one. The file holds the holder's pid,
-    for `status`. Where flock does not exist (Windows) every claim succeeds, so processes must not
-    share a plan there."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover (not on POSIX)
-        yield True
-        return
+    got the lock (with `wait`, it waits for it and yields True). The lock is a `filelock` lock
+    on `folder/.lock` (flock on POSIX, LockFileEx on Windows), so the OS releases it when the
+    holder ends or dies: nothing goes stale, and a run whose process died is simply resumed by
+    the next one. The holder's pid is written beside it (`.lock.pid`), for `status`."""
+    from filelock import FileLock, Timeout
+
     folder.mkdir(parents=True, exist_ok=True)
-    fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    lock = FileLock(str(folder / LOCK), timeout=-1 if wait else 0)
+    for attempt in range(3):  # `holder` may be probing the lock for an instant
+        try:
+            lock.acquire()
+            break
+        except Timeout:
+            if attempt == 2:
+                yield False
+                return
+            time.sleep(0.2)
     try:
-        for attempt in range(3):  # `holder` may be probing the lock for an instant
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-                break
-            except BlockingIOError:
-                if attempt == 2:
-                    yield False
-                    return
-                time.sleep(0.2)
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+        (folder / PID).write_text(f"{os.getpid()}\n")
         yield True
     finally:
-        os.close(fd)  # releases the lock
+        lock.release()
 
 
 def holder(folder: Path) -> str | None:
     """'pid N' of the live process that holds `folder`'s lock (see `claim`), else None. Probes
-    with a shared lock, held for an instant, and writes nothing."""
-    try:
-        import fcntl
+    the lock for an instant."""
+    from filelock import FileLock, Timeout
 
-        fd = os.open(folder / LOCK, os.O_RDONLY)
-    except (ImportError, FileNotFoundError):
+    if not (folder / LOCK).exists():
         return None
+    lock = FileLock(str(folder / LOCK), timeout=0)
     try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        return None
-    except BlockingIOError:
-        pid = os.read(fd, 32).decode().strip()
+        lock.acquire()
+    except Timeout:
+        pid = (folder / PID).read_text().strip() if (folder / PID).exists() else ""
         return f"pid {pid}" if pid else "another process"
-    finally:
-        os.close(fd)
+    lock.release()
+    return None
 
 
 def is_moe(model_path: str | Path) -> bool:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -34,9 +35,17 @@ class FinetuneConfig:
     lora_rank: int = _f(32, "LoRA rank when --lora")
     seed: int = _f(0, "random seed")
     max_steps: int = _f(-1, "stop after this many steps (for smoke tests)")
+    overwrite: bool = _f(
+        False,
+        "replace an earlier result in --out and discard checkpoints of another run there (files "
+        "uld did not write are never deleted)",
+    )
 
     def validate(self) -> None:
         _positive(epochs=self.epochs, lr=self.lr, batch_size=self.batch_size)
+        _steps(self.max_steps)
+        if self.lora_rank < 1:
+            raise ValueError(f"--lora-rank={self.lora_rank} must be >= 1")
         if not self.out:
             raise ValueError("--out is required: the folder to write the model to")
 
@@ -151,6 +160,11 @@ class UnlearnConfig:
         "--eval-metric forget_quality keeps a baseline's best epoch (5 alphas match 5 epochs); "
         "0: keep the held-out choice",
     )
+    overwrite: bool = _f(
+        False,
+        "replace an earlier result in --out and discard checkpoints of another run there (files "
+        "uld did not write are never deleted)",
+    )
 
     @property
     def composite(self) -> bool:
@@ -173,6 +187,7 @@ class UnlearnConfig:
 
     def validate(self) -> None:
         _positive(epochs=self.epochs, batch_size=self.batch_size)
+        _steps(self.max_steps)
         if not (math.isfinite(self.lr) and self.lr >= 0):
             raise ValueError(f"--lr={self.lr} must be >= 0 (0 picks the method's default)")
         if self.eval_metric not in ("", "forget_quality", "forget_rouge", "model_utility"):
@@ -206,6 +221,7 @@ class UnlearnConfig:
             v = getattr(self, name)
             if not (math.isfinite(v) and v >= 0):
                 raise ValueError(f"--{name.replace('_', '-')}={v} must be a finite number >= 0")
+        check_alpha(self.alpha)
         _positive(npo_beta=self.npo_beta, dpo_beta=self.dpo_beta, uoe_experts=self.uoe_experts)
         if not (math.isfinite(self.anchor) and self.anchor >= 0):
             raise ValueError(f"--anchor={self.anchor} must be a finite number >= 0")
@@ -272,34 +288,92 @@ def _positive(**values: float) -> None:
             raise ValueError(f"--{name.replace('_', '-')}={v} must be a positive number")
 
 
+def _steps(max_steps: int) -> None:
+    if max_steps == 0 or max_steps < -1:
+        raise ValueError(f"--max-steps={max_steps} must be >= 1, or -1 for no limit")
+
+
+MAX_ALPHA = 10.0
+
+
+def check_alpha(alpha: float, flag: str = "--alpha") -> None:
+    """ULD's alpha: the paper's is 0.75 and `uld calibrate` searches 0 to 2; far above that the
+    assistant's logits swamp the target's and every answer breaks."""
+    if not (math.isfinite(alpha) and 0 <= alpha <= MAX_ALPHA):
+        raise ValueError(
+            f"{flag}={alpha} must be a number in [0, {MAX_ALPHA:g}] (the paper uses 0.75; "
+            "`uld calibrate` chooses one in 0-2)"
+        )
+
+
+def parse_value(kind: Any, raw: Any, where: str) -> Any:
+    """`raw` (a command-line string or a YAML value) as a value of the field type `kind`
+    (bool, int, float, str, or one of them | None); a ValueError names `where` and the value.
+    Flags and YAML files go through this one function, so they are typed and checked alike."""
+    args = [a for a in typing.get_args(kind) if a is not type(None)]
+    if args:  # X | None
+        if raw is None:
+            return None
+        kind = args[0]
+    if kind is bool:
+        if isinstance(raw, bool):
+            return raw
+        raise ValueError(f"{where}: {raw!r} is not true or false (write true or false, unquoted)")
+    if kind in (int, float):
+        if isinstance(raw, bool):
+            raise ValueError(f"{where}: {raw!r} is not a number")
+        try:
+            value = kind(raw) if isinstance(raw, str) else raw
+            if kind is int and isinstance(value, float) and value.is_integer():
+                value = int(value)
+            if not isinstance(value, int | float) or (kind is int and not isinstance(value, int)):
+                raise TypeError
+        except (TypeError, ValueError):
+            what = "a whole number" if kind is int else "a number"
+            raise ValueError(f"{where}: {raw!r} is not {what}") from None
+        return kind(value)
+    if not isinstance(raw, str):
+        raise ValueError(f"{where}: {raw!r} is not text (quote it)")
+    return raw
+
+
+def _flag_type(kind: Any, flag: str):
+    def convert(text: str) -> Any:
+        try:
+            return parse_value(kind, text, flag)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e).split(": ", 1)[1]) from e
+
+    convert.__name__ = getattr(kind, "__name__", "value")  # argparse names it in errors
+    return convert
+
+
 def add_flags(parser: argparse.ArgumentParser, cls: type) -> None:
-    """One flag per dataclass field; defaults are None so that YAML values can fill the gaps."""
+    """One flag per dataclass field, typed from the field's own type; defaults are None so that
+    YAML values can fill the gaps."""
+    hints = typing.get_type_hints(cls)
     for f in fields(cls):
         flag = "--" + f.name.replace("_", "-")
-        if str(f.type).startswith("bool") or f.type is bool:
+        kind = hints[f.name]
+        if bool in (kind, *typing.get_args(kind)):
             parser.add_argument(
                 flag, action=argparse.BooleanOptionalAction, default=None, help=f.metadata["help"]
             )
         else:
-            kind = {"int": int, "float": float}.get(str(f.type), str)
             parser.add_argument(
-                flag, type=kind, default=None, help=f"{f.metadata['help']} (default: {f.default})"
+                flag,
+                type=_flag_type(kind, flag),
+                default=None,
+                help=f"{f.metadata['help']} (default: {f.default})",
             )
 
 
 def from_args(cls: type, args: argparse.Namespace, yaml_path: str | None = None):
-    """Defaults < YAML file < command-line flags."""
+    """Defaults < YAML file < command-line flags. YAML values are typed and checked as flags are
+    (`parse_value`); an error names the file and the key."""
     values: dict[str, Any] = {}
     if yaml_path:
-        path = Path(yaml_path)
-        if not path.exists():
-            raise ValueError(f"config file {path} does not exist")
-        loaded = yaml.safe_load(path.read_text()) or {}
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(loaded) - known)
-        if unknown:
-            raise ValueError(f"{path}: unknown keys {unknown}; known keys are {sorted(known)}")
-        values.update(loaded)
+        values = read_yaml(cls, yaml_path)
     for f in fields(cls):
         v = getattr(args, f.name, None)
         if v is not None:
@@ -307,6 +381,31 @@ def from_args(cls: type, args: argparse.Namespace, yaml_path: str | None = None)
     config = cls(**values)
     config.validate()
     return config
+
+
+def read_yaml(cls: type, yaml_path: str | Path) -> dict[str, Any]:
+    """The settings of a YAML file for the dataclass `cls`, each typed by `parse_value`."""
+    path = Path(yaml_path)
+    if not path.exists():
+        raise ValueError(f"config file {path} does not exist")
+    try:
+        loaded = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ValueError(f"config file {path} is not valid YAML: {e}") from e
+    if not isinstance(loaded, dict):
+        raise ValueError(f"config file {path}: expected key: value lines, got {loaded!r}")
+    return typed(cls, loaded, str(path))
+
+
+def typed(cls: type, values: dict[str, Any], source: str) -> dict[str, Any]:
+    """`values` (from a YAML file or a plan) typed by the fields of `cls`; unknown keys and
+    mistyped values raise a ValueError naming `source` and the key."""
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"{source}: unknown keys {unknown}; known keys are {sorted(known)}")
+    hints = typing.get_type_hints(cls)
+    return {k: parse_value(hints[k], v, f"{source}, key {k}") for k, v in values.items()}
 
 
 def save(config, path: str | Path) -> None:

@@ -47,10 +47,15 @@ DEMO_ULD = {
 }
 
 
-def uld_config(target: Path, out: Path) -> UnlearnConfig:
+def uld_config(target: Path, out: Path, overwrite: bool = False) -> UnlearnConfig:
     """The demo's ULD run: forget10 from the target, retain90 as the retain set."""
     return UnlearnConfig(
-        model=str(target), forget="forget10", retain="retain90", out=str(out), **DEMO_ULD
+        model=str(target),
+        forget="forget10",
+        retain="retain90",
+        out=str(out),
+        overwrite=overwrite,
+        **DEMO_ULD,
     )
 
 
@@ -81,7 +86,13 @@ def run_demo(workdir: str | Path = "runs/demo", fresh: bool = False) -> dict:
         "target",
         work / "target",
         lambda: finetune(
-            None, "full", work / "target", epochs=ft.epochs, lr=ft.lr, batch_size=ft.batch_size
+            None,
+            "full",
+            work / "target",
+            epochs=ft.epochs,
+            lr=ft.lr,
+            batch_size=ft.batch_size,
+            overwrite=fresh,
         ),
     )
     retain = step(
@@ -94,13 +105,14 @@ def run_demo(workdir: str | Path = "runs/demo", fresh: bool = False) -> dict:
             epochs=ft.epochs,
             lr=ft.lr,
             batch_size=ft.batch_size,
+            overwrite=fresh,
         ),
     )
     uld_out = work / "uld-forget10"
     step(
         "unlearn (ULD)",
         uld_out,
-        lambda: unlearn(uld_config(target, uld_out)),
+        lambda: unlearn(uld_config(target, uld_out, overwrite=fresh)),
     )
 
     # the TOFU protocol on every model; the retain model is its own reference (F.Q. = 1)

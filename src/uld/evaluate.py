@@ -27,9 +27,10 @@ import torch
 from tqdm.auto import tqdm
 
 from uld import metrics
+from uld.assistant import base_lm
 from uld.config import ROLES, UTILITY_PARTS, UTILITY_ROLES, EvalSplits
 from uld.data.format import encode_qa, pad, prompt_ids
-from uld.logit_diff import decode
+from uld.logit_diff import ULDModel, decode
 
 
 def load_roles(splits: EvalSplits, data: str = "builtin") -> dict[str, list[dict]]:
@@ -52,24 +53,41 @@ def generate_answers(
     progress: bool = True,
     **gen_kwargs,
 ) -> list[str]:
-    """Answers to `questions` (greedy unless gen_kwargs say otherwise), in order."""
+    """Answers to `questions` (greedy unless gen_kwargs say otherwise), in order. A prompt
+    longer than the model's context is refused before anything is generated; an answer that
+    would run past the context is cut there, with a warning."""
+    if batch_size < 1 or max_new_tokens < 1:
+        raise ValueError(
+            f"batch size {batch_size} and max new tokens {max_new_tokens} must both be >= 1"
+        )
     device = next(iter(model.parameters())).device
+    prompts = [prompt_ids(tokenizer, q) for q in questions]
+    context = context_length(model)
+    longest = max(range(len(prompts)), key=lambda i: len(prompts[i]), default=None)
+    if context and longest is not None and len(prompts[longest]) >= context:
+        raise ValueError(
+            f"question {longest} ({questions[longest][:60]!r}...) is {len(prompts[longest])} "
+            f"tokens as a prompt, and the model's context holds {context}: shorten it"
+        )
+    if context and longest is not None and len(prompts[longest]) + max_new_tokens > context:
+        print(
+            f"[uld] warning: the longest prompt ({len(prompts[longest])} tokens) leaves room for "
+            f"{context - len(prompts[longest])} of the {max_new_tokens} new tokens asked for in "
+            f"the model's context of {context}; answers are cut there"
+        )
     # Longest prompts first keeps padding low; results are put back in order.
     order = sorted(range(len(questions)), key=lambda i: -len(questions[i]))
     out: dict[int, str] = {}
     bar = tqdm(total=len(questions), desc="generating", disable=not progress, leave=False)
     for s in range(0, len(order), batch_size):
         idx = order[s : s + batch_size]
-        batch = pad(
-            [{"input_ids": prompt_ids(tokenizer, questions[i])} for i in idx],
-            tokenizer.pad_token_id,
-            side="left",
-        )
+        batch = pad([{"input_ids": prompts[i]} for i in idx], tokenizer.pad_token_id, side="left")
+        room = context - batch["input_ids"].shape[1] if context else max_new_tokens
         seqs = decode(
             model,
             batch["input_ids"].to(device),
             batch["attention_mask"].to(device),
-            max_new_tokens=max_new_tokens,
+            max_new_tokens=min(max_new_tokens, room),
             pad_token_id=tokenizer.pad_token_id,
             **gen_kwargs,
         )
@@ -81,15 +99,33 @@ def generate_answers(
     return [out[i] for i in range(len(questions))]
 
 
-def rouge_eval(model, tokenizer, rows: list[dict], batch_size: int = 8, progress: bool = True):
-    """(mean ROUGE-L recall, per-item list of {question, answer, generated, rouge_l})."""
+def context_length(model) -> int | None:
+    """How many positions the model (or a ULD model's target) can attend to, if it says."""
+    net = model.target if isinstance(model, ULDModel) else model
+    return getattr(base_lm(net).config, "max_position_embeddings", None)
+
+
+def rouge_eval(
+    model,
+    tokenizer,
+    rows: list[dict],
+    batch_size: int = 8,
+    progress: bool = True,
+    sampling: dict | None = None,
+):
+    """(mean ROUGE-L recall, per-item list of {question, answer, generated, rouge_l}).
+    `sampling`: generation settings (do_sample, temperature, top_p; max_new_tokens, else
+    `answer_budget`); greedy by default."""
+    sampling = dict(sampling or {})
+    budget = sampling.pop("max_new_tokens", None) or answer_budget(tokenizer, rows)
     generated = generate_answers(
         model,
         tokenizer,
         [r["question"] for r in rows],
         batch_size,
-        max_new_tokens=answer_budget(tokenizer, rows),
+        max_new_tokens=budget,
         progress=progress,
+        **sampling,
     )
     scores = metrics.rouge_l_recall(generated, [r["answer"] for r in rows])
     items = [
@@ -108,7 +144,6 @@ def answer_budget(tokenizer, rows: list[dict], cap: int = 200) -> int:
 
 def _answer_positions_logits(model, batch: dict, keep: torch.Tensor) -> torch.Tensor:
     """Logits [N, V] at the positions t with keep[:, t] (t predicts token t + 1)."""
-    from uld.logit_diff import ULDModel
     from uld.losses import answer_logits
 
     if isinstance(model, ULDModel):
@@ -224,6 +259,7 @@ def evaluate_role(
     batch_size: int = 8,
     progress: bool = True,
     generate: bool = True,
+    sampling: dict | None = None,
 ) -> dict:
     """One split under its role: per-item values and the role's aggregates (TOFU Sec. 2.5).
 
@@ -247,7 +283,7 @@ def evaluate_role(
     if role == "holdout":
         return out
     if generate:
-        rouge, gen = rouge_eval(model, tokenizer, rows, batch_size, progress=False)
+        rouge, gen = rouge_eval(model, tokenizer, rows, batch_size, False, sampling)
         for it, g in zip(items, gen, strict=True):
             it.update(generated=g["generated"], rouge_l=g["rouge_l"])
         out["rouge_l"] = rouge
@@ -283,10 +319,12 @@ def evaluate(
     batch_size: int = 8,
     progress: bool = True,
     generate: bool = True,
+    sampling: dict | None = None,
 ) -> dict:
     """The whole protocol. roles: {role: rows} (see `ROLES`); reference: `load_reference(...)`,
     the retain model's per-item forget truth ratios (Forget Quality needs it); generate=False:
-    teacher-forced figures only (no ROUGE-L, no Model Utility).
+    teacher-forced figures only (no ROUGE-L, no Model Utility); sampling: generation settings
+    for the generated answers (see `rouge_eval`; TOFU's protocol is greedy).
 
     Returns {"splits": {role: evaluate_role(...)}, "summary": {...}, "reference": its source};
     the summary holds
@@ -302,7 +340,7 @@ def evaluate(
     for role in bar:
         bar.set_postfix_str(role)
         splits[role] = evaluate_role(
-            model, tokenizer, role, roles[role], batch_size, progress, generate
+            model, tokenizer, role, roles[role], batch_size, progress, generate, sampling
         )
     return {
         "splits": splits,

@@ -14,8 +14,9 @@ from pathlib import Path
 from transformers import set_seed
 
 from uld.data.format import Collator, QADataset
-from uld.data.load import load_split
-from uld.models import load_model, save_model
+from uld.data.load import load_split, local_paths
+from uld.models import load_model, resolve, save_model, source_fingerprint
+from uld.outdir import check_out, locked
 from uld.trainer import remove_checkpoints, train
 
 
@@ -31,53 +32,76 @@ def finetune(
     lora_rank: int = 32,
     seed: int = 0,
     max_steps: int = -1,
+    overwrite: bool = False,
 ) -> Path:
-    """Fine-tune `model` on `split` and save the result to `out` (an HF folder + uld_card.json)."""
+    """Fine-tune `model` on `split` and save the result to `out` (an HF folder + uld_card.json).
+    `out` is checked first (`uld.outdir.check_out`: never an input, never a folder with files
+    uld did not write, an earlier result only with `overwrite`) and locked while the run lasts;
+    an interrupted run of the same settings resumes from its checkpoint."""
+    check_out(out, overwrite, inputs=[model, *local_paths(data, split)])
     rows = load_split(split, data)
-    set_seed(seed)  # LoRA initialisation is random
-    net, tokenizer = load_model(model)
-    if lora:
-        from peft import get_peft_model
+    source = resolve(model)
+    with locked(out):
+        set_seed(seed)  # LoRA initialisation is random
+        net, tokenizer = load_model(source)
+        if lora:
+            from peft import get_peft_model
 
-        from uld.assistant import lora_config
+            from uld.assistant import lora_config
 
-        net = get_peft_model(net, lora_config(net, None, lora_rank, lora_rank, 0.0, experts=True))
-    else:
-        net.get_input_embeddings().weight.requires_grad_(False)
-        net.get_output_embeddings().weight.requires_grad_(False)
-    dataset = QADataset(rows, tokenizer)
-    n_tokens = sum(len(x["input_ids"]) for x in dataset.items)
-    print(
-        f"[uld] fine-tuning on {split}: {len(rows)} rows, {n_tokens} tokens/epoch, {epochs} epochs"
-    )
-    watch = train(
-        net,
-        dataset,
-        Collator(tokenizer.pad_token_id),
-        out,
-        "finetune",
-        epochs=epochs,
-        lr=lr,
-        batch_size=batch_size,
-        seed=seed,
-        max_steps=max_steps,
-    ).stopwatch
-    seconds = watch.seconds()  # all resumes together
-    if lora:
-        net = net.merge_and_unload()
-    card = {
-        "made_by": "uld finetune",
-        "base_model": str(model or "default"),
-        "data": str(data),
-        "split": str(split),
-        "rows": len(rows),
-        "epochs": epochs,
-        "lr": lr,
-        "batch_size": batch_size,
-        "mode": f"lora r={lora_rank} merged" if lora else "full (embeddings frozen)",
-        "seed": seed,
-        "train_seconds": round(seconds, 1),
-    }
-    save_model(net, tokenizer, out, card)
-    remove_checkpoints(out)
+            config = lora_config(net, None, lora_rank, lora_rank, 0.0, experts=True)
+            net = get_peft_model(net, config)
+        else:
+            net.get_input_embeddings().weight.requires_grad_(False)
+            net.get_output_embeddings().weight.requires_grad_(False)
+        dataset = QADataset(rows, tokenizer)
+        n_tokens = sum(len(x["input_ids"]) for x in dataset.items)
+        print(
+            f"[uld] fine-tuning on {split}: {len(rows)} rows, {n_tokens} tokens/epoch, "
+            f"{epochs} epochs"
+        )
+        settings = {
+            "made_by": "uld finetune",
+            "model": source_fingerprint(source),
+            "data": f"{data}:{split}",
+            "rows": dataset.fingerprint(),
+            "epochs": epochs,
+            "lr": lr,
+            "batch_size": batch_size,
+            "lora": lora_rank if lora else False,
+            "seed": seed,
+            "max_steps": max_steps,
+        }
+        watch = train(
+            net,
+            dataset,
+            Collator(tokenizer.pad_token_id),
+            out,
+            "finetune",
+            epochs=epochs,
+            lr=lr,
+            batch_size=batch_size,
+            seed=seed,
+            max_steps=max_steps,
+            settings=settings,
+            overwrite=overwrite,
+        ).stopwatch
+        seconds = watch.seconds()  # all resumes together
+        if lora:
+            net = net.merge_and_unload()
+        card = {
+            "made_by": "uld finetune",
+            "base_model": str(model or "default"),
+            "data": str(data),
+            "split": str(split),
+            "rows": len(rows),
+            "epochs": epochs,
+            "lr": lr,
+            "batch_size": batch_size,
+            "mode": f"lora r={lora_rank} merged" if lora else "full (embeddings frozen)",
+            "seed": seed,
+            "train_seconds": round(seconds, 1),
+        }
+        save_model(net, tokenizer, out, card, overwrite=overwrite)
+        remove_checkpoints(out)
     return Path(out)

@@ -35,6 +35,7 @@ import inspect
 import json
 import math
 import os
+import sys
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
@@ -296,17 +297,24 @@ class ULDModel(nn.Module):
         return decode(self, input_ids, attention_mask, **kwargs)
 
     # --- persistence ----------------------------------------------------------------------
-    def save_pretrained(self, out: str | os.PathLike, target_path: str, card: dict | None = None):
+    def save_pretrained(
+        self,
+        out: str | os.PathLike,
+        target_path: str,
+        card: dict | None = None,
+        overwrite: bool = False,
+    ):
         """Write only the LoRA weights, the adapter config and a uld_config.json naming the
-        target."""
+        target, through `uld.outdir` (an existing result is replaced only with `overwrite`)."""
         from peft import get_peft_model_state_dict
         from safetensors.torch import save_file
 
-        from uld.models import _atomic_dir
+        from uld.outdir import check_out, output_dir
 
+        check_out(out, overwrite, inputs=[target_path])
         state = get_peft_model_state_dict(self.target, adapter_name=ADAPTER)
         state = {k: v.detach().contiguous().cpu() for k, v in state.items()}
-        with _atomic_dir(Path(out)) as tmp:
+        with output_dir(out, "uld (ULDModel.save_pretrained)", overwrite) as tmp:
             self.target.peft_config[ADAPTER].save_pretrained(tmp)
             save_file(state, str(tmp / "adapter_model.safetensors"))
             card = {"mode": self.mode, **(card or {})}
@@ -322,18 +330,24 @@ class ULDModel(nn.Module):
         target: str | None = None,
         device: str | None = None,
     ) -> tuple[ULDModel, object]:
-        """Load target + adapter from a saved ULD folder. Returns (model, tokenizer)."""
+        """Load target + adapter from a saved ULD folder. Returns (model, tokenizer).
+
+        The folder's uld_config.json names the target that is loaded (`target` overrides it):
+        trust a ULD folder as you would any model folder. The target is printed before it is
+        loaded, and its weights must match the fingerprint saved at training."""
         from uld.models import load_model
 
         cfg = read_uld_config(path)
         target_path = target or cfg["target"]
+        print(f"[uld] {path}: a ULD model on the target {target_path}", file=sys.stderr)
         net, tokenizer = load_model(target_path, device=device)
         fingerprint = weights_fingerprint(net)
         if fingerprint != cfg["target_fingerprint"]:
             raise ValueError(
                 f"the adapter in {path} was trained on a different target (fingerprint "
-                f"{cfg['target_fingerprint']}, {target_path} has {fingerprint}); load it with the "
-                "target it was trained on (--target PATH)"
+                f"{cfg['target_fingerprint']}, {target_path} has {fingerprint}): the target was "
+                "retrained or replaced since. Load it with the target it was trained on (--target "
+                "PATH), or unlearn again from the new target"
             )
         model = cls(
             net,

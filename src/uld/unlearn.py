@@ -30,13 +30,21 @@ from uld.data.augment import (
     drop_forget_overlap,
     forget_set,
     refusal_set,
+    report_duplicates,
     retain_set,
 )
 from uld.data.format import Collator, PairedDataset, QADataset
-from uld.data.load import DataError, load_split
+from uld.data.load import DataError, load_split, local_paths
 from uld.losses import BASELINES, Frozen, Hyper, has_retain_term, needs_reference
-from uld.models import load_model, resolve
-from uld.trainer import WeightAverage, checkpoint_dir, remove_checkpoints, train
+from uld.models import load_model, resolve, save_model, source_fingerprint
+from uld.outdir import check_out, locked, output_dir
+from uld.trainer import (
+    WeightAverage,
+    checkpoint_dir,
+    claim_checkpoints,
+    remove_checkpoints,
+    train,
+)
 
 
 def build_assistant(target: str, k: int, rank: int, alpha: float, dropout: float):
@@ -65,10 +73,34 @@ def methods() -> list[str]:
 
 
 def unlearn(cfg: UnlearnConfig) -> Path:
-    """Run `cfg.method`; returns the output folder (a ULD/Offset folder or a plain model)."""
+    """Run `cfg.method`; returns the output folder (a ULD/Offset folder or a plain model).
+
+    `cfg.out` is checked before anything is loaded (`uld.outdir.check_out`: never an input,
+    never a folder holding files uld did not write, an earlier result only with
+    `cfg.overwrite`) and locked while the run lasts."""
     if cfg.method not in methods():
         raise ValueError(f"unknown method {cfg.method!r}; choose one of {', '.join(methods())}")
-    return train_and_save(cfg, prepare(cfg))
+    general = [g for g in cfg.general.split(",") if g.strip() not in ("", "builtin", "knowledge")]
+    inputs = [cfg.model, cfg.reference, *local_paths(cfg.data, cfg.forget, cfg.retain, *general)]
+    if cfg.calibrate:
+        inputs += local_paths(cfg.data, cfg.calibrate)
+    check_out(cfg.out, cfg.overwrite, inputs=inputs)
+    with locked(cfg.out):
+        return train_and_save(cfg, prepare(cfg))
+
+
+def run_settings(cfg: UnlearnConfig, run: Run) -> dict:
+    """What defines a run, recorded beside its checkpoints (`uld.trainer.claim_checkpoints`):
+    every setting but where it is written, the target's fingerprint and a hash of every
+    training token."""
+    import dataclasses
+
+    settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("out", "overwrite")}
+    return settings | {
+        "made_by": "uld unlearn",
+        "model": source_fingerprint(run.target),
+        "rows": run.dataset.fingerprint(),
+    }
 
 
 class Run(NamedTuple):
@@ -108,6 +140,7 @@ def _training_sets(cfg: UnlearnConfig, target: str) -> tuple[list[dict], list[di
     forget = load_split(cfg.forget, cfg.data)
     retain = load_split(cfg.retain, cfg.data)
     check_disjoint(forget, retain)
+    report_duplicates(forget, f"the forget split {cfg.forget}")
     paraphrase, perturbed = cfg.augment()
     d_f = forget_set(forget, paraphrase, cfg.augment_from_eval)
     d_r = retain_set(retain, forget, perturbed, cfg.augment_from_eval)
@@ -360,6 +393,8 @@ KEPT_EVAL = "epoch_eval.json"
 def train_and_save(cfg: UnlearnConfig, run: Run) -> Path:
     """The one training loop, the per-epoch evaluation if asked, and the atomic save."""
     target, model, tokenizer, dataset, loss, frozen, extra, k, finish, calibration = run
+    settings = run_settings(cfg, run)
+    claim_checkpoints(cfg.out, settings, cfg.overwrite)  # before the evaluator writes there
     best = checkpoint_dir(cfg.out) / "best"
     average = WeightAverage(model, cfg.ema) if cfg.ema else None
     callbacks: list = [average] if average else []
@@ -388,6 +423,8 @@ def train_and_save(cfg: UnlearnConfig, run: Run) -> Path:
         max_steps=cfg.max_steps,
         weight_decay=0.0 if k else 0.01,
         callbacks=callbacks,
+        settings=settings,
+        overwrite=cfg.overwrite,
     ).stopwatch
     if average is not None:
         average.finish(model)  # the averaged weights are the model (or load_best's below)
@@ -416,26 +453,18 @@ def train_and_save(cfg: UnlearnConfig, run: Run) -> Path:
         del ev  # frees that target before `calibrated` loads its own
     if calibration:
         cfg = calibrated(cfg, run, extra)
+    kept_eval = best / KEPT_EVAL
+    files = {}
+    if cfg.eval_metric and not calibration and kept_eval.exists():  # (a new alpha voids it)
+        files[KEPT_EVAL] = kept_eval.read_text()
     if k:  # ULD or Offset: adapter + uld_config.json
-        save_assistant(model, target, cfg, k, extra)
+        save_assistant(model, target, cfg, k, extra, files)
     else:
-        from uld.models import save_model
-
         if hasattr(model, "merge_and_unload"):
             model = model.merge_and_unload()
         model.config.use_cache = True
-        save_model(
-            model,
-            tokenizer,
-            cfg.out,
-            {"made_by": f"uld unlearn --method {cfg.method}", "target": str(cfg.model), **extra},
-            cfg,
-        )
-    kept_eval = best / KEPT_EVAL
-    if cfg.eval_metric and not calibration and kept_eval.exists():  # (a new alpha voids it)
-        from uld.report import write_text
-
-        write_text(kept_eval.read_text(), Path(cfg.out) / KEPT_EVAL)
+        card = {"made_by": f"uld unlearn --method {cfg.method}", "target": str(cfg.model), **extra}
+        save_model(model, tokenizer, cfg.out, card, cfg, cfg.overwrite, files)
     remove_checkpoints(cfg.out)
     return Path(cfg.out)
 
@@ -607,13 +636,17 @@ def target_utility(target: str, tokenizer, roles: dict, folder: Path, model=None
     return mu
 
 
-def save_assistant(assistant, target_path: str, cfg: UnlearnConfig, k: int, extra: dict) -> None:
-    """Adapter weights + adapter config + uld_config.json + the run's config, written atomically."""
+def save_assistant(
+    assistant, target_path: str, cfg: UnlearnConfig, k: int, extra: dict, files: dict | None = None
+) -> None:
+    """Adapter weights + adapter config + uld_config.json + the run's config (+ `files`, name ->
+    text), written whole through `uld.outdir.output_dir`."""
     from uld.logit_diff import write_uld_config
-    from uld.models import _atomic_dir
 
     offset = cfg.method.startswith("offset-")
-    with _atomic_dir(Path(cfg.out)) as tmp:
+    with output_dir(cfg.out, f"uld unlearn --method {cfg.method}", cfg.overwrite) as tmp:
+        for name, text in (files or {}).items():
+            (tmp / name).write_text(text)
         assistant.save_pretrained(tmp)
         write_uld_config(
             tmp,

@@ -8,6 +8,8 @@ without a template get `Question: ...\\nAnswer:`.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Sequence
 
 import torch
@@ -34,13 +36,15 @@ def prompt_ids(tokenizer, question: str) -> list[int]:
     return tokenizer(prompt_text(tokenizer, question), add_special_tokens=not chat).input_ids
 
 
-def encode_qa(tokenizer, question: str, answer: str, max_length: int = 512) -> dict[str, list]:
+def encode_qa(
+    tokenizer, question: str, answer: str, max_length: int | None = 512
+) -> dict[str, list]:
     """input_ids = prompt + answer + EOS; labels = -100 on the prompt, the ids elsewhere."""
     chat = bool(getattr(tokenizer, "chat_template", None))
     p = prompt_ids(tokenizer, question)
     a = tokenizer(answer if chat else " " + answer, add_special_tokens=False).input_ids
     a = a + [tokenizer.eos_token_id]
-    ids = (p + a)[:max_length]
+    ids = (p + a)[:max_length]  # max_length None: the whole row
     labels = ([IGNORE] * len(p) + a)[:max_length]
     return {"input_ids": ids, "labels": labels}
 
@@ -69,10 +73,19 @@ def pad(
 
 
 class QADataset(Dataset):
-    """Rows tokenised once, up front."""
+    """Rows tokenised once, up front. A row longer than `max_length` tokens is cut there, with
+    a warning naming how many were."""
 
     def __init__(self, rows: Sequence[dict], tokenizer, max_length: int = 512):
-        self.items = [encode_qa(tokenizer, r["question"], r["answer"], max_length) for r in rows]
+        items = [encode_qa(tokenizer, r["question"], r["answer"], None) for r in rows]
+        long = [i for i, x in enumerate(items) if len(x["input_ids"]) > max_length]
+        if long:
+            print(
+                f"[uld] warning: {len(long)} of {len(rows)} rows are longer than {max_length} "
+                f"tokens (e.g. row {long[0]}, {len(items[long[0]]['input_ids'])} tokens) and are "
+                "cut there; the tokens past it are not trained on"
+            )
+        self.items = [{k: v[:max_length] for k, v in x.items()} for x in items]
 
     def __len__(self) -> int:
         return len(self.items)
@@ -80,13 +93,24 @@ class QADataset(Dataset):
     def __getitem__(self, i: int) -> dict[str, list]:
         return self.items[i]
 
+    def fingerprint(self) -> str:
+        """A hash of every token and label: equal exactly when the training items are."""
+        return _digest(self.items)
+
+
+def _digest(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
+
 
 class PairedDataset(Dataset):
     """Each forget item paired with a retain item (and, for DPO, with its refusal item `idk`);
     one epoch is one pass over the forget set.
 
     Retain items are dealt in a seeded random order and the deal carries on across epochs, so
-    every retain row is used even when the retain set is larger than the forget set.
+    every retain row is used even when the retain set is larger than the forget set: in epoch e,
+    forget item i is paired with retain item `order[(e * len(forget) + i) % len(retain)]`. The
+    pairing is a function of (epoch, index), not of how many items were fetched before, so a
+    resumed run pairs exactly as an uninterrupted one (the Trainer sets the epoch, `set_epoch`).
     """
 
     def __init__(
@@ -101,7 +125,10 @@ class PairedDataset(Dataset):
         self.forget, self.retain, self.idk = forget, retain, idk
         n = len(retain) if retain is not None else 0
         self.order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
-        self.dealt = 0
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.forget)
@@ -111,9 +138,13 @@ class PairedDataset(Dataset):
         if self.idk is not None:  # DPO: the same question with a refusal as the answer
             item["idk"] = self.idk[i]
         if self.retain is not None:
-            item["retain"] = self.retain[self.order[self.dealt % len(self.order)]]
-            self.dealt += 1
+            dealt = self.epoch * len(self.forget) + i
+            item["retain"] = self.retain[self.order[dealt % len(self.order)]]
         return item
+
+    def fingerprint(self) -> str:
+        parts = [self.forget, self.retain, self.idk]
+        return _digest([p.fingerprint() if p is not None else None for p in parts] + [self.order])
 
 
 class Collator:

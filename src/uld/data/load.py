@@ -67,10 +67,26 @@ def validate_rows(rows: list[dict], source: str, require_eval: bool = False) -> 
 
 def read_json_rows(path: Path) -> list[dict]:
     """Rows of a .json (a list, or {"data": [...]}) or .jsonl file."""
-    text = path.read_text()
     try:
-        if path.suffix == ".jsonl":
-            return [json.loads(line) for line in text.splitlines() if line.strip()]
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(
+            f"{path}: not UTF-8 text (byte {e.start}: {e.object[e.start : e.start + 1]!r}); save "
+            "the file as UTF-8"
+        ) from e
+    if path.suffix == ".jsonl":
+        rows = []
+        for n, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise DataError(
+                    f"{path}: line {n} is not valid JSON ({e.msg}, column {e.colno})"
+                ) from None
+        return rows
+    try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
         raise DataError(f"{path}: not valid JSON ({e})") from e
@@ -126,6 +142,15 @@ def _from_source(split: str, data: Any) -> tuple[list[dict], str]:
     if isinstance(ds, datasets.DatasetDict):
         ds = ds["train"] if "train" in ds else next(iter(ds.values()))
     return ds.to_list(), f"{data}:{split}"
+
+
+def local_paths(data: Any, *splits: Any) -> list[str]:
+    """The local files and folders that reading `splits` from `data` opens (for the check that
+    an output never replaces its own input)."""
+    paths = [str(s) for s in splits if Path(str(s)).suffix in (".json", ".jsonl")]
+    if data not in (None, BUILTIN) and Path(str(data)).is_dir():
+        paths.append(str(data))
+    return paths
 
 
 def load_split(split: Any, data: Any = BUILTIN, require_eval: bool = False) -> list[dict]:
