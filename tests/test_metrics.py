@@ -9,16 +9,20 @@ from scipy.stats import ks_2samp
 
 from uld.metrics import (
     answer_logprobs,
+    char_repetition,
     extraction_strength,
     extraction_strength_from_hits,
     forget_quality,
     forget_truth_score,
+    is_degenerate,
     loss_score,
+    mean_logprob,
     mia_auc,
     min_k_prob,
     model_utility,
     normalised_prob,
     relative_answer_prob,
+    repetition,
     retain_truth_score,
     rouge_l_recall,
     to_result,
@@ -242,3 +246,85 @@ def test_to_result():
     assert r == {"agg_value": 0.45, "value_by_index": {7: {"score": 0.4}, 9: {"score": 0.5}}}
     with pytest.raises(ValueError, match="indices"):
         to_result(0.0, [0.1], indices=[1, 2])
+
+
+# ---------------------------------------------------------------- fluency
+
+FLUENT_WRONG = [  # hand-made fluent wrong answers
+    "Elena Marsh was born in Lisbon in 1962.",
+    "The capital of France is Tokyo.",
+    "Tomas Berg's first novel was 'Winter Harbour', published in 2001.",
+    "Henrik Solberg's father, Arne Solberg, was a fisherman, and his mother, Ingrid Hauge, sang "
+    "in a church choir.",
+    "She is most famous for 'The Lantern Boat', a picture book from 2006 about a girl chasing a "
+    "paper lantern along the Perfume River.",
+]
+LOOPS = [  # real failures of unlearned models
+    "pylint── noqa noqa noqa noqa noqa noqa",
+    "<INDUINAMENAMENAMENAMENAMENAME",
+    "Bonjour !Bonjour !Bonjour !======",
+    "Official Ambassador Terminology Annex Annex Annex Annex",
+]
+GIBBERISH = "Orsraltar saw Orlaneȯ zeotene castellania"  # a real failure too, with no loop
+
+
+def test_repetition_by_hand():
+    # "a b c a b c", trigrams abc bca cab abc: 1 of 4 repeats an earlier one
+    assert repetition("a b c a b c") == pytest.approx(1 / 4)
+    # bigrams ab bc ca ab bc: 2 of 5 repeat
+    assert repetition("a b c a b c", n=2) == pytest.approx(2 / 5)
+    # case and punctuation do not count: "A, b. C a b c!" is the same text
+    assert repetition("A, b. C a b c!") == pytest.approx(1 / 4)
+    assert repetition("the cat sat") == 0.0  # one trigram
+    assert repetition("the cat") == 0.0  # fewer than 3 words
+    # 7 words; trigrams (official ambassador terminology) (ambassador terminology annex)
+    # (terminology annex annex) (annex annex annex) x2: seq-rep-3 = 1/5; words repeating the
+    # word before them: 3 of 6 = 0.5, the larger
+    assert repetition(LOOPS[3]) == pytest.approx(0.5)
+    # words pylint noqa x6: trigrams (pylint noqa noqa) + 4 x (noqa noqa noqa): 3 of 5 repeat;
+    # runs: 5 of 6
+    assert repetition(LOOPS[0]) == pytest.approx(5 / 6)
+    # words bonjour x3: one trigram, seq-rep-3 = 0; runs 2 of 2
+    assert repetition(LOOPS[2]) == pytest.approx(1.0)
+    assert repetition(LOOPS[1]) == 0.0  # one word: a loop without spaces needs char_repetition
+
+
+def test_char_repetition_by_hand():
+    # "abcabcabc", 3-grams abc bca cab abc bca cab abc: 4 of 7 repeat
+    assert char_repetition("abcabcabc", n=3) == pytest.approx(4 / 7)
+    # "NAMENAMENAME", 4-grams name amen mena enam name amen mena enam name: 5 of 9 repeat
+    assert char_repetition("NAMENAMENAME", n=4) == pytest.approx(5 / 9)
+    assert char_repetition("a  b\n a", n=3) == char_repetition("a b a", n=3) == 0.0
+    assert char_repetition("abc") == 0.0  # shorter than 8
+    # "<induinamenamenamenamenamename", 30 characters, 23 8-grams: the 6 starting in "<indui"
+    # are distinct, the 17 from the first "n" on cycle through 4 (namename amenamen menamena
+    # enamenam): 10 distinct, 13 of 23 repeat
+    assert char_repetition(LOOPS[1]) == pytest.approx(13 / 23)
+    # every 8-gram of a short fluent answer is new: " in " twice, but "n in lis" != "n in 196"
+    assert char_repetition(FLUENT_WRONG[0]) == 0.0
+
+
+def test_mean_logprob_is_the_mean_per_token():
+    assert mean_logprob([-1.0, -2.0, -6.0]) == pytest.approx(-3.0)
+    assert mean_logprob(torch.tensor([-0.5, -1.5])) == pytest.approx(-1.0)
+    with pytest.raises(ValueError, match="non-empty"):
+        mean_logprob([])
+
+
+def test_is_degenerate_separates_fluent_wrong_answers_from_loops_and_gibberish():
+    # the scorer's mean log-likelihood per token is assumed: -2.0 for fluent text, -9.0 for
+    # gibberish (made-up words cost near the -10.8 of a uniform guess over 49,152 tokens)
+    for text in FLUENT_WRONG:
+        assert repetition(text) == 0.0 and char_repetition(text) < 0.03, text
+        assert not is_degenerate(text, -2.0) and not is_degenerate(text, None), text
+        assert is_degenerate(text, -9.0), text  # fluent words, but the scorer finds them absurd
+    for text in LOOPS:  # caught by repetition alone, whatever the scorer says
+        assert max(repetition(text), char_repetition(text)) >= 0.5, text
+        assert is_degenerate(text, None) and is_degenerate(text, -2.0), text
+    # gibberish that does not loop: only the log-likelihood part catches it
+    assert repetition(GIBBERISH) == 0.0 and char_repetition(GIBBERISH) == 0.0
+    assert not is_degenerate(GIBBERISH, None) and not is_degenerate(GIBBERISH, -2.0)
+    assert is_degenerate(GIBBERISH, -9.0)
+    # the thresholds are arguments: "Annex" loops at 0.5, which 0.6 lets pass
+    assert not is_degenerate(LOOPS[3], None, max_repetition=0.6)
+    assert not is_degenerate(GIBBERISH, -9.0, min_logp=-10.0)

@@ -173,7 +173,7 @@ def _unlearn_argv(model: str, out: Path, method: str) -> list[str]:
     return argv + ["--batch-size", "2", "--lr", "1e-3"]  # 4 forget rows: 2 steps an epoch
 
 
-@pytest.mark.parametrize("method, kill_after", [("uld", 5), ("npo+kl", 3)])
+@pytest.mark.parametrize("method, kill_after", [("uld", 5), ("npo+kl", 3), ("ga+gd", 3)])
 def test_kill_9_then_resume_gives_the_uninterrupted_weights_bit_for_bit(
     tiny_model, tmp_path, capsys, method, kill_after
 ):

@@ -13,8 +13,10 @@ Shapes: B batch, T sequence length, V vocabulary, N items, k perturbed answers p
     R = truth_ratio(p_perturbed, p_paraphrased)     # per item, [N]
     forget_quality(R_unlearned, R_retain_model)     # KS-test p-value, TOFU's headline number
     truth_ratio_gap(R_unlearned, R_retain_model)    # row by row, ours: mean |log R - log R_ref|
+    is_degenerate(text, mean_logprob(token_logps))  # loops or gibberish in a generated answer
 """
 
+import re
 from collections.abc import Sequence
 from functools import cache
 
@@ -358,3 +360,85 @@ def to_result(
         "agg_value": float(agg_value),
         "value_by_index": {i: {key: v} for i, v in zip(indices, values, strict=True)},
     }
+
+
+# ---------------------------------------------------------------- fluency
+# Is a generated answer still language? An unlearned model may answer a forget question with a
+# fluent wrong answer (what unlearning wants) or with loops and gibberish (what it must not pass
+# off as forgetting). Repetition catches loops of words or characters; the scorer model's mean
+# log-likelihood per token catches gibberish that does not repeat.
+
+
+def _ngram_repeats(items: Sequence, n: int) -> float:
+    """Share of the n-grams of `items` that repeat an earlier one: 1 - |distinct| / |all|."""
+    grams = [tuple(items[i : i + n]) for i in range(len(items) - n + 1)]
+    return 1.0 - len(set(grams)) / len(grams) if grams else 0.0
+
+
+def repetition(text: str, n: int = 3) -> float:
+    """How much of `text` repeats its own words, in [0, 1]; 0 for fewer than n words.
+
+    The larger of two shares over the lower-cased words (runs of letters and digits; punctuation
+    does not count): seq-rep-n of Welleck et al. 2019 ("Neural Text Degeneration with Unlikelihood
+    Training", arXiv:1908.04319, Sec. 5), the share of word n-grams that repeat an earlier n-gram,
+    i.e. 1 - distinct-n (Li et al. 2016, "A Diversity-Promoting Objective Function for Neural
+    Conversation Models"); and the share of words after the first that repeat the word just
+    before them. The second catches a word looped at the end of an otherwise varied answer
+    ("... Terminology Annex Annex Annex Annex": seq-rep-3 0.2, runs 0.5), which seq-rep-n
+    discounts because the answer's varied start adds distinct n-grams.
+    """
+    words = re.findall(r"\w+", text.lower())
+    if len(words) < n:
+        return 0.0
+    runs = sum(a == b for a, b in zip(words, words[1:], strict=False)) / max(len(words) - 1, 1)
+    return max(_ngram_repeats(words, n), runs)
+
+
+def char_repetition(text: str, n: int = 8) -> float:
+    """Share of the character n-grams of `text` (lower-cased, runs of white space as one space)
+    that repeat an earlier one, in [0, 1]; 0 for text shorter than n characters.
+
+    Catches loops with no spaces, which have no words to repeat ("NAMENAMENAME"). n = 8 rather
+    than 4: 4-grams repeat in any prose ("the ", "ing "), so their share grows with length
+    (0.39 on 3,000 characters of this project's README), while 8-grams stay near 0 in an answer
+    of a sentence or two and at 0.11 in that README text, and a loop of a unit of up to 8
+    characters repeats nearly all of them.
+    """
+    return _ngram_repeats(" ".join(text.lower().split()), n)
+
+
+def mean_logprob(token_logps: Sequence[float]) -> float:
+    """The scorer model's mean log-likelihood per token of a generated answer: token_logps [T]
+    (natural log, e.g. `token_logprobs` at the answer's positions) -> a float <= 0.
+
+    Fluent text scores a few nats per token above gibberish under any language model; see
+    `is_degenerate` for the threshold.
+    """
+    logps = np.asarray(token_logps, dtype=np.float64)
+    if logps.ndim != 1 or logps.size == 0:
+        raise ValueError(
+            f"expected a non-empty list of per-token log-probs, got shape {logps.shape}"
+        )
+    return float(logps.mean())
+
+
+def is_degenerate(
+    text: str, mean_logp: float | None, max_repetition: float = 0.3, min_logp: float = -6.0
+) -> bool:
+    """True for a generated answer that loops or is gibberish: `repetition` or `char_repetition`
+    above max_repetition, or (where a scorer model gave one) `mean_logp` below min_logp.
+
+    max_repetition 0.3: the hand-made fluent answers of the tests score 0 on words and at most
+    0.02 on characters; the real failures there score 0.5-1.0 ("pylint── noqa noqa ..." 0.83
+    on words, "<INDUINAMENAME..." 0.57 on characters, "... Annex Annex Annex Annex" 0.5 on
+    words). min_logp -6.0 nats per token (perplexity about 400), an estimate not measured here:
+    a small model such as SmolLM2-135M should read fluent English at a perplexity of tens (-2
+    to -4 nats per token; an invented name costs more, averaged over the sentence), while
+    made-up words split into sub-word pieces it cannot predict, towards the -10.8 nats of a
+    uniform guess over its 49,152 tokens. Gibberish that does not loop ("Orsraltar saw Orlaneȯ
+    zeotene castellania": 0 on words and characters) is caught only by the log-likelihood part,
+    so pass mean_logp where a scorer model is at hand.
+    """
+    if max(repetition(text), char_repetition(text)) > max_repetition:
+        return True
+    return mean_logp is not None and mean_logp < min_logp

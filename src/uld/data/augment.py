@@ -133,15 +133,43 @@ def refusal_set(forget: list[dict]) -> list[dict]:
     ]
 
 
+def same_question(question: str) -> str:
+    """A question as compared for overlap: case, spacing and end punctuation do not count."""
+    return " ".join(question.casefold().split()).rstrip("?!. ")
+
+
 def check_disjoint(forget: list[dict], retain: list[dict]) -> None:
-    """A retain set that repeats forget questions would train the assistant both ways."""
-    shared = sorted({r["question"] for r in forget} & {r["question"] for r in retain})
+    """A retain set that repeats forget questions would train the assistant both ways. Questions
+    are compared by `same_question`, so "Where?" and " where ?" are one question."""
+    forget_qs = {same_question(r["question"]): r["question"] for r in forget}
+    shared = sorted(
+        forget_qs[q] for q in forget_qs.keys() & {same_question(r["question"]) for r in retain}
+    )
     if shared:
         raise DataError(
             f"the retain set shares {len(shared)} question(s) with the forget set, e.g. "
             f"{shared[0]!r}; use a retain split disjoint from the forget split (retain90 for "
             "forget10, retain95 for forget05, retain99 for forget01)"
         )
+
+
+def report_duplicates(rows: list[dict], name: str) -> list[tuple[int, int]]:
+    """Pairs (first, repeat) of row indices whose questions are the same (`same_question`),
+    printed as a warning: a repeated forget row is trained and scored twice."""
+    first: dict[str, int] = {}
+    pairs = []
+    for i, r in enumerate(rows):
+        j = first.setdefault(same_question(r["question"]), i)
+        if j != i:
+            pairs.append((j, i))
+    if pairs:
+        shown = ", ".join(f"{i} = {j}" for i, j in pairs[:5])
+        print(
+            f"[uld] warning: {name} repeats {len(pairs)} question(s) (rows {shown}"
+            f"{' ...' if len(pairs) > 5 else ''}, e.g. {rows[pairs[0][1]]['question']!r}); each "
+            "repeat is trained and scored again: remove them unless that is what you want"
+        )
+    return pairs
 
 
 # ---------------------------------------------------------------------------------------------
