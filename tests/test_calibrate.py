@@ -129,7 +129,7 @@ def test_unlearn_calibrate_then_uld_calibrate_write(tiny_model, tmp_path, capsys
     out = unlearn(cfg)
     card = json.loads((out / "uld_config.json").read_text())
     cal = card["calibration"]
-    assert cal["split"] == "holdout10" and cal["alpha_before"] == 0.75
+    assert cal["split"] == "holdout10" and cal["alpha_before"] is None  # none given
     assert len(cal["grid"]) == 21
     best = max(cal["grid"], key=lambda g: (g["holdout_ks"], -g["median_log_gap"]))
     assert card["alpha"] == cal["alpha"] == best["alpha"]

@@ -98,23 +98,15 @@ def test_data_export_round_trips(tmp_path):
         (["unlearn", "--model", "TINY", "--layers", "9"], "outside 1..3"),
         (["unlearn", "--model", "TINY", "--filter", "0"], "--filter=0.0"),
         (["unlearn", "--model", "TINY", "--retain", "full"], "shares"),
-        (["unlearn", "--model", "TINY", "--forget", "NOAUG"], "no 'augment_paraphrased'"),
+        (["unlearn", "--model", "TINY", "--forget", "EMPTY"], "empty"),
     ],
 )
 def test_bad_input_exits_2_with_a_message_and_no_output(
     tiny_model, tmp_path, capsys, argv, message
 ):
-    import json
-
-    from uld.data.load import load_split
 
     (tmp_path / "empty.json").write_text("[]")
-    # forget rows as the hub's TOFU has them: no augment_* fields for ULD's D'_f and D'_r
-    noaug = [
-        {k: v for k, v in r.items() if not k.startswith("augment_")} for r in load_split("forget01")
-    ]
-    (tmp_path / "noaug.json").write_text(json.dumps(noaug))
-    files = {"EMPTY": str(tmp_path / "empty.json"), "NOAUG": str(tmp_path / "noaug.json")}
+    files = {"EMPTY": str(tmp_path / "empty.json")}
     argv = [files.get(a, tiny_model if a == "TINY" else a) for a in argv]
     out = tmp_path / "out"
     assert main([*argv, "--out", str(out)]) == 2
@@ -264,7 +256,7 @@ def test_compare_takes_the_kept_epochs_full_evaluation_from_training(tiny_model,
         f"target: {tiny_model}\nreference: {tiny_model}\nout: {out}\n"
         "common: {forget: forget01, retain: retain99, epochs: 2, batch_size: 4, max_steps: 2,"
         " eval_metric: forget_quality, eval_splits: all}\n"
-        "runs:\n  ga: {lr: 1.0e-3}\n  uld: {layers: 2, lora_rank: 4}\n"
+        "runs:\n  ga: {lr: 1.0e-3}\n  uld: {layers: 2, lora_rank: 4, alpha: 1.0}\n"
     )
     assert main(["compare", "--config", str(plan)]) == 0
     printed = capsys.readouterr().out

@@ -281,3 +281,110 @@ def format_grid(result: dict) -> str:
             f"{g['mia_loss_auc']:.3f} |" + (f" {g['forget_quality']:.3g} |" if fq else "")
         )
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# Choosing alpha on a user's own data, with no held-out rows of the same kind and no retain
+# model: the largest alpha that leaves the answers that must be kept as the target gives them
+# and the forget answers fluent.
+
+SAFE_ALPHAS = (2.0, 1.5, 1.0, 0.75, 0.5, 0.25, 0.1)  # tried from the largest down
+
+
+def choose_alpha_safely(
+    model: ULDModel,
+    tokenizer,
+    forget: list[dict],
+    keep: list[dict],
+    alphas: Sequence[float] = SAFE_ALPHAS,
+    tolerance: float = 0.99,
+    batch_size: int = 16,
+) -> dict:
+    """The largest alpha of `alphas` under which (1) the answers to `keep` stay the target's and
+    (2) no generated forget answer is degenerate where the target's was not
+    (`uld.evaluate.fluency`, judged by the target), with the forget answers' token agreement
+    reported.
+
+    keep: rows whose answer is the target's own greedy answer (retain rows and general prompts,
+    `uld.unlearn.keep_rows`). Their agreement at an alpha is the share of answer tokens at which
+    the combined model's most likely next token is still the target's, teacher-forced on the
+    target's answer (`grid_scores`): 1.0 means the greedy answers are unchanged. An alpha is a
+    candidate when the agreement is at least `tolerance`; from the largest candidate down,
+    forget answers are generated until one alpha gives no degenerate answer. Without any, the
+    chosen alpha is 0 (the target itself: nothing is forgotten) and `res["safe"]` is False.
+
+    Returns {"alpha", "safe", "grid": [{alpha, keep_agreement, forget_agreement,
+    forget_degenerate (where generated)}]}."""
+    from uld.evaluate import fluency, generate_answers
+
+    if not keep or not forget:
+        raise ValueError("choosing alpha needs forget rows and rows to keep (retain or general)")
+    settings = [(a, model.filter) for a in alphas]
+    scores = grid_scores(
+        model,
+        tokenizer,
+        [r["question"] for r in keep],
+        [r["answer"] for r in keep],
+        settings,
+        batch_size,
+    )
+    forget_scores = grid_scores(
+        model,
+        tokenizer,
+        [r["question"] for r in forget],
+        [r["answer"] for r in forget],
+        settings,
+        batch_size,
+    )
+    grid = []
+    for a, (_, n, same), (_, n_f, same_f) in zip(alphas, scores, forget_scores, strict=True):
+        grid.append(
+            {
+                "alpha": a,
+                "keep_agreement": float(same.sum() / n.sum()),
+                "forget_agreement": float(same_f.sum() / n_f.sum()),
+            }
+        )
+    questions = [r["question"] for r in forget]
+    budget = max(16, 2 * max(len(tokenizer(r["answer"]).input_ids) for r in forget))
+
+    def degenerate_at(alpha: float) -> tuple[list[str], list[bool]]:
+        model.alpha = alpha
+        answers = generate_answers(model, tokenizer, questions, batch_size, budget, False)
+        items = [{"question": q, "generated": a} for q, a in zip(questions, answers, strict=True)]
+        fluency(items, (model, tokenizer), batch_size)  # judged by the target (alpha 0)
+        return answers, [it["degenerate"] for it in items]
+
+    chosen, saved = 0.0, model.alpha
+    try:
+        _, was = degenerate_at(0.0)  # a row the target itself answers badly does not count
+        for g in sorted(grid, key=lambda g: -g["alpha"]):
+            if g["keep_agreement"] < tolerance:
+                continue
+            answers, bad = degenerate_at(g["alpha"])
+            new = [b and not w for b, w in zip(bad, was, strict=True)]
+            g["forget_degenerate"] = sum(new) / len(new)
+            g["forget_answers"] = answers
+            if not any(new):
+                chosen = g["alpha"]
+                break
+    finally:
+        model.alpha = saved
+    return {"alpha": chosen, "safe": chosen > 0, "tolerance": tolerance, "grid": grid}
+
+
+def format_safe_grid(result: dict) -> str:
+    """The grid of `choose_alpha_safely` as a markdown table, the chosen alpha marked."""
+    lines = [
+        "| alpha | kept answers unchanged (token share) | forget tokens still the target's | "
+        "degenerate forget answers |",
+        "|---:|---:|---:|---:|",
+    ]
+    for g in result["grid"]:
+        mark = " (chosen)" if g["alpha"] == result["alpha"] else ""
+        deg = g.get("forget_degenerate")
+        lines.append(
+            f"| {g['alpha']:g}{mark} | {g['keep_agreement']:.3f} | {g['forget_agreement']:.3f} | "
+            f"{'–' if deg is None else f'{deg:.2f}'} |"
+        )
+    return "\n".join(lines)

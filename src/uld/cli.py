@@ -209,7 +209,7 @@ def cmd_eval(args) -> None:
     from dataclasses import asdict
 
     from uld.config import EvalSplits
-    from uld.evaluate import evaluate, load_reference, load_roles
+    from uld.evaluate import evaluate, fluency_scorer, load_reference, load_roles
     from uld.outdir import check_out, locked, output_dir
     from uld.report import model_info, tables, write_eval
 
@@ -226,6 +226,7 @@ def cmd_eval(args) -> None:
             raise ValueError("--reference needs a forget split (--forget SPLIT)")
         reference = load_reference(args.reference, roles["forget"])
     model, tok = load_any(args.model, args.alpha, args.filter, args.target)
+    scorer = fluency_scorer(model, tok, args.model, args.fluency_model)
     name = args.name or (Path(args.model).name if args.model else "default")
     print(f"[uld] evaluating {name}: " + ", ".join(f"{r} {len(v)}" for r, v in roles.items()))
     results = {
@@ -240,7 +241,9 @@ def cmd_eval(args) -> None:
     sampling = _sampling(args) | {"max_new_tokens": args.max_new_tokens}
     if sampling != {"max_new_tokens": None}:
         results["sampling"] = sampling
-    results |= evaluate(model, tok, roles, reference, batch_size=args.batch_size, sampling=sampling)
+    results |= evaluate(
+        model, tok, roles, reference, args.batch_size, sampling=sampling, scorer=scorer
+    )
     print(tables({name: results["summary"]}))
     if reference is None and "forget" in roles:
         print("(Forget Quality needs --reference RETAIN_MODEL_FOLDER or its eval.json)")
@@ -508,6 +511,14 @@ def parser() -> argparse.ArgumentParser:
         )
     ev.add_argument("--data", default="builtin", help="builtin, a folder of <split>.json, hub id")
     ev.add_argument("--batch-size", type=_number(int, 1), default=8)
+    ev.add_argument(
+        "--fluency-model",
+        default="",
+        help="the model that judges whether generated answers are fluent (its log-likelihood of "
+        "each answer; loops are caught without it): a folder or hub id, 'none' for repetition "
+        "only; default: the base the model was made from (a ULD model's target, an unlearned "
+        "model's target, a fine-tuned model's base)",
+    )
     ev.add_argument("--out", default=None, help="folder for eval.json and eval.md")
     ev.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     ev.set_defaults(func=cmd_eval)

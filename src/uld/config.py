@@ -69,11 +69,25 @@ class UnlearnConfig:
     out: str = _f("", "output folder")
     layers: int = _f(0, "ULD/Offset: assistant layers K (0: a quarter of the target's, paper 8/32)")
     lora_rank: int = _f(0, "LoRA rank (0: paper's 32 scaled by hidden size / 4096, >= 8)")
-    lora_alpha: float = _f(0.0, "LoRA alpha (0: equal to the rank, as the paper's 32/32)")
+    lora_alpha: float = _f(
+        0.0,
+        "LoRA alpha (0: ULD's assistant twice the rank, as measured on SmolLM2-135M (the paper: "
+        "32/32); other LoRA equal to the rank)",
+    )
     lora_dropout: float = _f(0.05, "LoRA dropout")
     lora: bool = _f(False, "baselines: train LoRA adapters on every projection, not all weights")
-    beta: float = _f(6.5, "ULD: weight of the uniform loss on D'_r (paper 6.5)")
-    alpha: float = _f(0.75, "ULD: logit-difference weight at inference (paper 0.75)")
+    beta: float = _f(
+        4.0,
+        "ULD: weight of the uniform loss on D'_r (paper 6.5; 4 measured on SmolLM2-135M, where "
+        "6.5 left the assistant near uniform on D'_f too)",
+    )
+    alpha: float | None = _f(
+        None,
+        "ULD: logit-difference weight at inference (paper 0.75); default: chosen after training "
+        "on the run's own rows (uld.calibrate.choose_alpha_safely): the largest that leaves the "
+        "target's answers to retain questions and general prompts as they were and every "
+        "forget answer fluent",
+    )
     filter: float = _f(
         1e-2,
         "ULD: relative-top filter; subtract only where p >= filter * p_max or on the "
@@ -113,9 +127,16 @@ class UnlearnConfig:
         "answered by the target), knowledge (our well-known-fact prompts, answered by the "
         "target) or a .json/.jsonl file of question/answer rows; empty: none",
     )
-    epochs: float = _f(10.0, "epochs over the forget set (paper 10)")
+    epochs: float = _f(
+        0.0,
+        "epochs over the forget set (paper 10); 0: from the data (uld.defaults.auto_epochs: at "
+        "least 10 epochs, 300 steps and 2 passes over the retain set)",
+    )
     lr: float = _f(
-        0.0, "peak learning rate (0: the method's default: ULD 1e-3, baselines 1e-5, LoRA 1e-4)"
+        0.0,
+        "peak learning rate (0: the method's default: ULD 3e-3 (paper 1e-3, which left the "
+        "assistant at 13 nats on D'_f after 10 epochs on SmolLM2-135M), baselines 1e-5, LoRA "
+        "1e-4)",
     )
     batch_size: int = _f(8, "batch size (forget items; each is paired with a retain item)")
     seed: int = _f(0, "random seed")
@@ -160,6 +181,16 @@ class UnlearnConfig:
         "--eval-metric forget_quality keeps a baseline's best epoch (5 alphas match 5 epochs); "
         "0: keep the held-out choice",
     )
+    check: bool = _f(
+        True,
+        "after training, print a before/after sample of forget, retain and general answers with "
+        "fluency and ROUGE-L (uld.defaults.after_run_check), saved as after_run_check.json",
+    )
+    strict: bool = _f(
+        False,
+        "exit non-zero when the after-run check finds retain or general answers moved beyond its "
+        "tolerance or degenerate forget answers (the model is saved all the same)",
+    )
     overwrite: bool = _f(
         False,
         "replace an earlier result in --out and discard checkpoints of another run there (files "
@@ -176,7 +207,7 @@ class UnlearnConfig:
         if self.lr:
             return self.lr
         if self.method == "uld":
-            return 1e-3
+            return 3e-3
         return 1e-4 if self.lora or self.method.startswith("offset-") else 1e-5
 
     def augment(self) -> tuple[bool, bool]:
@@ -186,7 +217,11 @@ class UnlearnConfig:
         return pick(self.paraphrase), pick(self.perturbed)
 
     def validate(self) -> None:
-        _positive(epochs=self.epochs, batch_size=self.batch_size)
+        _positive(batch_size=self.batch_size)
+        if not (math.isfinite(self.epochs) and self.epochs >= 0):
+            raise ValueError(f"--epochs={self.epochs} must be >= 0 (0: from the data)")
+        if self.strict and not self.check:
+            raise ValueError("--strict fails the run on the after-run check: drop --no-check")
         _steps(self.max_steps)
         if not (math.isfinite(self.lr) and self.lr >= 0):
             raise ValueError(f"--lr={self.lr} must be >= 0 (0 picks the method's default)")
@@ -217,11 +252,12 @@ class UnlearnConfig:
             raise ValueError("--eval-metric forget_quality needs --reference RETAIN_MODEL_FOLDER")
         if self.lora_rank < 0 or self.layers < 0:
             raise ValueError("--lora-rank and --layers must be >= 0 (0 picks the default)")
-        for name in ("beta", "alpha", "lora_alpha", "retain_weight"):
+        for name in ("beta", "lora_alpha", "retain_weight"):
             v = getattr(self, name)
             if not (math.isfinite(v) and v >= 0):
                 raise ValueError(f"--{name.replace('_', '-')}={v} must be a finite number >= 0")
-        check_alpha(self.alpha)
+        if self.alpha is not None:
+            check_alpha(self.alpha)
         _positive(npo_beta=self.npo_beta, dpo_beta=self.dpo_beta, uoe_experts=self.uoe_experts)
         if not (math.isfinite(self.anchor) and self.anchor >= 0):
             raise ValueError(f"--anchor={self.anchor} must be a finite number >= 0")

@@ -251,6 +251,72 @@ def _usable(rows: list[dict], role: str, errors: list[dict]) -> list[int]:
     return ok
 
 
+def fluency(items: list[dict], scorer: tuple | None = None, batch_size: int = 16) -> dict:
+    """Whether each generated answer (`items[i]["generated"]`) is still language: adds to each
+    item `repetition` (the larger of `metrics.repetition` and `metrics.char_repetition`),
+    `fluency_logp` (the scorer's mean log-likelihood per token of the answer to its question;
+    None without a scorer or for an empty answer) and `degenerate` (`metrics.is_degenerate`, or
+    an empty answer). Returns the split's share of degenerate answers and mean log-likelihood.
+
+    scorer: (model, tokenizer), a fixed judge of fluency, the same for every model compared
+    (an unlearned model judging its own loops would find them likely). A ULD or Offset model
+    given as the scorer scores with its target alone (alpha 0): no second copy in memory."""
+    answered = [i for i, it in enumerate(items) if it["generated"].strip()]
+    logps: dict[int, float] = {}
+    if scorer is not None and answered:
+        model, tok = scorer
+        saved = getattr(model, "alpha", None)
+        if isinstance(model, ULDModel):
+            model.alpha = 0.0  # the target's own logits (logit_diff: alpha 0 returns l_t)
+        try:
+            questions = [items[i]["question"] for i in answered]
+            answers = [items[i]["generated"] for i in answered]
+            probs = score_answers(model, tok, questions, answers, batch_size)["prob"]
+        finally:
+            if isinstance(model, ULDModel):
+                model.alpha = saved
+        logps = {
+            i: float(torch.log(p.clamp_min(1e-300))) for i, p in zip(answered, probs, strict=True)
+        }
+    for i, it in enumerate(items):
+        text = it["generated"]
+        it["repetition"] = max(metrics.repetition(text), metrics.char_repetition(text))
+        it["fluency_logp"] = logps.get(i)
+        it["degenerate"] = not text.strip() or metrics.is_degenerate(text, logps.get(i))
+    return {
+        "degenerate": sum(it["degenerate"] for it in items) / len(items),
+        "fluency_logp": _mean(list(logps.values())),
+    }
+
+
+def fluency_scorer(model, tokenizer, path: str | None, spec: str = "") -> tuple | None:
+    """The (model, tokenizer) that judges fluency in `uld eval` (see `fluency`): spec "none" ->
+    None (repetition only); a folder or hub id -> that model; "" -> the base the model was made
+    from: a ULD/Offset model's own target; an unlearned plain model's target (its card's
+    `target`); a fine-tuned model's base (`base_model`); else the model itself."""
+    from uld.models import load_model, read_card
+
+    if spec == "none":
+        return None
+    if spec:
+        net, tok = load_model(spec)
+        return net.eval(), tok
+    if isinstance(model, ULDModel):
+        return model, tokenizer
+    card = read_card(path) if path and Path(path).is_dir() else {}
+    base = card.get("target") or card.get("base_model")
+    if base:
+        source = (
+            Path(path, base) if not Path(base).is_absolute() and Path(path, base).exists() else base
+        )
+        try:
+            net, tok = load_model(None if str(source) == "default" else str(source))
+            return net.eval(), tok
+        except Exception as e:  # a base that moved: judge by the model itself, and say so
+            print(f"[uld] fluency: could not load the base {base} ({e}); the model judges itself")
+    return model, tokenizer
+
+
 def evaluate_role(
     model,
     tokenizer,
@@ -260,6 +326,7 @@ def evaluate_role(
     progress: bool = True,
     generate: bool = True,
     sampling: dict | None = None,
+    scorer: tuple | None = None,
 ) -> dict:
     """One split under its role: per-item values and the role's aggregates (TOFU Sec. 2.5).
 
@@ -267,6 +334,7 @@ def evaluate_role(
     real_authors/world_facts: prob = mean P̄(a)/(P̄(a)+ΣP̄(perturbed)), R uses the answer itself;
     holdout: teacher-forced scores only (for the membership test). generate=False leaves out the
     greedy answers and their ROUGE-L (most of the cost; the truth ratios and F.Q. stay).
+    Generated answers are checked for fluency (`fluency`, with `scorer` if given).
     """
     errors: list[dict] = []
     items = [
@@ -287,6 +355,7 @@ def evaluate_role(
         for it, g in zip(items, gen, strict=True):
             it.update(generated=g["generated"], rouge_l=g["rouge_l"])
         out["rouge_l"] = rouge
+        out |= fluency(items, scorer, 2 * batch_size)
     ok = _usable(rows, role, errors)
     if errors:
         print(f"[uld] {role}: {len(errors)} row(s) left out of the truth ratio: {errors[:3]}")
@@ -320,11 +389,14 @@ def evaluate(
     progress: bool = True,
     generate: bool = True,
     sampling: dict | None = None,
+    scorer: tuple | None = None,
 ) -> dict:
     """The whole protocol. roles: {role: rows} (see `ROLES`); reference: `load_reference(...)`,
     the retain model's per-item forget truth ratios (Forget Quality needs it); generate=False:
     teacher-forced figures only (no ROUGE-L, no Model Utility); sampling: generation settings
-    for the generated answers (see `rouge_eval`; TOFU's protocol is greedy).
+    for the generated answers (see `rouge_eval`; TOFU's protocol is greedy); scorer: the
+    (model, tokenizer) that judges the generated answers' fluency (`fluency`; None: repetition
+    only).
 
     Returns {"splits": {role: evaluate_role(...)}, "summary": {...}, "reference": its source};
     the summary holds
@@ -340,7 +412,7 @@ def evaluate(
     for role in bar:
         bar.set_postfix_str(role)
         splits[role] = evaluate_role(
-            model, tokenizer, role, roles[role], batch_size, progress, generate, sampling
+            model, tokenizer, role, roles[role], batch_size, progress, generate, sampling, scorer
         )
     return {
         "splits": splits,
@@ -392,6 +464,9 @@ def summarise(splits: dict[str, dict], reference: dict | None = None) -> dict:
             )
     if "retain" in splits:
         s["retain_rouge"] = splits["retain"].get("rouge_l")
+    for role in ("forget", "retain", "real_authors", "world_facts"):
+        if splits.get(role, {}).get("degenerate") is not None:
+            s[f"{role}_degenerate"] = splits[role]["degenerate"]
     nine = [splits.get(r, {}).get(k) for r in UTILITY_ROLES for k in UTILITY_PARTS]
     s["model_utility"] = metrics.model_utility(nine) if all(v is not None for v in nine) else None
     return s

@@ -423,7 +423,7 @@ def mean_logprob(token_logps: Sequence[float]) -> float:
 
 
 def is_degenerate(
-    text: str, mean_logp: float | None, max_repetition: float = 0.3, min_logp: float = -6.0
+    text: str, mean_logp: float | None, max_repetition: float = 0.3, min_logp: float = -5.0
 ) -> bool:
     """True for a generated answer that loops or is gibberish: `repetition` or `char_repetition`
     above max_repetition, or (where a scorer model gave one) `mean_logp` below min_logp.
@@ -431,13 +431,14 @@ def is_degenerate(
     max_repetition 0.3: the hand-made fluent answers of the tests score 0 on words and at most
     0.02 on characters; the real failures there score 0.5-1.0 ("pylint── noqa noqa ..." 0.83
     on words, "<INDUINAMENAME..." 0.57 on characters, "... Annex Annex Annex Annex" 0.5 on
-    words). min_logp -6.0 nats per token (perplexity about 400), an estimate not measured here:
-    a small model such as SmolLM2-135M should read fluent English at a perplexity of tens (-2
-    to -4 nats per token; an invented name costs more, averaged over the sentence), while
-    made-up words split into sub-word pieces it cannot predict, towards the -10.8 nats of a
-    uniform guess over its 49,152 tokens. Gibberish that does not loop ("Orsraltar saw Orlaneȯ
-    zeotene castellania": 0 on words and characters) is caught only by the log-likelihood part,
-    so pass mean_logp where a scorer model is at hand.
+    words). min_logp -5.0 nats per token, measured with SmolLM2-135M-Instruct fine-tuned on
+    tests/data/handwritten/people as the scorer (each answer scored as the reply to its
+    question): fluent answers, right or wrong ("... born in Lisbon, Portugal, in 1962.",
+    "The capital of France is Lyon.", a hedged "I'm not sure, but I think ..."), scored -0.1 to
+    -2.6; the seven real failures above and below scored -6.3 to -12.9. -5 lies between. The
+    gibberish that does not loop ("Orsraltar saw Orlaneȯ zeotene castellania": 0 on words and
+    characters, -12.2 nats) is caught only by the log-likelihood part, so pass mean_logp where
+    a scorer model is at hand.
     """
     if max(repetition(text), char_repetition(text)) > max_repetition:
         return True

@@ -35,6 +35,12 @@ EXTRA_COLUMNS = [
     ("MIA AUC, Min-K%", "mia_min_k_auc", ".4f"),
     ("Extraction strength", "extraction_strength", ".4f"),
 ]
+FLUENCY_COLUMNS = [  # share of generated answers that loop or are gibberish (evaluate.fluency)
+    ("Degenerate (forget)", "forget_degenerate", ".2f"),
+    ("Degenerate (retain)", "retain_degenerate", ".2f"),
+    ("Degenerate (real authors)", "real_authors_degenerate", ".2f"),
+    ("Degenerate (world facts)", "world_facts_degenerate", ".2f"),
+]
 MOE_COLUMNS = [
     ("Trainable params", "trainable_params", ","),
     ("Trainable share", "trainable_share", ".2e"),
@@ -77,6 +83,10 @@ def markdown_table(runs: dict[str, dict], columns=COLUMNS) -> str:
 def tables(runs: dict[str, dict]) -> str:
     """The main table and the privacy/details table, as one markdown text."""
     text = markdown_table(runs) + "\n" + markdown_table(runs, EXTRA_COLUMNS)
+    if any(s.get(c[1]) is not None for s in runs.values() for c in FLUENCY_COLUMNS):
+        text += "\nFluency (share of degenerate answers):\n\n" + markdown_table(
+            runs, FLUENCY_COLUMNS
+        )
     if any(s.get(c[1]) is not None for s in runs.values() for c in UTILITY_COLUMNS):
         text += "\nModel Utility's nine parts:\n\n" + markdown_table(runs, UTILITY_COLUMNS)
     if any(s.get("routing_shift") is not None for s in runs.values()):

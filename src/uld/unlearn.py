@@ -5,6 +5,7 @@ Everything that can be wrong with the inputs is checked before any model is load
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -35,6 +36,7 @@ from uld.data.augment import (
 )
 from uld.data.format import Collator, PairedDataset, QADataset
 from uld.data.load import DataError, load_split, local_paths
+from uld.defaults import after_run_check, auto_epochs, format_check, keep_rows
 from uld.losses import BASELINES, Frozen, Hyper, has_retain_term, needs_reference
 from uld.models import load_model, resolve, save_model, source_fingerprint
 from uld.outdir import check_out, locked, output_dir
@@ -117,6 +119,7 @@ class Run(NamedTuple):
     finish: Callable[[], None] | None = None  # undo training-only hooks (UOE)
     # ULD: (forget rows, held-out rows, the reference's forget truth ratios or None)
     calibration: tuple[list[dict], list[dict], list[float] | None] | None = None
+    rows: tuple[list[dict], list[dict]] = ([], [])  # (forget, retain) as given: for the checks
 
 
 def prepare(cfg: UnlearnConfig) -> Run:
@@ -134,14 +137,18 @@ def prepare(cfg: UnlearnConfig) -> Run:
     return prepare_uoe(cfg) if cfg.method.startswith("uoe+") else prepare_baseline(cfg)
 
 
-def _training_sets(cfg: UnlearnConfig, target: str) -> tuple[list[dict], list[dict], list[dict]]:
-    """(forget, D_f, D_r) rows: the splits, checked, with the augmentation the method and flags
-    ask for (`uld.data.augment`), and `--general` rows added to D_r."""
+def _training_sets(
+    cfg: UnlearnConfig, target: str
+) -> tuple[list[dict], list[dict], list[dict], list[dict]]:
+    """(forget, retain, D_f, D_r) rows: the splits, checked, with the augmentation the method
+    and flags ask for (`uld.data.augment`), and `--general` rows added to D_r."""
     forget = load_split(cfg.forget, cfg.data)
     retain = load_split(cfg.retain, cfg.data)
     check_disjoint(forget, retain)
     report_duplicates(forget, f"the forget split {cfg.forget}")
     paraphrase, perturbed = cfg.augment()
+    if (paraphrase or perturbed) and not cfg.augment_from_eval:
+        forget = augmented(forget, retain, cfg.seed)
     d_f = forget_set(forget, paraphrase, cfg.augment_from_eval)
     d_r = retain_set(retain, forget, perturbed, cfg.augment_from_eval)
     n_perturbed = len(d_r) - len(retain)
@@ -155,7 +162,35 @@ def _training_sets(cfg: UnlearnConfig, target: str) -> tuple[list[dict], list[di
         f"= {len(d_r)} rows"
         + (f" ({len(general) - len(kept)} general rows quoting D_f dropped)" if general else "")
     )
-    return forget, d_f, d_r
+    return forget, retain, d_f, d_r
+
+
+def augmented(forget: list[dict], retain: list[dict], seed: int = 0) -> list[dict]:
+    """`forget` with ULD's augment_* fields written without a model (`uld.data.rewrite`) on the
+    rows that have neither, facts swapped from the other forget rows and the retain rows; rows
+    that have them keep theirs."""
+    from uld.data.rewrite import augment_without_model
+
+    bare = [
+        i
+        for i, r in enumerate(forget)
+        if not (r.get("augment_paraphrased") or r.get("augment_perturbed"))
+    ]
+    if not bare:
+        return forget
+    others = [r for i, r in enumerate(forget) if i not in set(bare)]
+    made = augment_without_model([forget[i] for i in bare], others + retain, seed=seed)
+    rows = list(forget)
+    for i, row in zip(bare, made, strict=True):
+        rows[i] = row
+    n_p = sum(len(r["augment_paraphrased"]) for r in made)
+    n_w = sum(len(r["augment_perturbed"]) for r in made)
+    print(
+        f"[uld] {len(bare)} forget rows have no augment_* fields: wrote {n_p} rewordings and "
+        f"{n_w} wrong answers from the rows themselves, without a model (uld.data.rewrite); "
+        "`uld data augment` writes them with an instruct model instead"
+    )
+    return rows
 
 
 def general_rows(source: str, target: str, batch_size: int = 16) -> list[dict]:
@@ -227,9 +262,9 @@ def prepare_uld(cfg: UnlearnConfig) -> Run:
     """ULD: an assistant (the target's first K layers with LoRA) on D'_f and D'_r."""
     target = resolve(cfg.model)
     k, rank, n_layers = _assistant_shape(cfg, target)
-    forget, d_f, d_r = _training_sets(cfg, target)
+    forget, retain, d_f, d_r = _training_sets(cfg, target)
     passes = retain_passes(len(d_f), len(d_r), cfg.epochs)
-    if passes < 1:
+    if cfg.epochs and passes < 1:  # (epochs 0: from the data, at least 2 passes)
         two_passes = math.ceil(2 * len(d_r) / len(d_f))
         print(
             f"[uld] warning: {cfg.epochs:g} epochs over {len(d_f)} D'_f rows see {passes:.2f} "
@@ -242,7 +277,7 @@ def prepare_uld(cfg: UnlearnConfig) -> Run:
     calibration = calibration_rows(cfg, forget) if cfg.calibrate else None
     set_seed(cfg.seed)  # the LoRA matrices are initialised at random: same seed, same run
     assistant, tokenizer = build_assistant(
-        target, k, rank, cfg.lora_alpha or rank, cfg.lora_dropout
+        target, k, rank, cfg.lora_alpha or 2 * rank, cfg.lora_dropout
     )
     extra = {
         "method": "uld",
@@ -261,7 +296,10 @@ def prepare_uld(cfg: UnlearnConfig) -> Run:
         frozen = Frozen(target=load_model(target)[0])
         extra["distill"] = True
     dataset = PairedDataset(QADataset(d_f, tokenizer), QADataset(d_r, tokenizer), seed=cfg.seed)
-    return Run(target, assistant, tokenizer, dataset, "uld", frozen, extra, k, None, calibration)
+    rows = (forget, retain)
+    return Run(
+        target, assistant, tokenizer, dataset, "uld", frozen, extra, k, None, calibration, rows
+    )
 
 
 def calibration_rows(
@@ -299,7 +337,7 @@ def prepare_baseline(cfg: UnlearnConfig) -> Run:
     target = resolve(cfg.model)
     offset = cfg.method.startswith("offset-")
     loss = cfg.method.removeprefix("offset-")
-    forget, d_f, d_r = _training_sets(cfg, target)
+    forget, retain, d_f, d_r = _training_sets(cfg, target)
     set_seed(cfg.seed)
     extra: dict = {"method": cfg.method, "d_f_rows": len(d_f), "d_r_rows": len(d_r)}
     if offset:
@@ -333,7 +371,7 @@ def prepare_baseline(cfg: UnlearnConfig) -> Run:
         extra |= _report_trainable(model, f"{cfg.method}, {'LoRA' if cfg.lora else 'full'}")
     model.config.use_cache = False
     dataset = _loss_dataset(d_f, d_r, tokenizer, loss, cfg.seed)
-    return Run(target, model, tokenizer, dataset, loss, frozen, extra, k)
+    return Run(target, model, tokenizer, dataset, loss, frozen, extra, k, rows=(forget, retain))
 
 
 def prepare_uoe(cfg: UnlearnConfig) -> Run:
@@ -343,7 +381,7 @@ def prepare_uoe(cfg: UnlearnConfig) -> Run:
 
     target = resolve(cfg.model)
     loss = cfg.method.removeprefix("uoe+")
-    forget, d_f, d_r = _training_sets(cfg, target)
+    forget, retain, d_f, d_r = _training_sets(cfg, target)
     model, tokenizer = load_model(target)
     moe_layers(model)  # a dense or unknown model stops here, with the reason
     attribution = expert_attribution(model, tokenizer, forget)
@@ -371,7 +409,18 @@ def prepare_uoe(cfg: UnlearnConfig) -> Run:
         "trainable_share": selection.share,
     }
     dataset = _loss_dataset(d_f, d_r, tokenizer, loss, cfg.seed)
-    return Run(target, model, tokenizer, dataset, cfg.method, frozen, extra, 0, selection.remove)
+    return Run(
+        target,
+        model,
+        tokenizer,
+        dataset,
+        cfg.method,
+        frozen,
+        extra,
+        0,
+        selection.remove,
+        rows=(forget, retain),
+    )
 
 
 def _loss_dataset(d_f, d_r, tokenizer, loss: str, seed: int) -> PairedDataset:
@@ -392,8 +441,25 @@ KEPT_EVAL = "epoch_eval.json"
 
 def train_and_save(cfg: UnlearnConfig, run: Run) -> Path:
     """The one training loop, the per-epoch evaluation if asked, and the atomic save."""
-    target, model, tokenizer, dataset, loss, frozen, extra, k, finish, calibration = run
+    target, model, tokenizer, dataset, loss, frozen, extra, k, finish, calibration, _ = run
     settings = run_settings(cfg, run)
+    if not cfg.epochs:
+        n_retain = len(dataset.retain) if dataset.retain is not None else 0
+        epochs = auto_epochs(len(dataset.forget), n_retain, cfg.batch_size)
+        print(
+            f"[uld] epochs from the data: {epochs} ({len(dataset.forget)} rows in batches of "
+            f"{cfg.batch_size}: {epochs * math.ceil(len(dataset.forget) / cfg.batch_size)} steps"
+            + (
+                f", {epochs * len(dataset.forget) / n_retain:.1f} passes over {n_retain} retain "
+                "rows)"
+                if n_retain
+                else ")"
+            )
+        )
+        cfg = dataclasses.replace(cfg, epochs=float(epochs))
+        extra["epochs_from_data"] = epochs
+        if "d_r_passes" in extra:
+            extra["d_r_passes"] = round(retain_passes(len(dataset.forget), n_retain, epochs), 3)
     claim_checkpoints(cfg.out, settings, cfg.overwrite)  # before the evaluator writes there
     best = checkpoint_dir(cfg.out) / "best"
     average = WeightAverage(model, cfg.ema) if cfg.ema else None
@@ -451,22 +517,100 @@ def train_and_save(cfg: UnlearnConfig, run: Run) -> Path:
                     f"{kept['model_utility']:.4g}"
                 )
         del ev  # frees that target before `calibrated` loads its own
+    new_alpha = bool(calibration) or (cfg.method == "uld" and cfg.alpha is None)
     if calibration:
         cfg = calibrated(cfg, run, extra)
+    elif new_alpha:
+        cfg = safe_alpha(cfg, run, extra)
     kept_eval = best / KEPT_EVAL
     files = {}
-    if cfg.eval_metric and not calibration and kept_eval.exists():  # (a new alpha voids it)
+    if cfg.eval_metric and not new_alpha and kept_eval.exists():  # (a new alpha voids it)
         files[KEPT_EVAL] = kept_eval.read_text()
+    if not k and hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()
+    check = after_check(cfg, run, model) if cfg.check else None
+    if check is not None:
+        files["after_run_check.json"] = json.dumps(check, indent=1, ensure_ascii=False) + "\n"
     if k:  # ULD or Offset: adapter + uld_config.json
         save_assistant(model, target, cfg, k, extra, files)
     else:
-        if hasattr(model, "merge_and_unload"):
-            model = model.merge_and_unload()
         model.config.use_cache = True
         card = {"made_by": f"uld unlearn --method {cfg.method}", "target": str(cfg.model), **extra}
         save_model(model, tokenizer, cfg.out, card, cfg, cfg.overwrite, files)
     remove_checkpoints(cfg.out)
+    if check is not None and check["problems"] and cfg.strict:
+        raise CheckFailed(
+            f"the after-run check failed ({'; '.join(check['problems'])}); the model is saved in "
+            f"{cfg.out} (after_run_check.json holds the sample)"
+        )
     return Path(cfg.out)
+
+
+class CheckFailed(ValueError):
+    """`--strict` and the after-run check found a problem; the model was saved all the same."""
+
+
+def safe_alpha(cfg: UnlearnConfig, run: Run, extra: dict) -> UnlearnConfig:
+    """`cfg` with ULD's alpha chosen by `uld.calibrate.choose_alpha_safely` on the run's own
+    rows (retain questions and general prompts the target must answer as before, the forget
+    rows' answers fluent); the grid goes into the saved card."""
+    from uld.calibrate import choose_alpha_safely, format_safe_grid
+
+    start = time.time()
+    view = eval_view(cfg, load_model(run.target)[0], run.model).eval()
+    forget, retain = run.rows
+    with torch.no_grad():
+        view.alpha = 0.0  # the target's own answers
+        keep = keep_rows(view, run.tokenizer, retain)
+        res = choose_alpha_safely(view, run.tokenizer, forget, keep)
+    seconds = round(time.time() - start, 1)
+    print(f"[uld] alpha chosen on the run's own rows ({seconds} s):\n{format_safe_grid(res)}")
+    if not res["safe"]:
+        print(
+            "[uld] warning: no alpha kept the retain and general answers and every forget answer "
+            "fluent; alpha 0 is saved (the target: nothing is forgotten). Train longer "
+            "(--epochs), or set --alpha yourself and read the after-run check"
+        )
+    extra["alpha_choice"] = res | {"keep_rows": len(keep), "seconds": seconds}
+    return dataclasses.replace(cfg, alpha=res["alpha"])
+
+
+def after_check(cfg: UnlearnConfig, run: Run, model) -> dict:
+    """`uld.defaults.after_run_check` on the trained model as users run it, printed. A ULD or
+    Offset model is a ULDModel on a full target, whose target alone is the same model at
+    alpha 0: no second copy."""
+    from uld.evaluate import generate_answers
+
+    forget, retain = run.rows
+    tok = run.tokenizer
+    if run.k:
+        view = eval_view(cfg, load_model(run.target)[0], model).eval()
+        target, alpha = view, view.alpha
+    else:
+        view, target, alpha = model.eval(), load_model(run.target)[0].eval(), None
+
+    def answers(net, at: float | None):
+        def answer(questions: list[str]) -> list[str]:
+            if at is not None:
+                net.alpha = at
+            try:
+                return generate_answers(net, tok, questions, 8, 48, progress=False)
+            finally:
+                if at is not None:
+                    net.alpha = alpha
+
+        return answer
+
+    with torch.no_grad():
+        check = after_run_check(
+            answers(target, 0.0 if run.k else None),
+            answers(view, alpha),
+            forget,
+            retain,
+            scorer=(target, tok),
+        )
+    print(format_check(check))
+    return check
 
 
 def load_best(model, best: Path) -> None:
@@ -490,8 +634,8 @@ def eval_view(cfg: UnlearnConfig, target_full, model):
     -> the model itself."""
     from uld.logit_diff import ULDModel
 
-    if cfg.method == "uld":
-        return ULDModel(target_full, model, cfg.alpha, cfg.filter)
+    if cfg.method == "uld":  # before alpha is chosen (alpha None), evaluated at 1
+        return ULDModel(target_full, model, 1.0 if cfg.alpha is None else cfg.alpha, cfg.filter)
     if cfg.method.startswith("offset-"):
         return ULDModel(target_full, model, 1.0, mode="offset")
     return model
