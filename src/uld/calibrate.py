@@ -320,22 +320,12 @@ def choose_alpha_safely(
     if not keep or not forget:
         raise ValueError("choosing alpha needs forget rows and rows to keep (retain or general)")
     settings = [(a, model.filter) for a in alphas]
-    scores = grid_scores(
-        model,
-        tokenizer,
-        [r["question"] for r in keep],
-        [r["answer"] for r in keep],
-        settings,
-        batch_size,
-    )
-    forget_scores = grid_scores(
-        model,
-        tokenizer,
-        [r["question"] for r in forget],
-        [r["answer"] for r in forget],
-        settings,
-        batch_size,
-    )
+
+    def scored(rows: list[dict]):
+        questions, answers = [r["question"] for r in rows], [r["answer"] for r in rows]
+        return grid_scores(model, tokenizer, questions, answers, settings, batch_size)
+
+    scores, forget_scores = scored(keep), scored(forget)
     grid = []
     for a, (_, n, same), (_, n_f, same_f) in zip(alphas, scores, forget_scores, strict=True):
         grid.append(

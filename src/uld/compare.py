@@ -235,10 +235,16 @@ def compare(path: str | Path, only: list[str] | None = None) -> dict:
     if plan.get("reference"):
         reference = load_reference(plan["reference"], roles["forget"])
 
-    original = None  # the target, loaded once if routing shifts are measured (MoE targets)
+    judge = None  # the target, loaded once: the judge of fluency for every row, and the
+    # original routing that MoE rows' routing shift is measured against
+
+    def fluency_judge() -> tuple:
+        nonlocal judge
+        if judge is None:
+            judge = load_any(str(plan["target"]))
+        return judge
 
     def evaluate_into(folder: Path, name: str, model_path: Path | str, kind: str) -> None:
-        nonlocal original
         res = {"name": name, "model": str(model_path), "kind": kind, "data": data}
         res["training"] = model_info(model_path)
         moe = is_moe(plan["target"])
@@ -251,13 +257,12 @@ def compare(path: str | Path, only: list[str] | None = None) -> dict:
             return
         model, tok = load_any(str(model_path))
         print(f"[compare] evaluating {name}")
-        res |= evaluate(model, tok, roles, reference)
+        res |= evaluate(model, tok, roles, reference, scorer=fluency_judge())
         if moe and "retain" in roles:
             from uld.moe import routing_shift
 
             if kind == "plain" and is_moe(model_path):  # how far routing on retain moved
-                original = original or load_any(str(plan["target"]))[0]
-                shift = routing_shift(original, model, tok, roles["retain"])
+                shift = routing_shift(fluency_judge()[0], model, tok, roles["retain"])
                 res["routing_shift"] = shift
                 res["summary"]["routing_shift"] = shift["agg_value"]
             elif kind != "plain":  # ULD / Offset leave the target, and its routing, untouched

@@ -82,32 +82,14 @@ def run_demo(workdir: str | Path = "runs/demo", fresh: bool = False) -> dict:
         return out
 
     ft = FinetuneConfig()
-    target = step(
-        "target",
-        work / "target",
-        lambda: finetune(
-            None,
-            "full",
-            work / "target",
-            epochs=ft.epochs,
-            lr=ft.lr,
-            batch_size=ft.batch_size,
-            overwrite=fresh,
-        ),
-    )
-    retain = step(
-        "retain",
-        work / "retain90",
-        lambda: finetune(
-            None,
-            "retain90",
-            work / "retain90",
-            epochs=ft.epochs,
-            lr=ft.lr,
-            batch_size=ft.batch_size,
-            overwrite=fresh,
-        ),
-    )
+
+    def tune(split: str, out: Path):
+        return lambda: finetune(
+            None, split, out, epochs=ft.epochs, lr=ft.lr, batch_size=ft.batch_size, overwrite=fresh
+        )
+
+    target = step("target", work / "target", tune("full", work / "target"))
+    retain = step("retain", work / "retain90", tune("retain90", work / "retain90"))
     uld_out = work / "uld-forget10"
     step(
         "unlearn (ULD)",

@@ -704,6 +704,9 @@ def epoch_evaluator(
             else:
                 view.load_lora(model)
         start = time.time()
+        # fluency judged by the target: a ULD view's own, or a baseline's frozen reference copy
+        ref = frozen.ref if frozen is not None else None
+        judge = view if composite else ref
         res = evaluate(
             view if composite else model,
             tokenizer,
@@ -711,6 +714,7 @@ def epoch_evaluator(
             reference,
             progress=False,
             generate=cfg.eval_splits != "truth",
+            scorer=None if judge is None else (judge, tokenizer),
         )
         last.clear()
         last.update(res)
