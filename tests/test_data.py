@@ -134,3 +134,14 @@ def test_general_prompts_stay_clear_of_the_evaluation_sets(which):
     named = [r["answer"] for r in real_authors() + world_facts()]
     hits = [(a, p) for a in named for p in prompts if re.search(rf"\b{re.escape(a)}\b", p)]
     assert hits == []
+
+
+def test_rows_longer_than_max_length_are_cut_with_a_warning(tiny_model, capsys):
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    rows = [{"question": "Where?", "answer": "Here and there and everywhere, " * 10}]
+    full = encode_qa(tok, rows[0]["question"], rows[0]["answer"], None)
+    dataset = QADataset(rows, tok, max_length=16)
+    assert len(full["input_ids"]) > 16
+    assert dataset[0]["input_ids"] == full["input_ids"][:16]
+    assert dataset[0]["labels"] == full["labels"][:16]
+    assert "1 of 1 rows are longer than 16 tokens" in capsys.readouterr().out
