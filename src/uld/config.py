@@ -120,12 +120,14 @@ class UnlearnConfig:
         "on the strings the truth ratio is scored on; reproduces runs from before they were "
         "kept apart)",
     )
-    general: str = _f(
-        "",
+    general: str | None = _f(
+        None,
         "add rows the model must keep to the retain set (ULD: to D'_r, where the assistant learns "
         "to know nothing), one source or several joined by commas: builtin (our everyday prompts "
         "answered by the target), knowledge (our well-known-fact prompts, answered by the "
-        "target) or a .json/.jsonl file of question/answer rows; empty: none",
+        "target; ULD's choice of alpha checks these, so keep them out of training) or a "
+        ".json/.jsonl file of question/answer rows; empty: none; default: builtin for ULD, none "
+        "for the others",
     )
     epochs: float = _f(
         0.0,
@@ -202,6 +204,14 @@ class UnlearnConfig:
         """ULD or an Offset variant: the trained model is small, and its logits are combined with
         the target's at inference (so it is evaluated through `ULDModel`, not on its own)."""
         return self.method == "uld" or self.method.startswith("offset-")
+
+    def general_sources(self) -> str:
+        """`general` resolved: ULD widens D'_r with the built-in everyday prompts by default
+        (without them its assistant is not flat on general text, and the alpha that keeps
+        general answers is near 0), the other methods add nothing."""
+        if self.general is not None:
+            return self.general
+        return "builtin" if self.method == "uld" else ""
 
     def default_lr(self) -> float:
         if self.lr:

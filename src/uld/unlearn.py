@@ -82,7 +82,8 @@ def unlearn(cfg: UnlearnConfig) -> Path:
     `cfg.overwrite`) and locked while the run lasts."""
     if cfg.method not in methods():
         raise ValueError(f"unknown method {cfg.method!r}; choose one of {', '.join(methods())}")
-    general = [g for g in cfg.general.split(",") if g.strip() not in ("", "builtin", "knowledge")]
+    general = cfg.general_sources().split(",")
+    general = [g for g in general if g.strip() not in ("", "builtin", "knowledge")]
     inputs = [cfg.model, cfg.reference, *local_paths(cfg.data, cfg.forget, cfg.retain, *general)]
     if cfg.calibrate:
         inputs += local_paths(cfg.data, cfg.calibrate)
@@ -127,7 +128,7 @@ def prepare(cfg: UnlearnConfig) -> Run:
     if cfg.method not in methods():
         raise ValueError(f"unknown method {cfg.method!r}; choose one of {', '.join(methods())}")
     loss = cfg.method.removeprefix("offset-").removeprefix("uoe+")
-    if cfg.general and not has_retain_term(loss):
+    if cfg.general_sources() and not has_retain_term(loss):
         raise ValueError(
             f"--general adds retain rows, but {cfg.method} has no retain term; use a method with "
             "one (uld, or a baseline with +gd or +kl) or drop --general"
@@ -152,7 +153,14 @@ def _training_sets(
     d_f = forget_set(forget, paraphrase, cfg.augment_from_eval)
     d_r = retain_set(retain, forget, perturbed, cfg.augment_from_eval)
     n_perturbed = len(d_r) - len(retain)
-    general = general_rows(cfg.general, target) if cfg.general else []
+    sources = cfg.general_sources()
+    try:
+        general = general_rows(sources, target) if sources else []
+    except DataError as e:
+        if cfg.general is not None:  # asked for: an error; the default: a warning
+            raise
+        print(f"[uld] warning: D'_r is not widened with general prompts: {e}")
+        general = []
     check_disjoint(forget, general)
     kept = drop_forget_overlap(general, d_f)
     d_r += kept
