@@ -96,9 +96,8 @@ def run_settings(cfg: UnlearnConfig, run: Run) -> dict:
     """What defines a run, recorded beside its checkpoints (`uld.trainer.claim_checkpoints`):
     every setting but where it is written, the target's fingerprint and a hash of every
     training token."""
-    import dataclasses
-
-    settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("out", "overwrite")}
+    after = ("out", "overwrite", "check", "strict")  # where and how the result is written
+    settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in after}
     return settings | {
         "made_by": "uld unlearn",
         "model": source_fingerprint(run.target),
@@ -526,17 +525,22 @@ def train_and_save(cfg: UnlearnConfig, run: Run) -> Path:
                 )
         del ev  # frees that target before `calibrated` loads its own
     new_alpha = bool(calibration) or (cfg.method == "uld" and cfg.alpha is None)
+    view = None  # ULD/Offset as users run them: one ULDModel on a full target, made once
+    if k and (new_alpha or cfg.check):
+        view = eval_view(cfg, load_model(target)[0], model).eval()
     if calibration:
-        cfg = calibrated(cfg, run, extra)
+        cfg = calibrated(cfg, run, extra, view)
     elif new_alpha:
-        cfg = safe_alpha(cfg, run, extra)
+        cfg = safe_alpha(cfg, run, extra, view)
     kept_eval = best / KEPT_EVAL
     files = {}
     if cfg.eval_metric and not new_alpha and kept_eval.exists():  # (a new alpha voids it)
         files[KEPT_EVAL] = kept_eval.read_text()
     if not k and hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()
-    check = after_check(cfg, run, model) if cfg.check else None
+    if view is not None and cfg.method == "uld":
+        view.alpha = cfg.alpha  # the chosen one (Offset's stays 1)
+    check = after_check(run, view or model) if cfg.check else None
     if check is not None:
         files["after_run_check.json"] = json.dumps(check, indent=1, ensure_ascii=False) + "\n"
     if k:  # ULD or Offset: adapter + uld_config.json
@@ -558,14 +562,14 @@ class CheckFailed(ValueError):
     """`--strict` and the after-run check found a problem; the model was saved all the same."""
 
 
-def safe_alpha(cfg: UnlearnConfig, run: Run, extra: dict) -> UnlearnConfig:
+def safe_alpha(cfg: UnlearnConfig, run: Run, extra: dict, view) -> UnlearnConfig:
     """`cfg` with ULD's alpha chosen by `uld.calibrate.choose_alpha_safely` on the run's own
     rows (retain questions and general prompts the target must answer as before, the forget
-    rows' answers fluent); the grid goes into the saved card."""
+    rows' answers fluent), for `view`, the ULD model of the run; the grid goes into the saved
+    card."""
     from uld.calibrate import choose_alpha_safely, format_safe_grid
 
     start = time.time()
-    view = eval_view(cfg, load_model(run.target)[0], run.model).eval()
     forget, retain = run.rows
     with torch.no_grad():
         view.alpha = 0.0  # the target's own answers
@@ -583,19 +587,17 @@ def safe_alpha(cfg: UnlearnConfig, run: Run, extra: dict) -> UnlearnConfig:
     return dataclasses.replace(cfg, alpha=res["alpha"])
 
 
-def after_check(cfg: UnlearnConfig, run: Run, model) -> dict:
-    """`uld.defaults.after_run_check` on the trained model as users run it, printed. A ULD or
-    Offset model is a ULDModel on a full target, whose target alone is the same model at
-    alpha 0: no second copy."""
+def after_check(run: Run, model) -> dict:
+    """`uld.defaults.after_run_check` on `model`, the trained model as users run it, printed. A
+    ULD or Offset model (a ULDModel) is its own target at alpha 0: no second copy."""
     from uld.evaluate import generate_answers
+    from uld.logit_diff import ULDModel
 
     forget, retain = run.rows
     tok = run.tokenizer
-    if run.k:
-        view = eval_view(cfg, load_model(run.target)[0], model).eval()
-        target, alpha = view, view.alpha
-    else:
-        view, target, alpha = model.eval(), load_model(run.target)[0].eval(), None
+    composite = isinstance(model, ULDModel)
+    target = model if composite else load_model(run.target)[0].eval()
+    alpha = model.alpha if composite else None
 
     def answers(net, at: float | None):
         def answer(questions: list[str]) -> list[str]:
@@ -611,8 +613,8 @@ def after_check(cfg: UnlearnConfig, run: Run, model) -> dict:
 
     with torch.no_grad():
         check = after_run_check(
-            answers(target, 0.0 if run.k else None),
-            answers(view, alpha),
+            answers(target, 0.0 if composite else None),
+            answers(model.eval(), alpha),
             forget,
             retain,
             scorer=(target, tok),
@@ -649,16 +651,13 @@ def eval_view(cfg: UnlearnConfig, target_full, model):
     return model
 
 
-def calibrated(cfg: UnlearnConfig, run: Run, extra: dict) -> UnlearnConfig:
-    """`cfg` with the alpha `uld.calibrate.choose_alpha` picks for the trained assistant; the
-    grid goes into the saved card."""
-    import dataclasses
-
+def calibrated(cfg: UnlearnConfig, run: Run, extra: dict, view) -> UnlearnConfig:
+    """`cfg` with the alpha `uld.calibrate.choose_alpha` picks for `view`, the run's ULD
+    model; the grid goes into the saved card."""
     from uld.calibrate import choose_alpha, format_grid
 
     start = time.time()
     forget, holdout, reference = run.calibration
-    view = eval_view(cfg, load_model(run.target)[0], run.model).eval()
     res = choose_alpha(
         view,
         run.tokenizer,
