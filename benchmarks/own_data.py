@@ -27,6 +27,7 @@ from pathlib import Path
 
 from uld.config import EvalSplits, UnlearnConfig
 from uld.data.load import load_split
+from uld.metrics import is_degenerate
 
 DATA = Path(__file__).resolve().parent.parent / "tests" / "data" / "handwritten"
 DEMO = {  # configs/uld_smollm2.yaml, the settings tuned on the built-in benchmark
@@ -65,8 +66,11 @@ def prepare(workdir: Path, which: str) -> tuple[str, str | None]:
     return models["target"], models["retain"]
 
 
-def evaluate_into(folder: Path, model_path: str, name: str, scorer: tuple) -> dict:
-    """The model's evaluation, with fluency judged by `scorer` (the target, for every row)."""
+def evaluate_into(
+    folder: Path, model_path: str, name: str, scorer: tuple, alpha: float | None = None
+) -> dict:
+    """The model's evaluation (a ULD model at `alpha` if given), with fluency judged by
+    `scorer` (the target, for every row)."""
     from uld.cli import load_any
     from uld.evaluate import evaluate, load_roles
     from uld.report import write_eval
@@ -80,7 +84,7 @@ def evaluate_into(folder: Path, model_path: str, name: str, scorer: tuple) -> di
         "retain": load_split(str(DATA / WHICH / "retain.json")),
         **roles,
     }
-    model, tok = load_any(model_path)
+    model, tok = load_any(model_path, alpha=alpha)
     start = time.time()
     res = {"name": name, "model": model_path} | evaluate(model, tok, roles, scorer=scorer)
     res["eval_seconds"] = round(time.time() - start, 1)
@@ -89,7 +93,7 @@ def evaluate_into(folder: Path, model_path: str, name: str, scorer: tuple) -> di
 
 
 def row(res: dict) -> dict:
-    s, sp = res["summary"], res["splits"]
+    sp = res["splits"]
     out = {
         "forget_rouge": sp["forget"]["rouge_l"],
         "forget_prob": sp["forget"]["prob"],
@@ -98,7 +102,14 @@ def row(res: dict) -> dict:
         "world_facts_rouge": sp["world_facts"]["rouge_l"],
     }
     for role in ("forget", "retain", "real_authors", "world_facts"):
-        out[f"{role}_degenerate"] = s.get(f"{role}_degenerate")
+        # from the stored per-item figures, by today's is_degenerate (evaluations made under an
+        # earlier threshold read alike)
+        items = sp[role]["items"]
+        bad = [
+            not it["generated"].strip() or is_degenerate(it["generated"], it.get("fluency_logp"))
+            for it in items
+        ]
+        out[f"{role}_degenerate"] = sum(bad) / len(bad)
     out["samples"] = [(it["question"], it["generated"]) for it in sp["forget"]["items"][:3]] + [
         (it["question"], it["generated"]) for it in sp["world_facts"]["items"][:2]
     ]
@@ -126,7 +137,11 @@ def main() -> None:
     if args.no_base:
         models = {}
     names = args.only.split(",") if args.only else list(RUNS)
-    for name in names:
+    alphas = {}  # "uld@0.5": the uld model evaluated at alpha 0.5 (the trade-off of its alpha)
+    for name in [n for n in names if "@" in n]:
+        base, alpha = name.split("@")
+        models[name], alphas[name] = str(work / base / "model"), float(alpha)
+    for name in [n for n in names if "@" not in n]:
         out = work / name / "model"
         if not out.exists():
             cfg = UnlearnConfig(
@@ -145,13 +160,13 @@ def main() -> None:
         if not (work / name / "eval" / "eval.json").exists() and judge is None:
             net, tok = load_model(None if target == "default" else target)
             judge = (net.eval(), tok)
-        rows[name] = row(evaluate_into(work / name / "eval", path, name, judge))
+        rows[name] = row(evaluate_into(work / name / "eval", path, name, judge, alphas.get(name)))
     result = {
         "set": WHICH,
         "date": time.strftime("%Y-%m-%d"),
         "machine": f"{platform.processor() or platform.machine()}, torch threads 1",
         "command": f"OMP_NUM_THREADS=1 python benchmarks/own_data.py --set {WHICH}",
-        "runs": {n: RUNS.get(n, {}) for n in models},
+        "runs": {n: RUNS.get(n, {"alpha": alphas.get(n)}) for n in models},
         "rows": rows,
     }
     path = Path(__file__).parent / "results" / f"own_data_{WHICH}.json"

@@ -149,3 +149,42 @@ def test_unlearn_with_no_tuning_flags_augments_chooses_alpha_and_checks(
     assert "the after-run check failed (retain answers moved" in capsys.readouterr().err
     assert json.loads((out / "after_run_check.json").read_text()) == failed
     assert (out / "model.safetensors").exists()
+
+
+def test_keep_rows_leave_out_forget_questions_and_answers_quoting_them(monkeypatch):
+    from uld.data.general import knowledge_prompts
+    from uld.defaults import keep_rows
+
+    general = knowledge_prompts()
+    forget = [{"question": general[0].upper(), "answer": "It was written by Joseph Conrad."}]
+    retain = [{"question": "Where was Bo born?", "answer": "Oslo."}]
+
+    def fake_generate(model, tok, questions, *args, **kwargs):
+        return [
+            "Joseph Conrad wrote it." if i == 1 else f"answer {i}" for i in range(len(questions))
+        ]
+
+    monkeypatch.setattr("uld.evaluate.generate_answers", fake_generate)
+    rows = keep_rows(None, None, retain, forget)
+    asked = [r["question"] for r in rows]
+    assert general[0] not in asked  # the forget question itself, asked as a general prompt
+    # "Joseph Conrad wrote it." shares no four words in a row with the forget answer: kept
+    assert asked[0] == "Where was Bo born?" and len(rows) == 1 + 32
+    forget[0]["answer"] = "Joseph Conrad wrote it, in 1899."
+    rows = keep_rows(None, None, retain, forget)
+    assert all(r["answer"] != "Joseph Conrad wrote it." for r in rows)  # quotes 4 words: dropped
+
+
+def test_uld_calibrate_with_retain_uses_the_safe_rule_and_writes(tiny_model, tmp_path, capsys):
+    from test_uld import _small_run
+
+    from uld.unlearn import unlearn
+
+    out = unlearn(_small_run(tiny_model, tmp_path / "u", max_steps=1, alpha=0.5, check=False))
+    argv = ["calibrate", "--model", str(out), "--forget", "forget01", "--retain", "retain99"]
+    assert main([*argv, "--write"]) == 0
+    printed = capsys.readouterr().out
+    assert "kept answers unchanged" in printed and "(the model's was 0.5)" in printed
+    saved = json.loads((out / "uld_config.json").read_text())
+    assert saved["alpha"] == saved["alpha_choice"]["alpha"]
+    assert saved["alpha_choice"]["alpha_before"] == 0.5

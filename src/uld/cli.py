@@ -256,6 +256,8 @@ def cmd_eval(args) -> None:
 def cmd_calibrate(args) -> None:
     import json
 
+    import torch
+
     from uld.calibrate import ALPHAS, check_held_out, choose_alpha, format_grid
     from uld.data.load import load_split
     from uld.logit_diff import ULD_CONFIG, is_uld_folder, read_uld_config
@@ -268,6 +270,27 @@ def cmd_calibrate(args) -> None:
         )
     if read_uld_config(args.model).get("mode", "uld") != "uld":
         raise ValueError(f"{args.model} is an Offset model: it has no alpha to calibrate")
+    if args.retain:  # the safe rule: no held-out rows of the same kind needed
+        from uld.calibrate import choose_alpha_safely, format_safe_grid
+        from uld.defaults import keep_rows
+
+        forget, retain = load_split(args.forget, args.data), load_split(args.retain, args.data)
+        model, tok = load_any(args.model, filter=args.filter, target=args.target)
+        before = model.alpha
+        with torch.no_grad():
+            model.alpha = 0.0  # the target's own answers to the rows to keep
+            keep = keep_rows(model, tok, retain, forget)
+            res = choose_alpha_safely(model, tok, forget, keep)
+        print(format_safe_grid(res))
+        print(f"alpha {res['alpha']:g} (the model's was {before:g})")
+        if args.write:
+            path = Path(args.model, ULD_CONFIG)
+            card = json.loads(path.read_text())
+            card["alpha_choice"] = res | {"alpha_before": card["alpha"], "retain": args.retain}
+            card["alpha"] = res["alpha"]
+            write_json(card, path)
+            print(f"wrote alpha {res['alpha']:g} into {path}")
+        return
     forget, holdout = load_split(args.forget, args.data), load_split(args.holdout, args.data)
     check_held_out(holdout, forget, f"--holdout {args.holdout}")
     if args.near and not args.reference:
@@ -531,6 +554,13 @@ def parser() -> argparse.ArgumentParser:
     cal.add_argument("--forget", default="forget10", help="the forget split it unlearned")
     cal.add_argument(
         "--holdout", default="holdout10", help="rows of the same kind in no training set"
+    )
+    cal.add_argument(
+        "--retain",
+        default=None,
+        help="instead of held-out rows: the retain rows, for the rule `uld unlearn` uses when "
+        "no alpha is given (the largest alpha that keeps retain and general answers and leaves "
+        "forget answers fluent)",
     )
     cal.add_argument("--data", default="builtin", help="builtin, a folder of <split>.json, hub id")
     cal.add_argument("--alphas", type=float, nargs="+", default=None, help="default 0, 0.1, .., 2")

@@ -45,16 +45,24 @@ def spread(rows: list, n: int) -> list:
     return [rows[i * len(rows) // n] for i in range(n)]
 
 
-def keep_rows(target, tokenizer, retain: list[dict], batch_size: int = 16) -> list[dict]:
+def keep_rows(
+    target, tokenizer, retain: list[dict], forget: list[dict], batch_size: int = 16
+) -> list[dict]:
     """{question, answer} rows whose answers must stay as they are: the target's greedy answers
-    to N_KEEP retain questions and N_KEEP well-known-fact prompts (none of them trained on)."""
+    to N_KEEP retain questions and N_KEEP well-known-fact prompts (none of them trained on),
+    leaving out prompts that ask a forget question or whose answer quotes a forget answer
+    (four words in a row): those answers are meant to change."""
+    from uld.data.augment import drop_forget_overlap, same_question
     from uld.data.general import knowledge_prompts
     from uld.evaluate import generate_answers
 
+    asked = {same_question(r["question"]) for r in forget}
+    general = [q for q in knowledge_prompts() if same_question(q) not in asked]
     sample = spread(retain, N_KEEP)
-    questions = [r["question"] for r in sample] + spread(knowledge_prompts(), N_KEEP)
+    questions = [r["question"] for r in sample] + spread(general, N_KEEP)
     answers = generate_answers(target, tokenizer, questions, batch_size, 48, progress=False)
     rows = [{"question": q, "answer": a} for q, a in zip(questions, answers, strict=True) if a]
+    rows = drop_forget_overlap(rows, forget)
     if not rows:  # a target that answers nothing (an untrained model): the retain rows' own
         print("[uld] warning: the target answered none of the rows to keep; using their answers")
         rows = [{"question": r["question"], "answer": r["answer"]} for r in sample]

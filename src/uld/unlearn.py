@@ -573,7 +573,7 @@ def safe_alpha(cfg: UnlearnConfig, run: Run, extra: dict, view) -> UnlearnConfig
     forget, retain = run.rows
     with torch.no_grad():
         view.alpha = 0.0  # the target's own answers
-        keep = keep_rows(view, run.tokenizer, retain)
+        keep = keep_rows(view, run.tokenizer, retain, forget)
         res = choose_alpha_safely(view, run.tokenizer, forget, keep)
     seconds = round(time.time() - start, 1)
     print(f"[uld] alpha chosen on the run's own rows ({seconds} s):\n{format_safe_grid(res)}")
