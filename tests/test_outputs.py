@@ -310,7 +310,7 @@ def test_a_diverging_run_stops_with_its_last_good_checkpoint_kept(tiny_model, tm
     out = tmp_path / "ga"
     argv = ["unlearn", "--model", tiny_model, "--method", "ga", "--forget", "forget01"]
     # one step an epoch: step 1 is checkpointed, its huge update breaks step 2 or 3
-    argv += ["--retain", "retain99", "--epochs", "40", "--batch-size", "4", "--lr", "1e9"]
+    argv += ["--retain", "retain99", "--epochs", "20", "--batch-size", "4", "--lr", "1e9"]
     assert main([*argv, "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert "training diverged at step" in err and "Lower --lr (now 1e+09)" in err
@@ -367,3 +367,22 @@ def test_a_uld_folder_shows_its_target_and_target_overrides_it(tiny_model, tmp_p
         assert f"a ULD model on the target {moved}" in capsys.readouterr().err
     finally:
         os.rename(moved, tiny_model)
+
+
+def test_many_short_epochs_are_checkpointed_every_few_epochs(tiny_model, tmp_path, monkeypatch):
+    """60 epochs of 2 steps: a checkpoint every 3 epochs (60 // MAX_CHECKPOINTS), 20 in all,
+    not 60; each lands on an epoch's end."""
+    from uld import trainer
+
+    saved = []
+    real = trainer.Stopwatch.on_save
+
+    def spy(self, args, state, control, **kwargs):
+        saved.append(state.global_step)
+        return real(self, args, state, control, **kwargs)
+
+    monkeypatch.setattr(trainer.Stopwatch, "on_save", spy)
+    argv = ["unlearn", "--model", tiny_model, "--method", "ga+gd", "--forget", "forget01"]
+    argv += ["--retain", "retain99", "--epochs", "60", "--batch-size", "2", "--lr", "1e-4"]
+    assert main([*argv, "--no-check", "--out", str(tmp_path / "g")]) == 0
+    assert trainer.MAX_CHECKPOINTS == 20 and saved == list(range(6, 121, 6))

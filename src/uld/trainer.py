@@ -28,6 +28,7 @@ from uld.losses import LOSSES, Frozen, Hyper
 from uld.outdir import OutputError
 
 RUN_FILE = "run.json"
+MAX_CHECKPOINTS = 20
 
 
 class TrainingDiverged(ValueError):
@@ -446,6 +447,10 @@ def train(
     claim_checkpoints(out, settings or {}, overwrite)
     steps_per_epoch = math.ceil(len(dataset) / (batch_size * grad_accum))
     total = max_steps if max_steps > 0 else math.ceil(steps_per_epoch * epochs)
+    # a checkpoint every epoch, or every `every` epochs when there are many: at most about
+    # MAX_CHECKPOINTS per run (a small forget set trains for hundreds of 1-2 step epochs, and
+    # each checkpoint writes the weights and the optimizer's state)
+    every = max(1, int(epochs // MAX_CHECKPOINTS))
     args = TrainingArguments(
         output_dir=str(ckpt),
         per_device_train_batch_size=batch_size,
@@ -457,7 +462,8 @@ def train(
         warmup_steps=max(1, total // 10),
         lr_scheduler_type="linear",
         logging_steps=max(1, min(10, steps_per_epoch)),
-        save_strategy="epoch",
+        save_strategy="epoch" if every == 1 else "steps",
+        save_steps=every * steps_per_epoch,
         save_total_limit=1,
         report_to="none",
         seed=seed,
