@@ -306,7 +306,7 @@ def choose_alpha_safely(
     reported.
 
     keep: rows whose answer is the target's own greedy answer (retain rows and general prompts,
-    `uld.unlearn.keep_rows`). Their agreement at an alpha is the share of answer tokens at which
+    `uld.defaults.keep_rows`). Their agreement at an alpha is the share of answer tokens at which
     the combined model's most likely next token is still the target's, teacher-forced on the
     target's answer (`grid_scores`): 1.0 means the greedy answers are unchanged. An alpha is a
     candidate when the agreement is at least `tolerance` (0.96: on the hand-written people set

@@ -256,8 +256,6 @@ def cmd_eval(args) -> None:
 def cmd_calibrate(args) -> None:
     import json
 
-    import torch
-
     from uld.calibrate import ALPHAS, check_held_out, choose_alpha, format_grid
     from uld.data.load import load_split
     from uld.logit_diff import ULD_CONFIG, is_uld_folder, read_uld_config
@@ -271,18 +269,14 @@ def cmd_calibrate(args) -> None:
     if read_uld_config(args.model).get("mode", "uld") != "uld":
         raise ValueError(f"{args.model} is an Offset model: it has no alpha to calibrate")
     if args.retain:  # the safe rule: no held-out rows of the same kind needed
-        from uld.calibrate import choose_alpha_safely, format_safe_grid
-        from uld.defaults import keep_rows
+        from uld.calibrate import format_safe_grid
+        from uld.defaults import choose_alpha_on_rows
 
         forget, retain = load_split(args.forget, args.data), load_split(args.retain, args.data)
         model, tok = load_any(args.model, filter=args.filter, target=args.target)
-        before = model.alpha
-        with torch.no_grad():
-            model.alpha = 0.0  # the target's own answers to the rows to keep
-            keep = keep_rows(model, tok, retain, forget)
-            res = choose_alpha_safely(model, tok, forget, keep)
+        res = choose_alpha_on_rows(model, tok, forget, retain)
         print(format_safe_grid(res))
-        print(f"alpha {res['alpha']:g} (the model's was {before:g})")
+        print(f"alpha {res['alpha']:g} (the model's was {model.alpha:g})")
         if args.write:
             path = Path(args.model, ULD_CONFIG)
             card = json.loads(path.read_text())

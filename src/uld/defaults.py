@@ -69,6 +69,25 @@ def keep_rows(
     return rows
 
 
+def choose_alpha_on_rows(model, tokenizer, forget: list[dict], retain: list[dict]) -> dict:
+    """ULD's alpha for `model` (a ULDModel) by `uld.calibrate.choose_alpha_safely`, on the rows
+    `keep_rows` gives (the target's own answers: the model at alpha 0). The model's alpha is left
+    as it was; the result also says how many rows were kept."""
+    import torch
+
+    from uld.calibrate import choose_alpha_safely
+
+    before = model.alpha
+    try:
+        with torch.no_grad():
+            model.alpha = 0.0  # the target's own answers
+            keep = keep_rows(model, tokenizer, retain, forget)
+            res = choose_alpha_safely(model, tokenizer, forget, keep)
+    finally:
+        model.alpha = before
+    return res | {"keep_rows": len(keep)}
+
+
 def after_run_check(
     answer_before, answer_after, forget: list[dict], retain: list[dict], scorer=None
 ) -> dict:

@@ -36,7 +36,7 @@ from uld.data.augment import (
 )
 from uld.data.format import Collator, PairedDataset, QADataset
 from uld.data.load import DataError, load_split, local_paths
-from uld.defaults import after_run_check, auto_epochs, format_check, keep_rows
+from uld.defaults import after_run_check, auto_epochs, choose_alpha_on_rows, format_check
 from uld.losses import BASELINES, Frozen, Hyper, has_retain_term, needs_reference
 from uld.models import load_model, resolve, save_model, source_fingerprint
 from uld.outdir import check_out, locked, output_dir
@@ -567,14 +567,10 @@ def safe_alpha(cfg: UnlearnConfig, run: Run, extra: dict, view) -> UnlearnConfig
     rows (retain questions and general prompts the target must answer as before, the forget
     rows' answers fluent), for `view`, the ULD model of the run; the grid goes into the saved
     card."""
-    from uld.calibrate import choose_alpha_safely, format_safe_grid
+    from uld.calibrate import format_safe_grid
 
     start = time.time()
-    forget, retain = run.rows
-    with torch.no_grad():
-        view.alpha = 0.0  # the target's own answers
-        keep = keep_rows(view, run.tokenizer, retain, forget)
-        res = choose_alpha_safely(view, run.tokenizer, forget, keep)
+    res = choose_alpha_on_rows(view, run.tokenizer, *run.rows)
     seconds = round(time.time() - start, 1)
     print(f"[uld] alpha chosen on the run's own rows ({seconds} s):\n{format_safe_grid(res)}")
     if not res["safe"]:
@@ -583,7 +579,7 @@ def safe_alpha(cfg: UnlearnConfig, run: Run, extra: dict, view) -> UnlearnConfig
             "fluent; alpha 0 is saved (the target: nothing is forgotten). Train longer "
             "(--epochs), or set --alpha yourself and read the after-run check"
         )
-    extra["alpha_choice"] = res | {"keep_rows": len(keep), "seconds": seconds}
+    extra["alpha_choice"] = res | {"seconds": seconds}
     return dataclasses.replace(cfg, alpha=res["alpha"])
 
 
