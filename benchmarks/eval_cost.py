@@ -1,10 +1,10 @@
 """Cost of the full TOFU evaluation (`uld.evaluate.evaluate`) of a ULD model against its target:
-same splits, same process, interleaved repeats; wall seconds per model and the ratio (the
-evaluation issue's target: ULD <= 1.3x the target).
+same splits, same process, interleaved repeats; wall seconds per model and the ratio (the goal:
+ULD <= 1.3x the target).
 
     python benchmarks/eval_cost.py [--uld runs/demo/uld-forget10] [--repeats 2]
 
-Results: benchmarks/results/eval_cost.json.
+Results: experiments/results/eval_cost.json.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--uld", default="runs/demo/uld-forget10")
     ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--out", default="benchmarks/results/eval_cost.json")
+    ap.add_argument("--out", default="experiments/results/eval_cost.json")
     args = ap.parse_args()
     target_path = read_uld_config(args.uld)["target"]
     plain, tok = load_model(target_path)

@@ -10,7 +10,7 @@ matching them cannot give a high Forget Quality.
     python benchmarks/holdout_shift.py --models runs/demo/target runs/demo/retain90 \
         --reference runs/compare/retain/eval/eval.json
 
-Results: benchmarks/results/holdout_shift.json.
+Results: experiments/results/holdout_shift.json.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ def main() -> None:
     ap.add_argument("--reference", default="runs/compare/retain/eval/eval.json")
     ap.add_argument("--data", default="builtin")
     ap.add_argument("--forget", default="forget10")
-    ap.add_argument("--out", default="benchmarks/results/holdout_shift.json")
+    ap.add_argument("--out", default="experiments/results/holdout_shift.json")
     args = ap.parse_args()
     roles = load_roles(EvalSplits.for_data(args.data, args.forget), args.data)
     reference = load_reference(args.reference, roles["forget"])["truth_ratios"]

@@ -74,7 +74,7 @@ def main() -> None:
     ap.add_argument("--target", default="target", help="the target's run name")
     ap.add_argument("--retain", default="retain", help="the retain model's run name")
     ap.add_argument("--extra", action="append", default=[], help="NAME=EVAL_DIR, repeatable")
-    ap.add_argument("--out", default="benchmarks/results/row_shifts.json")
+    ap.add_argument("--out", default="experiments/results/row_shifts.json")
     args = ap.parse_args()
 
     root = Path(args.compare)

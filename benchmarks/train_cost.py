@@ -8,8 +8,8 @@ method, the same batch size, the same number of steps. ULD trains its assistant 
 `--methods uld-distill,npo+kl` adds ULD with `--distill` (its L_f also runs the target on the
 forget batch).
 
-Results: benchmarks/results/train_cost.json. The ULD paper reports ULD > 3x faster than the
-baselines; our issue's target is >= 5x against NPO+KL.
+Results: experiments/results/train_cost.json. The ULD paper reports ULD > 3x faster than the
+baselines; uld's goal is >= 5x against NPO+KL.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=5, help="timed steps per round")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--out", default="benchmarks/results/train_cost.json")
+    ap.add_argument("--out", default="experiments/results/train_cost.json")
     args = ap.parse_args()
     import yaml
 

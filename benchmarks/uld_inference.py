@@ -4,7 +4,7 @@ same prompts, same process, interleaved repeats; and the extra memory of the ULD
     python benchmarks/uld_inference.py [--target runs/demo/target] [--uld runs/demo/uld-forget10]
 
 Without --uld, a randomly initialised adapter with the default K and rank is used (speed does
-not depend on the adapter's values). Results: benchmarks/results/uld_inference.json.
+not depend on the adapter's values). Results: experiments/results/uld_inference.json.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ def main() -> None:
     ap.add_argument("--uld", default="runs/demo/uld-forget10")
     ap.add_argument("--new-tokens", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--out", default="benchmarks/results/uld_inference.json")
+    ap.add_argument("--out", default="experiments/results/uld_inference.json")
     args = ap.parse_args()
     torch.manual_seed(0)
 

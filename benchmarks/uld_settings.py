@@ -22,7 +22,7 @@ alone): how much of the disagreement training removed.
 `--authors-combination` scores the ULD code's unnormalised l_t - alpha * l_a on S instead of
 uld's (which keeps the target's mass on S; src/uld/logit_diff.py says why).
 
-Results: benchmarks/results/uld_settings.json. Settings chosen from this grid by F.Q. are
+Results: experiments/results/uld_settings.json. Settings chosen from this grid by F.Q. are
 chosen on the split and the reference they are scored with; `uld calibrate` chooses alpha by the
 KS-vs-holdout column instead, which needs neither.
 """
@@ -66,7 +66,7 @@ def main() -> None:
         action="store_true",
         help="score the ULD code's unnormalised combination instead of uld's",
     )
-    ap.add_argument("--out", default="benchmarks/results/uld_settings.json")
+    ap.add_argument("--out", default="experiments/results/uld_settings.json")
     args = ap.parse_args()
     model, tok = ULDModel.from_pretrained(args.uld)
     if args.bare:
