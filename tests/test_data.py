@@ -85,12 +85,20 @@ def test_plain_prompt_without_chat_template(tiny_plain_model):
 def test_collator_right_pads_and_pairs(tiny_model):
     tok = AutoTokenizer.from_pretrained(tiny_model)
     f = QADataset([{"question": "Q?", "answer": "A long answer here."}], tok)
-    r = QADataset([{"question": "Another question?", "answer": "B."}] * 3, tok)
+    r = QADataset(
+        [{"question": f"Another question {i}?", "answer": f"B{i}."} for i in range(3)], tok
+    )
     batch = Collator(tok.pad_token_id)([f[0], r[0]])
     n = len(f[0]["input_ids"])
     assert batch["attention_mask"][0].sum() == n
     assert (batch["labels"][batch["attention_mask"] == 0] == IGNORE).all()
-    assert len(PairedDataset(f, r, seed=0)) == 1
+    paired = PairedDataset(f, r, seed=0)
+    assert len(paired) == 1
+    # torch.randperm(3) under seed 0 is [2, 0, 1]: forget item 0 of epoch 0 gets retain row 2
+    assert paired[0] == {"forget": f[0], "retain": r[2]}
+    pair = Collator(tok.pad_token_id)([paired[0]])
+    assert set(pair) == {"forget", "retain"}
+    assert pair["retain"]["input_ids"][0].tolist() == r[2]["input_ids"]
 
 
 def test_retain_pairing_is_a_function_of_epoch_and_index(tiny_model):
@@ -108,9 +116,10 @@ def test_retain_pairing_is_a_function_of_epoch_and_index(tiny_model):
         return ids[tuple(dataset[i]["retain"]["input_ids"])]
 
     paired = PairedDataset(f, r, seed=0)
+    assert paired.order == [2, 0, 1]  # torch.randperm(3) under seed 0
     dealt = [deal(paired, e, i) for e in range(3) for i in range(2)]  # 3 epochs x 2 rows
-    assert sorted(dealt) == sorted(answers * 2)  # two full passes over the 3 retain rows
-    assert dealt[0] != dealt[2]  # row 0 gets another retain row in the next epoch
+    # epoch e, item i -> order[(2e + i) mod 3]: positions 0, 1 | 2, 0 | 1, 2 of [2, 0, 1]
+    assert dealt == ["r2.", "r0.", "r1.", "r2.", "r0.", "r1."]
     fresh = PairedDataset(f, r, seed=0)
     assert deal(fresh, 2, 1) == dealt[5] and deal(fresh, 2, 1) == dealt[5]
     assert deal(fresh, 0, 0) == dealt[0]
