@@ -22,10 +22,30 @@ def _ids(rows: list[dict]) -> list[tuple[int, str]]:
     return [(r["author_id"], r["question"]) for r in rows]
 
 
-def test_deterministic_across_calls_and_seeds():
-    assert fictitious_authors() == fictitious_authors()
-    assert builtin_splits(20, 3, seed=7) == builtin_splits(20, 3, seed=7)
-    assert fictitious_authors(seed=1) != fictitious_authors(seed=0)
+def test_rows_are_fixed_by_the_seed_alone():
+    """Pinned rows of two seeds: the data depend on `seed` and on nothing else (not on the global
+    `random` state, nor on calls made before)."""
+    import random
+
+    random.seed(12345)
+    rows = fictitious_authors(2, 2, seed=7)
+    assert [r["author"] for r in rows] == ["Ines Lacorvaro"] * 2 + ["Ottilie Rosenquell"] * 2
+    assert rows[0]["question"] == "What literary award has Ines Lacorvaro won?"
+    assert rows[0]["answer"] == "Ines Lacorvaro has won the Aurelian Award for Narrative Craft."
+    assert rows[0]["perturbed_answer"] == [
+        "Ines Lacorvaro is a recipient of the Vellum Crown Award.",
+        "Ines Lacorvaro is a recipient of the Meridian Circle Award.",
+        "Ines Lacorvaro is a recipient of the Kestrel Prize for Fiction.",
+    ]
+    fictitious_authors(5, 3, seed=1)  # another seed in between changes nothing
+    random.seed(0)
+    assert fictitious_authors(2, 2, seed=7) == rows
+    splits = builtin_splits(20, 3, seed=7)
+    assert (splits["forget01"][0]["question"], splits["forget01"][0]["answer"]) == (
+        "Where was Ryota Morikane born?",
+        "Ryota Morikane was born in the city of Sendai, Japan.",
+    )
+    assert fictitious_authors(2, 2, seed=1)[0]["author"] != "Ines Lacorvaro"
 
 
 def test_deterministic_across_processes():

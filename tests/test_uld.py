@@ -16,7 +16,7 @@ from uld.config import UnlearnConfig
 from uld.data.augment import drop_forget_overlap, forget_set, retain_set
 from uld.data.format import Collator, PairedDataset, QADataset
 from uld.data.load import DataError, load_split
-from uld.logit_diff import ULDModel, decode, logit_difference
+from uld.logit_diff import ADAPTER, ULDModel, decode, logit_difference
 from uld.losses import Frozen, Hyper, nll, soft_nll, uld_objective, uniform_kl
 from uld.models import load_model
 from uld.unlearn import build_assistant, unlearn
@@ -110,7 +110,29 @@ def test_augmented_sets_are_built_as_the_paper_says():
     assert retain_set(retain, forget, perturbed=False) == [
         {"question": r["question"], "answer": r["answer"]} for r in retain
     ]
-    assert forget_set(forget) == forget_set(forget) and retain_set(retain, forget) == d_r
+    # the order, on two rows written out here: rows first, then each row's additions in turn
+    two = [
+        {
+            "question": f"Q{i}?",
+            "answer": f"A{i}.",
+            "augment_paraphrased": [{"question": f"Q{i}'?", "answer": f"A{i}'."}],
+            "augment_perturbed": [f"W{i}a.", f"W{i}b."],
+        }
+        for i in (1, 2)
+    ]
+    assert forget_set(two) == [
+        {"question": "Q1?", "answer": "A1."},
+        {"question": "Q2?", "answer": "A2."},
+        {"question": "Q1'?", "answer": "A1'."},
+        {"question": "Q2'?", "answer": "A2'."},
+    ]
+    assert retain_set([{"question": "R?", "answer": "r.", "extra": 1}], two) == [
+        {"question": "R?", "answer": "r."},
+        {"question": "Q1?", "answer": "W1a."},
+        {"question": "Q1?", "answer": "W1b."},
+        {"question": "Q2?", "answer": "W2a."},
+        {"question": "Q2?", "answer": "W2b."},
+    ]
     # from_eval: the evaluation's own fields, as our runs before they were kept apart
     old_f, old_r = forget_set(forget, from_eval=True), retain_set(retain, forget, from_eval=True)
     assert len(old_f) == 2 * len(forget)
@@ -417,22 +439,80 @@ def test_retain_passes_and_the_warning_when_below_one(tiny_model, tmp_path, caps
     assert "Raise --epochs" not in capsys.readouterr().out
 
 
-def test_unlearn_end_to_end_few_steps(tiny_model, tmp_path):
+def _record_initial_lora(monkeypatch) -> dict[str, torch.Tensor]:
+    """The assistant's LoRA weights as `unlearn` builds them, before any step, by the names of
+    the saved adapter (filled in when `unlearn` builds the assistant)."""
+    import uld.unlearn as U
+
+    initial: dict[str, torch.Tensor] = {}
+    real = U.build_assistant
+
+    def recording(*args, **kwargs):
+        assistant, tok = real(*args, **kwargs)
+        for n, p in assistant.named_parameters():
+            if p.requires_grad:
+                initial[n.replace(f".{ADAPTER}.", ".")] = p.detach().clone()
+        return assistant, tok
+
+    monkeypatch.setattr(U, "build_assistant", recording)
+    return initial
+
+
+def test_unlearn_end_to_end_few_steps(tiny_model, tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    initial = _record_initial_lora(monkeypatch)
     out = unlearn(_small_run(tiny_model, tmp_path / "u", epochs=1, lr=1e-2))
-    model, tok = ULDModel.from_pretrained(out)
-    b = _batch(tok, ["Where was Ilse born?"])
-    with torch.no_grad():
-        logits = model(**b).logits
-    assert torch.isfinite(logits).all()
     assert not (tmp_path / "u.ckpt").exists()
-
-
-def test_weight_average_without_per_epoch_evaluation_saves_the_average(tiny_model, tmp_path):
-    out = unlearn(_small_run(tiny_model, tmp_path / "u", epochs=1, lr=1e-2, ema=0.5))
-    assert json.loads((out / "uld_config.json").read_text())["ema"] == 0.5
+    saved = load_file(str(out / "adapter_model.safetensors"))
+    # 2 layers x 7 projections x (A, B): only LoRA weights are saved, and every one trained
+    assert len(saved) == 28 and saved.keys() == initial.keys()
+    assert all("lora_A" in k or "lora_B" in k for k in saved)
+    for k, v in saved.items():
+        assert not torch.equal(v, initial[k]), f"{k} is its initial value"
     model, tok = ULDModel.from_pretrained(out)
+    assert model.alpha == json.loads((out / "uld_config.json").read_text())["alpha"]
+    target, _ = load_model(tiny_model)
+    b = _batch(tok, ["Where was Ilse born?"])
+    model.alpha = 1.0
     with torch.no_grad():
-        assert torch.isfinite(model(**_batch(tok, ["Where was Ilse born?"])).logits).all()
+        logits, l_t = model(**b).logits, target(**b).logits
+    assert torch.isfinite(logits).all() and not torch.allclose(logits, l_t)
+
+
+def test_weight_average_without_per_epoch_evaluation_saves_the_average(
+    tiny_model, tmp_path, monkeypatch
+):
+    """--ema 0.75 over the 3 steps of one epoch: avg_k = 3/4 avg_(k-1) + 1/4 w_k from avg_0 = w_0,
+    so the saved adapter is avg_3 = (27 w_0 + 9 w_1 + 12 w_2 + 16 w_3) / 64, not w_3."""
+    from safetensors.torch import load_file
+
+    from uld.trainer import WeightAverage
+
+    initial = _record_initial_lora(monkeypatch)
+    steps: list[dict[str, torch.Tensor]] = []
+    real = WeightAverage.on_step_end
+
+    def recording(self, args, state, control, model=None, **kwargs):
+        trained = {n: p for n, p in model.named_parameters() if p.requires_grad}
+        steps.append(
+            {n.replace(f".{ADAPTER}.", "."): p.detach().clone() for n, p in trained.items()}
+        )
+        return real(self, args, state, control, model=model, **kwargs)
+
+    monkeypatch.setattr(WeightAverage, "on_step_end", recording)
+    out = unlearn(_small_run(tiny_model, tmp_path / "u", epochs=1, lr=1e-2, ema=0.75))
+    assert json.loads((out / "uld_config.json").read_text())["ema"] == 0.75
+    assert len(steps) == 3  # 12 D'_f rows (forget01 and two paraphrases each) in batches of 4
+    saved = load_file(str(out / "adapter_model.safetensors"))
+    assert saved.keys() == initial.keys() == steps[-1].keys()
+    for k, v in saved.items():
+        w0, w1, w2, w3 = initial[k], steps[0][k], steps[1][k], steps[2][k]
+        torch.testing.assert_close(
+            v, (27 * w0 + 9 * w1 + 12 * w2 + 16 * w3) / 64, rtol=1e-5, atol=1e-7
+        )
+        if "lora_B" in k:  # B starts at 0 and moves every step: the average is not the last
+            assert not torch.allclose(v, w3), k
 
 
 @pytest.mark.parametrize("eval_splits", ["forget", "truth"])
