@@ -131,8 +131,13 @@ def test_unlearn_calibrate_then_uld_calibrate_write(tiny_model, tmp_path, capsys
     cal = card["calibration"]
     assert cal["split"] == "holdout10" and cal["alpha_before"] is None  # none given
     assert len(cal["grid"]) == 21
-    best = max(cal["grid"], key=lambda g: (g["holdout_ks"], -g["median_log_gap"]))
-    assert card["alpha"] == cal["alpha"] == best["alpha"]
+    # the rule is checked on a grid written by hand (test_choice_on_a_grid_written_by_hand);
+    # here: the kept alpha has the grid's highest KS p-value, and none as high has a smaller gap
+    chosen = next(g for g in cal["grid"] if g["alpha"] == cal["alpha"])
+    assert card["alpha"] == cal["alpha"]
+    assert chosen["holdout_ks"] == max(g["holdout_ks"] for g in cal["grid"])
+    tied = [g for g in cal["grid"] if g["holdout_ks"] == chosen["holdout_ks"]]
+    assert all(g["median_log_gap"] >= chosen["median_log_gap"] for g in tied)
     assert ULDModel.from_pretrained(out)[0].alpha == cal["alpha"]
 
     argv = ["calibrate", "--model", str(out), "--forget", "forget01", "--alphas", "0", "2"]
@@ -152,6 +157,57 @@ def test_ties_go_to_the_smaller_median_gap(uld_model, monkeypatch):
     gaps = [g["median_log_gap"] for g in res["grid"]]
     assert len(set(gaps)) == len(gaps)  # the tie-break has something to decide
     assert res["alpha"] == ALPHAS[gaps.index(min(gaps))]
+
+
+def test_choice_on_a_grid_written_by_hand(monkeypatch):
+    """choose_alpha's selection on scores given here (the passes over the rows are replaced):
+    the highest KS p-value, ties to the smaller median gap; with a reference and `near`, the
+    best F.Q. among the `near` alphas nearest that choice."""
+    import uld.calibrate as C
+
+    alphas = (0.0, 0.5, 1.0, 1.5, 2.0)
+    ks = [0.2, 0.7, 0.7, 0.1, 0.7]  # 0.5, 1.0 and 2.0 tie
+    gap = [0.3, 0.4, 0.2, 0.0, 0.25]  # 1.0's is the smallest of the three; 1.5's 0 is no help
+    fq = [0.9, 0.3, 0.1, 0.5, 0.5]
+
+    def scores(model, tok, rows, settings):  # setting i -> truth ratios all equal to i
+        return [torch.full((len(rows),), float(i)) for i in range(len(settings))], [
+            torch.zeros(len(rows)) for _ in settings
+        ]
+
+    def held_out(truth_f, truth_h, loss_f, loss_h):
+        i = int(truth_f[0])
+        return {"holdout_ks": ks[i], "median_log_gap": gap[i], "mia_loss_auc": 0.5}
+
+    monkeypatch.setattr(C, "truth_and_loss", scores)
+    monkeypatch.setattr(C, "held_out_scores", held_out)
+    monkeypatch.setattr("uld.metrics.forget_quality", lambda r, ref: fq[int(r[0])])
+    rows = [{"question": "Q?", "answer": "a", "paraphrased_answer": "b", "perturbed_answer": ["c"]}]
+    res = choose_alpha(None, None, rows, rows, alphas, filter=0.05)
+    assert res == {
+        "alpha": 1.0,
+        "filter": 0.05,
+        "grid": [
+            {"alpha": a, "holdout_ks": k, "median_log_gap": g, "mia_loss_auc": 0.5}
+            for a, k, g in zip(alphas, ks, gap, strict=True)
+        ],
+    }
+    ref = [1.0]
+    # near 3: 1.0 and, at distance 0.5, 0.5 and 1.5; by F.Q. 1.5 (0.5), 0.5 (0.3), 1.0 (0.1).
+    # alpha 0's F.Q. of 0.9 is out of reach
+    res = choose_alpha(None, None, rows, rows, alphas, 0.05, ref, near=3)
+    assert [g["forget_quality"] for g in res["grid"]] == fq
+    assert (res["alpha_held_out"], res["near_reference"], res["alpha"]) == (
+        1.0,
+        [1.5, 0.5, 1.0],
+        1.5,
+    )
+    # near 4: 0.0 and 2.0 tie at distance 1, the smaller alpha comes in, and its 0.9 wins
+    res = choose_alpha(None, None, rows, rows, alphas, 0.05, ref, near=4)
+    assert (res["near_reference"], res["alpha"]) == ([0.0, 1.5, 0.5, 1.0], 0.0)
+    # near 5: 1.5 and 2.0 tie at F.Q. 0.5: the nearer to 1.0 first
+    res = choose_alpha(None, None, rows, rows, alphas, 0.05, ref, near=5)
+    assert res["near_reference"] == [0.0, 1.5, 2.0, 0.5, 1.0]
 
 
 def test_near_reference_keeps_the_best_fq_among_the_nearest_alphas():
@@ -177,9 +233,15 @@ def test_choice_by_reference_scores_each_alpha_as_forget_quality(uld_model, tiny
         model.alpha = a
         expected = forget_quality(truth_ratios(model, tok, forget).tolist(), reference)
         assert g["forget_quality"] == pytest.approx(expected, rel=1e-6)
-    held = max(res["grid"], key=lambda g: (g["holdout_ks"], -g["median_log_gap"]))["alpha"]
+    # the reference leaves the held-out choice as it is, and narrows the choice to the 3 grid
+    # alphas nearest it (a window of the 0.5-spaced grid) with the best F.Q. among them
+    held = choose_alpha(model, tok, forget, holdout, alphas)["alpha"]
     assert res["alpha_held_out"] == held
-    assert res["alpha"] == near_reference(res["grid"], held, 3)[0] == res["near_reference"][0]
+    lo = min(max(alphas.index(held) - 1, 0), len(alphas) - 3)
+    assert sorted(res["near_reference"]) == list(alphas[lo : lo + 3])
+    assert res["alpha"] == res["near_reference"][0]
+    fq = {g["alpha"]: g["forget_quality"] for g in res["grid"]}
+    assert fq[res["alpha"]] == max(fq[a] for a in alphas[lo : lo + 3])
     with pytest.raises(ValueError, match="needs a reference"):
         choose_alpha(model, tok, forget, holdout, alphas, near=3)
 
@@ -207,7 +269,10 @@ def test_unlearn_alpha_by_reference_keeps_the_fq_it_reports(tiny_model, tiny_pla
     card = json.loads((out / "uld_config.json").read_text())
     cal = card["calibration"]
     assert cal["reference"] == tiny_plain_model and len(cal["near_reference"]) == 5
-    assert card["alpha"] == near_reference(cal["grid"], cal["alpha_held_out"], 5)[0]
+    # the five grid alphas nearest the held-out choice: a window of the 0.1-spaced grid
+    lo = min(max(round(10 * cal["alpha_held_out"]) - 2, 0), 16)
+    assert sorted(cal["near_reference"]) == [round(0.1 * i, 1) for i in range(lo, lo + 5)]
+    assert card["alpha"] == cal["near_reference"][0]
     # the saved model, evaluated as `uld eval` does, has the F.Q. the grid gave its alpha
     model, tok = ULDModel.from_pretrained(out)
     forget = load_split("forget01")
