@@ -62,13 +62,46 @@ def test_protocol_aggregates_follow_the_tofu_definitions(model, roles):
         for r in ("retain", "real_authors", "world_facts")
         for k in ("prob", "rouge_l", "truth_ratio")
     ]
-    assert s["model_utility"] == pytest.approx(metrics.model_utility(nine))
+    # TOFU's Model Utility: the harmonic mean of the nine, 0 when one of them is 0
+    hmean = 0.0 if min(nine) == 0 else len(nine) / sum(1 / v for v in nine)
+    assert s["model_utility"] == pytest.approx(hmean, abs=1e-12)
     assert s["forget_rouge"] == sp["forget"]["rouge_l"]
-    for key in ("mia_loss_auc", "mia_min_k_auc", "extraction_strength"):
-        assert 0 <= s[key] <= 1
+    f_items, h_items = sp["forget"]["items"], sp["holdout"]["items"]
+    assert s["extraction_strength"] == pytest.approx(sum(it["es"] for it in f_items) / 4)
+
+    def auc(members: list[float], others: list[float]) -> float:
+        """P(member scores higher), ties one half, over all 4 x 4 pairs."""
+        wins = sum((a > b) + 0.5 * (a == b) for a in members for b in others)
+        return wins / (len(members) * len(others))
+
+    loss_auc = auc([-it["loss"] for it in f_items], [-it["loss"] for it in h_items])
+    assert s["mia_loss_auc"] == pytest.approx(loss_auc, abs=1e-12)
+    min_k_auc = auc([it["min_k"] for it in f_items], [it["min_k"] for it in h_items])
+    assert s["mia_min_k_auc"] == pytest.approx(min_k_auc, abs=1e-12)
     assert s["forget_quality"] is None and s["forget_tr_gap"] is None  # no reference
     # real authors / world facts: probability relative to the perturbed options, in (0, 1)
     assert 0 < sp["real_authors"]["prob"] < 1
+
+
+def test_summary_figures_from_per_split_figures_written_by_hand():
+    """Model Utility is the harmonic mean of the nine utility figures: with the reciprocals
+    2, 4, 2 | 1, 2, 4 | 2, 1, 2 (sum 20) it is 9 / 20; one missing figure leaves it None."""
+    figures = {
+        "retain": (0.5, 0.25, 0.5),
+        "real_authors": (1.0, 0.5, 0.25),
+        "world_facts": (0.5, 1.0, 0.5),
+    }
+    splits = {
+        role: {"prob": p, "rouge_l": r, "truth_ratio": t, "items": []}
+        for role, (p, r, t) in figures.items()
+    }
+    s = summarise(splits)
+    assert s["model_utility"] == pytest.approx(0.45, abs=1e-12)
+    assert s["retain_rouge"] == 0.25 and s["forget_quality"] is None
+    splits["world_facts"]["rouge_l"] = 0.0  # one figure of 0: the harmonic mean's limit, 0
+    assert summarise(splits)["model_utility"] == 0.0
+    del splits["world_facts"]["rouge_l"]
+    assert summarise(splits)["model_utility"] is None
 
 
 def test_forget_quality_of_a_model_against_itself_is_one(model, roles, tiny_model, tmp_path):
