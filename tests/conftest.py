@@ -105,7 +105,7 @@ def tiny_plain_model(tmp_path_factory) -> str:
 @pytest.fixture()
 def trained_assistant(tiny_model):
     """(assistant, tokenizer): a 2-layer assistant of `tiny_model` with random LoRA weights."""
-    from uld.unlearn import build_assistant
+    from uld.methods import build_assistant
 
     assistant, tok = build_assistant(tiny_model, k=2, rank=4, alpha=8, dropout=0.0)
     with torch.no_grad():  # make the adapter non-trivial

@@ -15,7 +15,6 @@ from uld.data.format import Collator
 from uld.data.load import load_split
 from uld.logit_diff import ULDModel, offset_logits
 from uld.losses import (
-    LOSSES,
     Frozen,
     Hyper,
     answer_logits,
@@ -25,9 +24,10 @@ from uld.losses import (
     npo_loss,
     sequence_logprob,
 )
+from uld.methods import METHODS, prepare
 from uld.models import load_model
+from uld.runs import unlearn
 from uld.trainer import train
-from uld.unlearn import methods, prepare, unlearn
 
 # --- the maths, by hand ------------------------------------------------------------------------
 
@@ -109,7 +109,7 @@ def _batch(run, n: int = 4) -> dict:
 def test_npo_and_kl_at_the_start_are_2_log2_over_beta_and_zero(tiny_model, tmp_path, lora):
     run = prepare(_cfg(tiny_model, "npo+kl", tmp_path, lora=lora))
     run.model.eval()  # no dropout: the model must equal its reference exactly
-    loss, logs = LOSSES[run.loss](run.model, _batch(run), Hyper(npo_beta=0.1), run.frozen)
+    loss, logs = run.method.objective(run.model, _batch(run), Hyper(npo_beta=0.1), run.frozen)
     assert logs["forget_loss"] == pytest.approx(20 * math.log(2), rel=1e-5)
     assert logs["retain_loss"] == pytest.approx(0.0, abs=1e-6)
     assert loss.item() == pytest.approx(20 * math.log(2), rel=1e-5)
@@ -120,9 +120,9 @@ def test_dpo_at_the_start_and_ga_is_minus_nll(tiny_model, tmp_path):
     run.model.eval()
     batch = _batch(run)
     assert set(batch) == {"forget", "idk"}
-    loss, _ = LOSSES["dpo"](run.model, batch, Hyper(dpo_beta=0.1), run.frozen)
+    loss, _ = METHODS["dpo"].objective(run.model, batch, Hyper(dpo_beta=0.1), run.frozen)
     assert loss.item() == pytest.approx(20 * math.log(2), rel=1e-5)
-    ga, _ = LOSSES["ga"](run.model, batch, Hyper(), run.frozen)
+    ga, _ = METHODS["ga"].objective(run.model, batch, Hyper(), run.frozen)
     logits, targets = answer_logits(run.model, batch["forget"])
     assert ga.item() == pytest.approx(-torch.nn.functional.cross_entropy(logits, targets).item())
     assert answer_rows(batch["forget"]).shape[0] == targets.shape[0]
@@ -131,7 +131,7 @@ def test_dpo_at_the_start_and_ga_is_minus_nll(tiny_model, tmp_path):
 def test_offset_at_the_start_is_the_target(tiny_model, tmp_path):
     run = prepare(_cfg(tiny_model, "offset-npo+kl", tmp_path))
     run.model.eval()
-    loss, logs = LOSSES[run.loss](run.model, _batch(run), Hyper(), run.frozen)
+    loss, logs = run.method.objective(run.model, _batch(run), Hyper(), run.frozen)
     assert logs["forget_loss"] == pytest.approx(20 * math.log(2), rel=1e-5)
     assert logs["retain_loss"] == pytest.approx(0.0, abs=1e-6)
 
@@ -145,7 +145,7 @@ def _snapshot(module) -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize(
     "method, lora, distill",
-    [(m, False, False) for m in methods() if not m.startswith("uoe+")]
+    [(m, False, False) for m, spec in METHODS.items() if not spec.moe]
     + [(m, True, False) for m in ("ga+gd", "dpo+kl", "npo+kl")]
     + [("uld", False, True)],  # the assistant taught by the target (frozen.target untouched)
 )
@@ -166,7 +166,7 @@ def test_every_method_trains_what_it_should_and_nothing_else(
         run.dataset,
         Collator(run.tokenizer.pad_token_id),
         tmp_path / "out",
-        run.loss,
+        run.method.objective,
         hp=Hyper(),
         frozen=run.frozen,
         lr=1e-2,
@@ -200,7 +200,7 @@ def test_offset_model_saves_and_reloads_as_its_definition(tiny_model, tmp_path):
     model, tok = ULDModel.from_pretrained(out)
     assert model.mode == "offset" and model.alpha == 1.0
     # naive definition: full target + trained offset (K layers + LoRA) - offset at the start
-    from uld.unlearn import build_assistant
+    from uld.methods import build_assistant
 
     offset, _ = build_assistant(tiny_model, 2, 4, 4, 0.0)
     from peft import set_peft_model_state_dict
@@ -279,7 +279,7 @@ def test_uoe_trains_one_expert_and_its_router_only(tiny_moe, tmp_path, method):
         run.dataset,
         Collator(run.tokenizer.pad_token_id),
         tmp_path / "o",
-        run.loss,
+        run.method.objective,
         hp=Hyper(anchor_layer=layer, anchor_expert=expert),
         frozen=run.frozen,
         lr=1e-2,
@@ -312,7 +312,7 @@ def test_uoe_objective_adds_the_anchor(tiny_moe, tmp_path):
     batch = _batch(run)
     layer, expert = run.extra["anchor_layer"], run.extra["anchor_expert"]
     hp = Hyper(anchor=2.0, anchor_layer=layer, anchor_expert=expert)
-    loss, logs = LOSSES["uoe+ga"](run.model, batch, hp, run.frozen)
+    loss, logs = METHODS["uoe+ga"].objective(run.model, batch, hp, run.frozen)
     assert loss.item() == pytest.approx(logs["forget_loss"] + 2.0 * logs["anchor"], rel=1e-5)
     assert 0 < logs["anchor"] < 2  # ||g - a||^2 of probability vectors is in [0, 2]
     run.finish()
@@ -341,10 +341,20 @@ def test_lora_baseline_on_an_moe_reaches_the_experts(tiny_moe, tmp_path):
     assert not any("gate.weight" in n or "embed" in n or "norm" in n for n in moved)
 
 
-def test_which_losses_use_the_frozen_model_and_the_retain_set():
-    from uld.losses import BASELINES, has_retain_term, needs_reference
-
-    assert [b for b in BASELINES if has_retain_term(b)] == [
+def test_which_methods_use_the_frozen_model_and_the_retain_set():
+    baselines = [m for m, spec in METHODS.items() if not spec.composite and not spec.moe]
+    assert baselines == [
+        "ga",
+        "ga+gd",
+        "ga+kl",
+        "dpo",
+        "dpo+gd",
+        "dpo+kl",
+        "npo",
+        "npo+gd",
+        "npo+kl",
+    ]
+    assert [b for b in baselines if METHODS[b].has_retain_term] == [
         "ga+gd",
         "ga+kl",
         "dpo+gd",
@@ -352,5 +362,11 @@ def test_which_losses_use_the_frozen_model_and_the_retain_set():
         "npo+gd",
         "npo+kl",
     ]
-    assert has_retain_term("uld")
-    assert [b for b in BASELINES if not needs_reference(b)] == ["ga", "ga+gd"]
+    assert METHODS["uld"].has_retain_term and not METHODS["uld"].needs_reference
+    assert [b for b in baselines if not METHODS[b].needs_reference] == ["ga", "ga+gd"]
+    # every baseline has its Offset and UOE variants, with the same terms
+    for b in baselines:
+        for v in (f"offset-{b}", f"uoe+{b}"):
+            assert METHODS[v].forget_term == METHODS[b].forget_term
+            assert METHODS[v].retain_term == METHODS[b].retain_term
+    assert len(METHODS) == 1 + 3 * 9

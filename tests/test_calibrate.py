@@ -23,9 +23,10 @@ from uld.config import UnlearnConfig
 from uld.data.load import load_split
 from uld.evaluate import evaluate, load_reference, score_answers, truth_ratios
 from uld.logit_diff import ULDModel, logit_difference, plausible_set
+from uld.methods import check
 from uld.metrics import forget_quality
 from uld.models import load_model
-from uld.unlearn import unlearn
+from uld.runs import unlearn
 
 ALPHAS = (0.0, 0.5, 1.5)
 TINY_ULD = {  # one short ULD run on forget01 with a 2-layer assistant
@@ -108,7 +109,7 @@ def test_bad_calibration_input_is_refused(tiny_model, tmp_path):
     with pytest.raises(ValueError, match="shares 1 question"):
         check_held_out(rows[:1], rows, "--holdout x")
     with pytest.raises(ValueError, match="--calibrate"):
-        UnlearnConfig(model=tiny_model, out="o", method="npo", calibrate="holdout10").validate()
+        check(UnlearnConfig(model=tiny_model, out="o", method="npo", calibrate="holdout10"))
     # held-out rows that the assistant trains on: refused before any training, nothing written
     cfg = UnlearnConfig(
         model=tiny_model,

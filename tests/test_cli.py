@@ -254,9 +254,9 @@ def test_upcycle_then_experts(tiny_model, tmp_path, capsys):
 def test_compare_takes_the_kept_epochs_full_evaluation_from_training(tiny_model, tmp_path, capsys):
     """With `eval_splits: all` every epoch is evaluated in full while training; compare reuses
     the kept epoch's evaluation, and it equals evaluating the saved model afresh."""
-    from uld.cli import load_any
     from uld.config import EvalSplits
     from uld.evaluate import evaluate, load_reference, load_roles
+    from uld.runs import load_any
 
     plan = tmp_path / "compare.yaml"
     out = tmp_path / "cmp"
@@ -358,11 +358,11 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 def test_shipped_comparison_configs_are_valid(plan, monkeypatch, tmp_path):
     """Every run of the shipped comparison files builds a valid UnlearnConfig (nothing trains)."""
     from uld.compare import load_plan, run_config
-    from uld.unlearn import methods
+    from uld.methods import METHODS
 
     root = CONFIGS.parent
     monkeypatch.chdir(root)  # `config:` paths are relative to the checkout
     loaded = load_plan(root / "configs" / plan)
     for name in loaded["runs"]:
         cfg = run_config(loaded, name, tmp_path / name)
-        assert cfg.method in methods() and Path(cfg.model) == Path(loaded["target"])
+        assert cfg.method in METHODS and Path(cfg.model) == Path(loaded["target"])

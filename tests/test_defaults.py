@@ -74,7 +74,7 @@ def test_safe_alpha_is_the_largest_that_keeps_answers_and_leaves_forget_fluent(
         return {"degenerate": float(bad), "fluency_logp": None}
 
     monkeypatch.setattr(calibrate, "grid_scores", fake_grid)
-    monkeypatch.setattr("uld.evaluate.fluency", fake_fluency)
+    monkeypatch.setattr("uld.calibrate.fluency", fake_fluency)
     forget = [{"question": "Where was Ana born?", "answer": "Lima."}]
     keep = [{"question": "Who wrote Hamlet?", "answer": "Shakespeare."}]
     res = calibrate.choose_alpha_safely(model, tok, forget, keep, alphas)
@@ -141,7 +141,7 @@ def test_unlearn_with_no_tuning_flags_augments_chooses_alpha_and_checks(
     assert {r["kind"] for r in check["rows"]} == {"forget", "retain", "general"}
     # under --strict a failed check exits 2, with the model saved all the same
     failed = {"rows": [], "moved": {}, "problems": ["retain answers moved: ROUGE-L 0.10"]}
-    monkeypatch.setattr("uld.unlearn.after_run_check", lambda *a, **k: failed)
+    monkeypatch.setattr("uld.runs.after_run_check", lambda *a, **k: failed)
     argv = ["unlearn", "--model", tiny_model, "--method", "ga", "--forget", "forget01"]
     argv += ["--retain", "retain99", "--max-steps", "1", "--strict"]
     out = tmp_path / "ga"
@@ -164,7 +164,7 @@ def test_keep_rows_leave_out_forget_questions_and_answers_quoting_them(monkeypat
             "Joseph Conrad wrote it." if i == 1 else f"answer {i}" for i in range(len(questions))
         ]
 
-    monkeypatch.setattr("uld.evaluate.generate_answers", fake_generate)
+    monkeypatch.setattr("uld.defaults.generate_answers", fake_generate)
     rows = keep_rows(None, None, retain, forget)
     asked = [r["question"] for r in rows]
     assert general[0] not in asked  # the forget question itself, asked as a general prompt
@@ -178,7 +178,7 @@ def test_keep_rows_leave_out_forget_questions_and_answers_quoting_them(monkeypat
 def test_uld_calibrate_with_retain_uses_the_safe_rule_and_writes(tiny_model, tmp_path, capsys):
     from test_uld import _small_run
 
-    from uld.unlearn import unlearn
+    from uld.runs import unlearn
 
     out = unlearn(_small_run(tiny_model, tmp_path / "u", max_steps=1, alpha=0.5, check=False))
     argv = ["calibrate", "--model", str(out), "--forget", "forget01", "--retain", "retain99"]

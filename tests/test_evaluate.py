@@ -181,7 +181,7 @@ def test_truth_ratio_gap_pairs_rows_by_index_when_a_forget_row_fails(model, role
 
 def test_uld_model_with_alpha_zero_scores_like_its_target(tiny_model, roles):
     from uld.logit_diff import ULDModel
-    from uld.unlearn import build_assistant
+    from uld.methods import build_assistant
 
     target, tok = load_model(tiny_model)
     assistant, _ = build_assistant(tiny_model, 2, 4, 4, 0.0)

@@ -11,7 +11,7 @@ import transformers as tf
 
 from uld.assistant import UnsupportedModelError, projection_names
 from uld.logit_diff import ULDModel, logit_difference
-from uld.unlearn import build_assistant
+from uld.methods import build_assistant
 
 SMALL = dict(
     vocab_size=128,

@@ -356,7 +356,7 @@ def test_jsonl_errors_name_the_line_and_bad_encoding_names_the_file(tmp_path):
 def test_a_uld_folder_shows_its_target_and_target_overrides_it(tiny_model, tmp_path, capsys):
     from test_uld import _small_run
 
-    from uld.unlearn import unlearn
+    from uld.runs import unlearn
 
     out = unlearn(_small_run(tiny_model, tmp_path / "u", max_steps=1, general=""))
     capsys.readouterr()

@@ -8,6 +8,7 @@ from transformers import TrainerCallback
 
 from uld.data.format import Collator, QADataset
 from uld.data.load import load_split
+from uld.losses import finetune_objective
 from uld.models import load_model
 from uld.trainer import WeightAverage, checkpoint_dir, last_checkpoint, train
 
@@ -16,7 +17,9 @@ def test_resume_continues_from_the_last_checkpoint(tiny_model, tmp_path, capsys)
     model, tok = load_model(tiny_model)
     ds = QADataset(load_split("forget05"), tok)  # 20 rows, batch 10: 2 steps an epoch
     out = tmp_path / "run"
-    first = train(model, ds, Collator(tok.pad_token_id), out, "finetune", epochs=1, batch_size=10)
+    first = train(
+        model, ds, Collator(tok.pad_token_id), out, finetune_objective, epochs=1, batch_size=10
+    )
     assert first.state.global_step == 2
     assert (checkpoint_dir(out) / "checkpoint-2").exists()
 
@@ -29,7 +32,9 @@ def test_resume_continues_from_the_last_checkpoint(tiny_model, tmp_path, capsys)
     # a new process with a fresh model resumes from the last whole checkpoint
     fresh, _ = load_model(tiny_model)
     capsys.readouterr()
-    second = train(fresh, ds, Collator(tok.pad_token_id), out, "finetune", epochs=2, batch_size=10)
+    second = train(
+        fresh, ds, Collator(tok.pad_token_id), out, finetune_objective, epochs=2, batch_size=10
+    )
     printed = capsys.readouterr().out
     assert "resuming from the last checkpoint" in printed and "checkpoint-2" in printed
     assert "set aside" in printed and (checkpoint_dir(out) / "incomplete-checkpoint-3").exists()
@@ -55,15 +60,19 @@ def test_resumed_run_remembers_the_best_epoch(tiny_model, tmp_path):
     def scripted(_model):
         return {"fq": scores[next(step)]}
 
-    ev = EpochEval(scripted, "fq", lambda m, e, s: saved.append(e), state=state)
+    ev = EpochEval(
+        scripted, "fq", tmp_path / "best", state=state, on_best=lambda m, e, s: saved.append(e)
+    )
     collator = Collator(tok.pad_token_id)
-    train(model, ds, collator, out, "finetune", epochs=2, batch_size=10, callbacks=[ev])
+    train(model, ds, collator, out, finetune_objective, epochs=2, batch_size=10, callbacks=[ev])
     assert saved == [1] and ev.best_epoch == 1
 
     step = iter([3])
     fresh, _ = load_model(tiny_model)
-    again = EpochEval(scripted, "fq", lambda m, e, s: saved.append(e), state=state)
-    train(fresh, ds, collator, out, "finetune", epochs=3, batch_size=10, callbacks=[again])
+    again = EpochEval(
+        scripted, "fq", tmp_path / "best", state=state, on_best=lambda m, e, s: saved.append(e)
+    )
+    train(fresh, ds, collator, out, finetune_objective, epochs=3, batch_size=10, callbacks=[again])
     assert [h["epoch"] for h in again.history] == [1, 2, 3]
     assert again.best_epoch == 1 and again.best == 0.9
     assert saved == [1]  # epoch 3 (0.5) did not overwrite epoch 1's (0.9) weights
@@ -75,11 +84,11 @@ def test_stopwatch_adds_up_the_time_of_a_resumed_run(tiny_model, tmp_path):
     model, tok = load_model(tiny_model)
     ds, collator = QADataset(load_split("forget01"), tok), Collator(tok.pad_token_id)
     out = tmp_path / "run"
-    first = train(model, ds, collator, out, "finetune", epochs=2, batch_size=4)
+    first = train(model, ds, collator, out, finetune_objective, epochs=2, batch_size=4)
     assert first.stopwatch.before == 0 and first.stopwatch.seconds() > 0
     saved = json.loads((checkpoint_dir(out) / "checkpoint-2" / "stopwatch.json").read_text())
     assert 0 < saved["seconds"] <= first.stopwatch.seconds()
-    again = train(model, ds, collator, out, "finetune", epochs=3, batch_size=4)  # resumes
+    again = train(model, ds, collator, out, finetune_objective, epochs=3, batch_size=4)  # resumes
     assert again.stopwatch.before == saved["seconds"]
     assert again.stopwatch.seconds() > saved["seconds"]
     third = json.loads((checkpoint_dir(out) / "checkpoint-3" / "stopwatch.json").read_text())
@@ -93,9 +102,24 @@ def test_epoch_eval_every_n_epochs_and_the_last(tiny_model, tmp_path):
     model, tok = load_model(tiny_model)
     ds = QADataset(load_split("forget01"), tok)
     seen: list[int] = []
-    ev = EpochEval(lambda m: {"fq": -len(seen)}, "fq", lambda m, e, s: seen.append(e), every=2)
+    ev = EpochEval(
+        lambda m: {"fq": -len(seen)},
+        "fq",
+        tmp_path / "best",
+        every=2,
+        on_best=lambda m, e, s: seen.append(e),
+    )
     collator = Collator(tok.pad_token_id)
-    train(model, ds, collator, tmp_path / "r", "finetune", epochs=5, batch_size=4, callbacks=[ev])
+    train(
+        model,
+        ds,
+        collator,
+        tmp_path / "r",
+        finetune_objective,
+        epochs=5,
+        batch_size=4,
+        callbacks=[ev],
+    )
     assert [h["epoch"] for h in ev.history] == [2, 4, 5]
     assert ev.best_epoch == 2 and seen == [2]
 
@@ -119,11 +143,21 @@ def test_epoch_eval_with_a_floor_keeps_the_best_epoch_above_it(
     ev = EpochEval(
         lambda m: {"fq": fq[len(ev.history)], "mu": mu[len(ev.history)]},
         "fq",
-        lambda m, e, s: saved.append(e),
+        tmp_path / "best",
         floor=("mu", least),
+        on_best=lambda m, e, s: saved.append(e),
     )
     collator = Collator(tok.pad_token_id)
-    train(model, ds, collator, tmp_path / "r", "finetune", epochs=4, batch_size=4, callbacks=[ev])
+    train(
+        model,
+        ds,
+        collator,
+        tmp_path / "r",
+        finetune_objective,
+        epochs=4,
+        batch_size=4,
+        callbacks=[ev],
+    )
     assert saved == saved_epochs and ev.best_epoch == best
 
 
@@ -149,7 +183,7 @@ def test_weight_average_is_the_exponential_average_by_hand(tiny_model, tmp_path)
     d = 0.75
     avg, rec = WeightAverage(model, d), _Record()
     collator = Collator(tok.pad_token_id)
-    train(model, ds, collator, tmp_path / "r", "finetune", epochs=1, batch_size=10, lr=1e-2,
+    train(model, ds, collator, tmp_path / "r", finetune_objective, epochs=1, batch_size=10, lr=1e-2,
           callbacks=[avg, rec])  # fmt: skip
     w1, w2 = rec.steps
     name = "model.layers.0.mlp.up_proj.weight"
@@ -169,15 +203,26 @@ def test_a_resumed_run_keeps_its_weight_average(tiny_model, tmp_path):
     kw = dict(batch_size=10, lr=1e-2)
     straight, _ = load_model(tiny_model)
     whole = WeightAverage(straight, 0.5)
-    train(straight, ds, collator, tmp_path / "a", "finetune", epochs=2, callbacks=[whole], **kw)
+    train(
+        straight,
+        ds,
+        collator,
+        tmp_path / "a",
+        finetune_objective,
+        epochs=2,
+        callbacks=[whole],
+        **kw,
+    )
 
     first, _ = load_model(tiny_model)  # the same 2-epoch run, stopped after epoch 1
-    train(first, ds, collator, tmp_path / "b", "finetune", epochs=2,
+    train(first, ds, collator, tmp_path / "b", finetune_objective, epochs=2,
           callbacks=[WeightAverage(first, 0.5), _StopAfterEpoch()], **kw)  # fmt: skip
     assert (checkpoint_dir(tmp_path / "b") / "checkpoint-2" / WeightAverage.FILE).exists()
     fresh, _ = load_model(tiny_model)  # "interrupted": a new process resumes epoch 2
     resumed = WeightAverage(fresh, 0.5)
-    train(fresh, ds, collator, tmp_path / "b", "finetune", epochs=2, callbacks=[resumed], **kw)
+    train(
+        fresh, ds, collator, tmp_path / "b", finetune_objective, epochs=2, callbacks=[resumed], **kw
+    )
     assert resumed.resumed
     for n, v in whole.avg.items():
         torch.testing.assert_close(resumed.avg[n], v, rtol=1e-4, atol=1e-6)
@@ -193,11 +238,11 @@ def test_each_epoch_evaluates_the_averaged_weights(tiny_model, tmp_path):
     ev = EpochEval(
         lambda m: seen.append(dict(m.named_parameters())[name].detach().clone()) or {"fq": 1.0},
         "fq",
-        lambda m, e, s: None,
+        tmp_path / "best",
         average=avg,
     )
     ds = QADataset(load_split("forget05"), tok)
-    train(model, ds, Collator(tok.pad_token_id), tmp_path / "r", "finetune", epochs=1,
+    train(model, ds, Collator(tok.pad_token_id), tmp_path / "r", finetune_objective, epochs=1,
           batch_size=10, lr=1e-2, callbacks=[avg, ev])  # fmt: skip
     torch.testing.assert_close(seen[0], avg.avg[name])
     assert not torch.equal(seen[0], dict(model.named_parameters())[name])

@@ -29,6 +29,7 @@ import torch
 
 from uld import metrics
 from uld.data.format import encode_qa, pad
+from uld.evaluate import fluency, generate_answers, perturbed_pairs
 from uld.logit_diff import ULDModel, plausible_set
 
 ALPHAS = tuple(round(0.1 * i, 1) for i in range(21))  # 0, 0.1, ..., 2.0
@@ -169,8 +170,6 @@ def truth_and_loss(
     """Per setting: the truth ratios R [N] (perturbed vs paraphrased answers, as `uld eval`
     scores the forget split) and the mean NLL of each original answer [N] (the LOSS
     membership score)."""
-    from uld.evaluate import perturbed_pairs
-
     wrong_q, wrong_a, k = perturbed_pairs(rows)
     qs = [r["question"] for r in rows]
     answers = [r["paraphrased_answer"] for r in rows] + wrong_a + [r["answer"] for r in rows]
@@ -318,8 +317,6 @@ def choose_alpha_safely(
 
     Returns {"alpha", "safe", "grid": [{alpha, keep_agreement, forget_agreement,
     forget_degenerate (where generated)}]}."""
-    from uld.evaluate import fluency, generate_answers
-
     if not keep or not forget:
         raise ValueError("choosing alpha needs forget rows and rows to keep (retain or general)")
     settings = [(a, model.filter) for a in alphas]

@@ -25,31 +25,27 @@ import sys
 from pathlib import Path
 
 from uld import config as cfgmod
-
-
-def load_any(
-    path: str | None,
-    alpha: float | None = None,
-    filter: float | None = None,
-    target: str | None = None,
-):
-    """A saved ULD folder -> ULDModel (on `target` if given, else the target its
-    uld_config.json names); anything else -> a plain HF model. Returns (model, tok)."""
-    from uld.logit_diff import ULDModel, is_uld_folder
-    from uld.models import load_model
-
-    if path and is_uld_folder(path):
-        return ULDModel.from_pretrained(path, alpha=alpha, filter=filter, target=target)
-    if target:
-        raise ValueError(f"--target is for ULD model folders; {path or 'default'} is not one")
-    model, tok = load_model(path)
-    return model.eval(), tok
+from uld.assistant import UnsupportedModelError
+from uld.calibrate import ALPHAS, check_held_out, choose_alpha, format_grid, format_safe_grid
+from uld.compare import compare, status
+from uld.config import MAX_ALPHA, EvalSplits
+from uld.data.augment import write_augmentation
+from uld.data.load import DataError, load_split, write_split
+from uld.data.synthetic import builtin_splits
+from uld.defaults import choose_alpha_on_rows
+from uld.demo import run_demo
+from uld.evaluate import answer_budget, generate_answers, load_reference, load_roles
+from uld.finetune import finetune
+from uld.logit_diff import ULD_CONFIG, is_uld_folder, load_any, read_uld_config
+from uld.models import ModelLoadError, load_model, save_model
+from uld.moe import expert_attribution, plot_attribution, ranking_rows, top_experts
+from uld.outdir import check_out, locked, output_dir
+from uld.report import report, tables, write_json
+from uld.runs import evaluate_model, evaluate_to, unlearn
+from uld.upcycle import upcycle
 
 
 def cmd_data_export(args) -> None:
-    from uld.data.load import write_split
-    from uld.data.synthetic import builtin_splits
-    from uld.outdir import check_out, locked, output_dir
 
     if args.authors < 1:
         raise ValueError(f"--authors={args.authors} must be >= 1")
@@ -66,7 +62,6 @@ def cmd_data_export(args) -> None:
 
 def completer(model, tokenizer, max_new_tokens: int, batch_size: int = 8, **sampling):
     """prompts -> one sampled reply each, from `model` (what `uld data augment` asks with)."""
-    from uld.evaluate import generate_answers
 
     def complete(prompts: list[str]) -> list[str]:
         return generate_answers(
@@ -80,11 +75,6 @@ def cmd_data_augment(args) -> None:
     import json
 
     import torch
-
-    from uld.data.augment import write_augmentation
-    from uld.data.load import DataError, load_split, write_split
-    from uld.evaluate import answer_budget
-    from uld.report import write_json
 
     out = Path(args.out)
     if out.suffix != ".json":
@@ -146,8 +136,6 @@ def cmd_data_augment(args) -> None:
 
 
 def cmd_finetune(args) -> None:
-    from uld.finetune import finetune
-
     cfg = cfgmod.from_args(cfgmod.FinetuneConfig, args, args.config)
     out = finetune(
         cfg.model,
@@ -167,16 +155,12 @@ def cmd_finetune(args) -> None:
 
 
 def cmd_unlearn(args) -> None:
-    from uld.unlearn import unlearn
-
     cfg = cfgmod.from_args(cfgmod.UnlearnConfig, args, args.config)
     out = unlearn(cfg)
     print(f"saved {out}")
 
 
 def cmd_generate(args) -> None:
-    from uld.evaluate import generate_answers
-
     model, tok = load_any(args.model, args.alpha, args.filter, args.target)
     answers = generate_answers(
         model,
@@ -191,8 +175,6 @@ def cmd_generate(args) -> None:
 
 
 def cmd_chat(args) -> None:
-    from uld.evaluate import generate_answers
-
     model, tok = load_any(args.model, args.alpha, args.filter, args.target)
     print("uld chat: one question per line; an empty line or Ctrl-D ends.")
     for line in sys.stdin if not sys.stdin.isatty() else iter(lambda: input("> "), ""):
@@ -208,11 +190,6 @@ def cmd_chat(args) -> None:
 def cmd_eval(args) -> None:
     from dataclasses import asdict
 
-    from uld.config import EvalSplits
-    from uld.evaluate import evaluate, fluency_scorer, load_reference, load_roles
-    from uld.outdir import check_out, locked, output_dir
-    from uld.report import model_info, tables, write_eval
-
     if args.out:
         check_out(args.out, args.overwrite, inputs=[args.model, args.reference])
     splits = EvalSplits.for_data(args.data, args.forget or "forget10")
@@ -225,41 +202,38 @@ def cmd_eval(args) -> None:
         if "forget" not in roles:
             raise ValueError("--reference needs a forget split (--forget SPLIT)")
         reference = load_reference(args.reference, roles["forget"])
-    model, tok = load_any(args.model, args.alpha, args.filter, args.target)
-    scorer = fluency_scorer(model, tok, args.model, args.fluency_model)
     name = args.name or (Path(args.model).name if args.model else "default")
-    print(f"[uld] evaluating {name}: " + ", ".join(f"{r} {len(v)}" for r, v in roles.items()))
-    results = {
-        "name": name,
-        "model": args.model or "default",
-        "kind": "uld" if type(model).__name__ == "ULDModel" else "plain",
+    info = {
         "data": args.data,
         "split_names": {k: v for k, v in asdict(splits).items() if v},
         "reference": args.reference or None,
-        "training": model_info(args.model),
     }
     sampling = _sampling(args) | {"max_new_tokens": args.max_new_tokens}
     if sampling != {"max_new_tokens": None}:
-        results["sampling"] = sampling
-    results |= evaluate(
-        model, tok, roles, reference, args.batch_size, sampling=sampling, scorer=scorer
+        info["sampling"] = sampling
+    results = evaluate_model(
+        args.model,
+        roles,
+        name,
+        reference,
+        fluency=args.fluency_model,
+        alpha=args.alpha,
+        filter=args.filter,
+        target=args.target,
+        info=info,
+        batch_size=args.batch_size,
+        sampling=sampling,
     )
     print(tables({name: results["summary"]}))
     if reference is None and "forget" in roles:
         print("(Forget Quality needs --reference RETAIN_MODEL_FOLDER or its eval.json)")
     if args.out:
-        with locked(args.out), output_dir(args.out, "uld eval", args.overwrite) as tmp:
-            write_eval(results, tmp)
+        evaluate_to(args.out, results, "uld eval", args.overwrite)
         print(f"[uld] wrote {args.out}/eval.json and eval.md")
 
 
 def cmd_calibrate(args) -> None:
     import json
-
-    from uld.calibrate import ALPHAS, check_held_out, choose_alpha, format_grid
-    from uld.data.load import load_split
-    from uld.logit_diff import ULD_CONFIG, is_uld_folder, read_uld_config
-    from uld.report import write_json
 
     if not args.model or not is_uld_folder(args.model):
         raise ValueError(
@@ -269,9 +243,6 @@ def cmd_calibrate(args) -> None:
     if read_uld_config(args.model).get("mode", "uld") != "uld":
         raise ValueError(f"{args.model} is an Offset model: it has no alpha to calibrate")
     if args.retain:  # the safe rule: no held-out rows of the same kind needed
-        from uld.calibrate import format_safe_grid
-        from uld.defaults import choose_alpha_on_rows
-
         forget, retain = load_split(args.forget, args.data), load_split(args.retain, args.data)
         model, tok = load_any(args.model, filter=args.filter, target=args.target)
         res = choose_alpha_on_rows(model, tok, forget, retain)
@@ -291,8 +262,6 @@ def cmd_calibrate(args) -> None:
         raise ValueError("--near chooses by Forget Quality: it needs --reference RETAIN_MODEL")
     reference = None
     if args.reference:
-        from uld.evaluate import load_reference
-
         reference = load_reference(args.reference, forget)["truth_ratios"]
     model, tok = load_any(args.model, filter=args.filter, target=args.target)
     res = choose_alpha(
@@ -310,8 +279,6 @@ def cmd_calibrate(args) -> None:
 
 
 def cmd_report(args) -> None:
-    from uld.outdir import check_out, locked, output_dir
-    from uld.report import report, tables
 
     check_out(args.out, args.overwrite, inputs=args.runs)
     names = args.names.split(",") if args.names else None
@@ -322,11 +289,6 @@ def cmd_report(args) -> None:
 
 
 def cmd_experts(args) -> None:
-    from uld.data.load import load_split
-    from uld.models import load_model
-    from uld.moe import expert_attribution, plot_attribution, ranking_rows, top_experts
-    from uld.outdir import check_out, locked, output_dir
-    from uld.report import write_json
 
     check_out(args.out, args.overwrite, inputs=[args.model])
     rows = load_split(args.forget, args.data)
@@ -352,9 +314,6 @@ def cmd_experts(args) -> None:
 
 
 def cmd_upcycle(args) -> None:
-    from uld.models import load_model, save_model
-    from uld.outdir import check_out, locked
-    from uld.upcycle import upcycle
 
     check_out(args.out, args.overwrite, inputs=[args.model])
     dense, tok = load_model(args.model)
@@ -368,11 +327,7 @@ def cmd_upcycle(args) -> None:
 
 
 def cmd_compare(args) -> None:
-    from uld.compare import compare
-
     if args.status:
-        from uld.compare import status
-
         rows = status(args.config)
         width = max(len(name) for name, _, _ in rows)
         for name, method, state in rows:
@@ -384,8 +339,6 @@ def cmd_compare(args) -> None:
 
 
 def cmd_demo(args) -> None:
-    from uld.demo import run_demo
-
     run_demo(args.workdir, fresh=args.fresh)
 
 
@@ -426,8 +379,6 @@ def _number(kind=float, least=None, most=None, above=None):
 
 
 def _model_flags(p: argparse.ArgumentParser, max_new_tokens: int | None = 64) -> None:
-    from uld.config import MAX_ALPHA
-
     p.add_argument("--model", default=None, help="model folder (plain or ULD) or hub id")
     p.add_argument(
         "--target",
@@ -619,9 +570,6 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    from uld.assistant import UnsupportedModelError
-    from uld.data.load import DataError
-    from uld.models import ModelLoadError
 
     try:
         args.func(args)

@@ -36,7 +36,19 @@ from pathlib import Path
 import yaml
 
 from uld.config import EvalSplits, UnlearnConfig, read_yaml, typed
-from uld.report import setting_of
+from uld.evaluate import SUMMARY_KEYS, load_reference, load_roles, summarise
+from uld.methods import check, method
+from uld.models import resolve
+from uld.moe import SCORES, routing_shift
+from uld.report import model_info, read_eval, report, setting_of, write_eval
+from uld.runs import KEPT_EVAL, evaluate_model, load_any, unlearn
+from uld.trainer import last_checkpoint
+
+
+def composite(cfg: UnlearnConfig) -> bool:
+    """ULD or Offset: evaluated as a ULDModel on the target."""
+    return bool(method(cfg.method).composite)
+
 
 KNOWN = {"target", "reference", "out", "common", "models", "runs", "eval", "data"}
 
@@ -95,6 +107,7 @@ def run_config(plan: dict, name: str, out: Path) -> UnlearnConfig:
     if (cfg.eval_metric or cfg.alpha_by_reference) and not cfg.reference and plan.get("reference"):
         cfg.reference = str(plan["reference"])
     cfg.validate()
+    check(cfg)  # the method exists and takes these settings
     return cfg
 
 
@@ -150,9 +163,6 @@ def is_moe(model_path: str | Path) -> bool:
     """Whether a model folder holds one of the MoE families `uld.moe` knows."""
     from transformers import AutoConfig
 
-    from uld.models import resolve
-    from uld.moe import SCORES
-
     return getattr(AutoConfig.from_pretrained(resolve(str(model_path))), "model_type", "") in SCORES
 
 
@@ -171,9 +181,6 @@ def rescore(folder: Path, reference: dict | None) -> None:
     reference (or an unknown one), or lacks a figure `summarise` now writes: they come from the
     per-item numbers that eval.json keeps, so a new retain model or a new summary figure does
     not mean evaluating again."""
-    from uld.evaluate import SUMMARY_KEYS, summarise
-    from uld.report import read_eval, write_eval
-
     res = read_eval(folder)
     source = reference["source"] if reference else None
     if res.get("reference", "unknown") == source and set(SUMMARY_KEYS) <= set(res["summary"]):
@@ -189,8 +196,6 @@ def status(path: str | Path) -> list[tuple[str, str, str]]:
     """(name, method, state) of every run of the plan at `path`, without loading any model:
     "evaluated", "trained, not evaluated", "at checkpoint-N" (a run in progress, or one
     interrupted, which a rerun resumes there) or "no checkpoint yet"."""
-    from uld.trainer import last_checkpoint
-
     plan = load_plan(path)
     out = Path(plan["out"])
     rows = []
@@ -213,11 +218,6 @@ def status(path: str | Path) -> list[tuple[str, str, str]]:
 
 def compare(path: str | Path, only: list[str] | None = None) -> dict:
     """Run, evaluate and report every run of the plan at `path` (see the module docstring)."""
-    from uld.cli import load_any
-    from uld.evaluate import evaluate, load_reference, load_roles
-    from uld.report import model_info, report, write_eval
-    from uld.unlearn import KEPT_EVAL, unlearn
-
     plan = load_plan(path)
     out = Path(plan["out"])
     names = only or list(plan["runs"])
@@ -245,22 +245,26 @@ def compare(path: str | Path, only: list[str] | None = None) -> dict:
         return judge
 
     def evaluate_into(folder: Path, name: str, model_path: Path | str, kind: str) -> None:
-        res = {"name": name, "model": str(model_path), "kind": kind, "data": data}
-        res["training"] = model_info(model_path)
         moe = is_moe(plan["target"])
         kept = Path(model_path) / KEPT_EVAL
         done = json.loads(kept.read_text()) if kept.exists() and not moe else None
         if done and same_rows(done["splits"], roles):
             print(f"[compare] {name}: its kept epoch was evaluated in full in training ({kept})")
-            write_eval(res | done, folder)
+            res = {"name": name, "model": str(model_path), "kind": kind, "data": data}
+            write_eval(res | {"training": model_info(model_path)} | done, folder)
             rescore(folder, reference)  # if training scored F.Q. against another reference
             return
         model, tok = load_any(str(model_path))
-        print(f"[compare] evaluating {name}")
-        res |= evaluate(model, tok, roles, reference, scorer=fluency_judge())
+        res = evaluate_model(
+            model_path,
+            roles,
+            name,
+            reference,
+            fluency_judge(),
+            info={"data": data},
+            loaded=(model, tok),
+        )
         if moe and "retain" in roles:
-            from uld.moe import routing_shift
-
             if kind == "plain" and is_moe(model_path):  # how far routing on retain moved
                 shift = routing_shift(fluency_judge()[0], model, tok, roles["retain"])
                 res["routing_shift"] = shift
@@ -289,7 +293,7 @@ def compare(path: str | Path, only: list[str] | None = None) -> dict:
                 print(f"[compare] training {name} ({cfg.method})")
                 unlearn(cfg)
                 print(f"[compare] {name}: trained in {time.time() - start:.0f} s")
-            evaluate_into(folder, name, model_path, "uld" if cfg and cfg.composite else "plain")
+            evaluate_into(folder, name, model_path, "uld" if cfg and composite(cfg) else "plain")
 
     fixed = {"target": plan["target"]} | dict(plan.get("models") or {})
     for name, model_path in fixed.items():

@@ -199,33 +199,6 @@ class UnlearnConfig:
         "uld did not write are never deleted)",
     )
 
-    @property
-    def composite(self) -> bool:
-        """ULD or an Offset variant: the trained model is small, and its logits are combined with
-        the target's at inference (so it is evaluated through `ULDModel`, not on its own)."""
-        return self.method == "uld" or self.method.startswith("offset-")
-
-    def general_sources(self) -> str:
-        """`general` resolved: ULD widens D'_r with the built-in everyday prompts by default
-        (without them its assistant is not flat on general text, and the alpha that keeps
-        general answers is near 0), the other methods add nothing."""
-        if self.general is not None:
-            return self.general
-        return "builtin" if self.method == "uld" else ""
-
-    def default_lr(self) -> float:
-        if self.lr:
-            return self.lr
-        if self.method == "uld":
-            return 3e-3
-        return 1e-4 if self.lora or self.method.startswith("offset-") else 1e-5
-
-    def augment(self) -> tuple[bool, bool]:
-        """(paraphrase, perturbed), resolved: ULD's paper uses both, the baselines neither."""
-        on = self.method == "uld"
-        pick = lambda v: on if v is None else v  # noqa: E731
-        return pick(self.paraphrase), pick(self.perturbed)
-
     def validate(self) -> None:
         _positive(batch_size=self.batch_size)
         if not (math.isfinite(self.epochs) and self.epochs >= 0):
@@ -277,12 +250,6 @@ class UnlearnConfig:
             raise ValueError(f"--lora-dropout={self.lora_dropout} must be in [0, 1)")
         if not 0 <= self.ema < 1:
             raise ValueError(f"--ema={self.ema} must be in [0, 1) (0: no averaging)")
-        if self.distill and self.method != "uld":
-            raise ValueError(f"--distill trains ULD's assistant; {self.method} has none")
-        if self.calibrate and self.method != "uld":
-            raise ValueError(
-                f"--calibrate chooses ULD's alpha; {self.method} has none (drop --calibrate)"
-            )
         if self.alpha_by_reference < 0:
             raise ValueError(f"--alpha-by-reference={self.alpha_by_reference} must be >= 0")
         if self.alpha_by_reference and not (self.calibrate and self.reference):

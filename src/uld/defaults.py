@@ -19,6 +19,10 @@ from __future__ import annotations
 import math
 
 from uld import metrics
+from uld.calibrate import choose_alpha_safely
+from uld.data.augment import drop_forget_overlap, same_question
+from uld.data.general import knowledge_prompts
+from uld.evaluate import fluency, generate_answers
 
 MIN_EPOCHS = 10
 MIN_STEPS = 300
@@ -52,9 +56,6 @@ def keep_rows(
     to N_KEEP retain questions and N_KEEP well-known-fact prompts (none of them trained on),
     leaving out prompts that ask a forget question or whose answer quotes a forget answer
     (four words in a row): those answers are meant to change."""
-    from uld.data.augment import drop_forget_overlap, same_question
-    from uld.data.general import knowledge_prompts
-    from uld.evaluate import generate_answers
 
     asked = {same_question(r["question"]) for r in forget}
     general = [q for q in knowledge_prompts() if same_question(q) not in asked]
@@ -74,8 +75,6 @@ def choose_alpha_on_rows(model, tokenizer, forget: list[dict], retain: list[dict
     `keep_rows` gives (the target's own answers: the model at alpha 0). The model's alpha is left
     as it was; the result also says how many rows were kept."""
     import torch
-
-    from uld.calibrate import choose_alpha_safely
 
     before = model.alpha
     try:
@@ -98,8 +97,6 @@ def after_run_check(
     by `scorer`). Returns {"rows": [...], "moved": {kind: mean ROUGE-L of after against
     before}, "problems": [...]}; a problem is a retain or general sample whose answers moved
     beyond TOLERANCE, or a degenerate forget answer."""
-    from uld.data.general import knowledge_prompts
-    from uld.evaluate import fluency
 
     kinds = {
         "forget": spread(forget, N_SAMPLE),

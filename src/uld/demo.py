@@ -18,7 +18,12 @@ import json
 import time
 from pathlib import Path
 
-from uld.config import FinetuneConfig, UnlearnConfig
+from uld.compare import rescore
+from uld.config import EvalSplits, FinetuneConfig, UnlearnConfig
+from uld.evaluate import load_reference, load_roles
+from uld.finetune import finetune
+from uld.report import read_eval, report, tables, write_eval
+from uld.runs import evaluate_model, unlearn
 
 # ULD settings for SmolLM2-135M on the built-in benchmark (configs/uld_smollm2.yaml says the
 # same). They differ from the paper's Llama-2-7B settings, by measurement on this model: with
@@ -60,14 +65,6 @@ def uld_config(target: Path, out: Path, overwrite: bool = False) -> UnlearnConfi
 
 
 def run_demo(workdir: str | Path = "runs/demo", fresh: bool = False) -> dict:
-    from uld.cli import load_any
-    from uld.compare import rescore
-    from uld.config import EvalSplits
-    from uld.evaluate import evaluate, load_reference, load_roles
-    from uld.finetune import finetune
-    from uld.report import model_info, read_eval, report, tables, write_eval
-    from uld.unlearn import unlearn
-
     work = Path(workdir)
     timings: dict[str, float] = {}
 
@@ -106,12 +103,10 @@ def run_demo(workdir: str | Path = "runs/demo", fresh: bool = False) -> dict:
         if (folder / "eval.json").exists() and not fresh:
             rescore(folder, reference)  # an evaluation from an older uld gets today's summary
         else:
-            model, tok = load_any(str(path))
             start = time.time()
-            res = {"name": name, "model": str(path), "training": model_info(path)}
-            write_eval(res | evaluate(model, tok, roles, reference), folder)
+            res = evaluate_model(path, roles, name, reference, fluency="none")
+            write_eval(res, folder)
             timings[f"eval {name}"] = round(time.time() - start, 1)
-            del model
         folders.append(folder)
     runs = report(folders, work / "report")
     print("\n" + tables(runs))

@@ -30,13 +30,15 @@ from uld import metrics
 from uld.assistant import base_lm
 from uld.config import ROLES, UTILITY_PARTS, UTILITY_ROLES, EvalSplits
 from uld.data.format import encode_qa, pad, prompt_ids
-from uld.logit_diff import ULDModel, decode
+from uld.data.load import load_split
+from uld.logit_diff import ULDModel, decode, load_any
+from uld.losses import answer_logits
+from uld.models import load_model, model_cache, read_card
+from uld.report import write_json
 
 
 def load_roles(splits: EvalSplits, data: str = "builtin") -> dict[str, list[dict]]:
     """{role: rows} for every role with a split name."""
-    from uld.data.load import load_split
-
     return {f.name: load_split(v, data) for f in fields(splits) if (v := getattr(splits, f.name))}
 
 
@@ -144,8 +146,6 @@ def answer_budget(tokenizer, rows: list[dict], cap: int = 200) -> int:
 
 def _answer_positions_logits(model, batch: dict, keep: torch.Tensor) -> torch.Tensor:
     """Logits [N, V] at the positions t with keep[:, t] (t predicts token t + 1)."""
-    from uld.losses import answer_logits
-
     if isinstance(model, ULDModel):
         pos = torch.zeros_like(batch["labels"], dtype=torch.bool)
         pos[:, :-1] = keep
@@ -294,8 +294,6 @@ def fluency_scorer(model, tokenizer, path: str | None, spec: str = "") -> tuple 
     None (repetition only); a folder or hub id -> that model; "" -> the base the model was made
     from: a ULD/Offset model's own target; an unlearned plain model's target (its card's
     `target`); a fine-tuned model's base (`base_model`); else the model itself."""
-    from uld.models import load_model, read_card
-
     if spec == "none":
         return None
     if spec:
@@ -505,8 +503,6 @@ def load_reference(path: str | Path, forget_rows: list[dict]) -> dict:
 
     Refuses a reference computed on other forget questions than `forget_rows`.
     """
-    from uld.models import model_cache
-    from uld.report import write_json
 
     path = Path(path)
     questions = [r["question"] for r in forget_rows]
@@ -520,8 +516,6 @@ def load_reference(path: str | Path, forget_rows: list[dict]) -> dict:
             ref = json.loads(cache.read_text())
             print(f"[uld] reference truth ratios from the cache {cache}")
         else:
-            from uld.cli import load_any
-
             print(f"[uld] computing the reference truth ratios of {path} (once; cached)")
             model, tok = load_any(str(path))
             R = truth_ratios(model, tok, forget_rows)

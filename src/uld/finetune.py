@@ -13,8 +13,10 @@ from pathlib import Path
 
 from transformers import set_seed
 
+from uld.assistant import lora_config
 from uld.data.format import Collator, QADataset
 from uld.data.load import load_split, local_paths
+from uld.losses import finetune_objective
 from uld.models import load_model, resolve, save_model, source_fingerprint
 from uld.outdir import check_out, locked
 from uld.trainer import remove_checkpoints, train
@@ -47,8 +49,6 @@ def finetune(
         if lora:
             from peft import get_peft_model
 
-            from uld.assistant import lora_config
-
             config = lora_config(net, None, lora_rank, lora_rank, 0.0, experts=True)
             net = get_peft_model(net, config)
         else:
@@ -77,7 +77,7 @@ def finetune(
             dataset,
             Collator(tokenizer.pad_token_id),
             out,
-            "finetune",
+            finetune_objective,
             epochs=epochs,
             lr=lr,
             batch_size=batch_size,

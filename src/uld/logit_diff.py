@@ -59,6 +59,8 @@ from uld.assistant import (
     final_norm,
     weights_fingerprint,
 )
+from uld.models import load_model
+from uld.outdir import check_out, output_dir
 
 # The KV cache's keyword: newer transformers (5.24 here) call it `cache`, and the old name
 # `past_key_values` warns and goes away in 5.40; older versions know only `past_key_values`.
@@ -309,8 +311,6 @@ class ULDModel(nn.Module):
         from peft import get_peft_model_state_dict
         from safetensors.torch import save_file
 
-        from uld.outdir import check_out, output_dir
-
         check_out(out, overwrite, inputs=[target_path])
         state = get_peft_model_state_dict(self.target, adapter_name=ADAPTER)
         state = {k: v.detach().contiguous().cpu() for k, v in state.items()}
@@ -335,8 +335,6 @@ class ULDModel(nn.Module):
         The folder's uld_config.json names the target that is loaded (`target` overrides it):
         trust a ULD folder as you would any model folder. The target is printed before it is
         loaded, and its weights must match the fingerprint saved at training."""
-        from uld.models import load_model
-
         cfg = read_uld_config(path)
         target_path = target or cfg["target"]
         print(f"[uld] {path}: a ULD model on the target {target_path}", file=sys.stderr)
@@ -524,3 +522,20 @@ def decode(
         if done.all():
             break
     return sequences
+
+
+def load_any(
+    path: str | None,
+    alpha: float | None = None,
+    filter: float | None = None,
+    target: str | None = None,
+):
+    """(model, tokenizer) for any model folder: a ULD or Offset folder -> a ULDModel (on
+    `target` if given, else the target its uld_config.json names); anything else (a plain
+    model folder, a hub id, None for the embedded default) -> the plain model, in eval mode."""
+    if path and is_uld_folder(path):
+        return ULDModel.from_pretrained(path, alpha=alpha, filter=filter, target=target)
+    if target:
+        raise ValueError(f"--target is for ULD model folders; {path or 'default'} is not one")
+    model, tok = load_model(path)
+    return model.eval(), tok

@@ -5,10 +5,10 @@ Two levels:
   logits of answer positions only, `logits [N, V]` with `targets [N]` (N = answer tokens in the
   batch), because the LM head (49k vocab on SmolLM2) is most of a small model's compute and only
   answer tokens need it (NPO and DPO sum them per row into sequence log-likelihoods);
-- objectives `(model, batch, hp, frozen) -> (loss, logs)` for each method, collected in
-  `LOSSES`: fine-tuning, ULD's assistant, and the nine baselines of the ULD paper's Table 1
-  (GA, DPO, NPO, each alone, +GD or +KL), whose Offset variants reuse them, and UOE's
-  (a baseline's loss plus the router anchor).
+- objectives `(model, batch, hp, frozen) -> (loss, logs)`: fine-tuning, ULD's assistant, the
+  ULD paper's baselines (GA, DPO, NPO, each alone, +GD or +KL; `baseline_objective` with the
+  terms named), which the Offset variants reuse, and UOE's (a baseline's loss plus the router
+  anchor). Which method uses which is `uld.methods.METHODS`.
 
 `answer_logits` runs a model's decoder on a right-padded batch and applies the LM head only where
 the (shifted) labels are not -100.
@@ -20,12 +20,12 @@ import math
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import partial
 
 import torch
 import torch.nn.functional as F
 
 from uld.assistant import base_lm, decoder_of
+from uld.moe import anchor_loss, moe_layer, record_routing, router_probs
 
 IGNORE = -100
 
@@ -277,8 +277,6 @@ def uoe_objective(
     alpha * ||g - a||^2 on the forget tokens at the expert's layer (`uld.moe.anchor_loss`), which
     keeps them routed to the expert being unlearned instead of letting the router steer around it.
     """
-    from uld.moe import anchor_loss, moe_layer, record_routing, router_probs
-
     layer = moe_layer(model, hp.anchor_layer)
     with record_routing(model, [layer]) as seen:
         loss, logs = baseline_objective(forget_loss, retain_loss, model, batch, hp, frozen)
@@ -290,28 +288,8 @@ def uoe_objective(
     return loss + hp.anchor * anchor, logs
 
 
-def needs_reference(loss: str) -> bool:
-    """Whether a baseline loss ("npo+kl", "ga", ...) compares against the frozen original model:
-    NPO and DPO do in their forget term, KL in its retain term; GA and GD do not."""
-    forget_loss, _, retain_loss = loss.partition("+")
-    return forget_loss != "ga" or retain_loss == "kl"
-
-
-def has_retain_term(loss: str) -> bool:
-    """Whether a loss ("uld", "npo+kl", "ga", ...) trains on the retain set: ULD on its D'_r,
-    a baseline through its +GD / +KL term."""
-    return loss == "uld" or bool(loss.partition("+")[2])
-
-
 Objective = Callable[[torch.nn.Module, dict, Hyper, Frozen], tuple[torch.Tensor, dict]]
 
-FORGET_LOSSES = ("ga", "dpo", "npo")
-RETAIN_LOSSES = ("", "gd", "kl")
-BASELINES = [f + (f"+{r}" if r else "") for f in FORGET_LOSSES for r in RETAIN_LOSSES]
-
-LOSSES: dict[str, Objective] = {
-    "finetune": finetune_objective,
-    "uld": uld_objective,
-    **{name: partial(baseline_objective, *(name.split("+") + [""])[:2]) for name in BASELINES},
-    **{f"uoe+{b}": partial(uoe_objective, *(b.split("+") + [""])[:2]) for b in BASELINES},
-}
+# the baselines' terms, combined in uld.methods.METHODS: a forget loss, alone or with a retain term
+FORGET_TERMS = ("ga", "dpo", "npo")
+RETAIN_TERMS = ("", "gd", "kl")

@@ -1,4 +1,5 @@
-"""One training loop for every method: a `transformers.Trainer` whose loss is `LOSSES[method]`.
+"""One training loop for every method: a `transformers.Trainer` whose loss is the method's
+objective (`uld.losses`, chosen by `uld.methods.METHODS`).
 
 Checkpoints, resume, logging, progress bars and multi-GPU (`accelerate launch`) come from the
 Trainer. Checkpoints go to a sibling folder `<out>.ckpt` so that the output folder itself only
@@ -24,8 +25,9 @@ import torch
 from torch.optim.lr_scheduler import LambdaLR
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
-from uld.losses import LOSSES, Frozen, Hyper
+from uld.losses import Frozen, Hyper, Objective
 from uld.outdir import OutputError
+from uld.report import write_json
 
 RUN_FILE = "run.json"
 MAX_CHECKPOINTS = 20
@@ -38,18 +40,18 @@ class TrainingDiverged(ValueError):
 class UnlearnTrainer(Trainer):
     """Trainer whose `compute_loss` is the method's objective on a (paired) batch."""
 
-    def __init__(self, *args, method: str, hp: Hyper, frozen: Frozen | None = None, **kwargs):
-        if method not in LOSSES:
-            raise ValueError(f"unknown method {method!r}; choose one of {', '.join(LOSSES)}")
+    def __init__(
+        self, *args, objective: Objective, hp: Hyper, frozen: Frozen | None = None, **kwargs
+    ):
         super().__init__(*args, **kwargs)
-        self.method, self.hp, self.frozen = method, hp, frozen or Frozen()
+        self.objective, self.hp, self.frozen = objective, hp, frozen or Frozen()
         for m in (self.frozen.ref, self.frozen.target, self.frozen.offset_start):
             if m is not None:
                 m.to(self.args.device).eval().requires_grad_(False)
         self._parts: dict[str, list[float]] = {}
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        loss, parts = LOSSES[self.method](model, inputs, self.hp, self.frozen)
+        loss, parts = self.objective(model, inputs, self.hp, self.frozen)
         if not torch.isfinite(loss.detach()).all():
             step = self.state.global_step + 1  # the step being computed
             raise _diverged(self.args, step, f"the loss became {loss.item()}")
@@ -228,8 +230,6 @@ class Stopwatch(TrainerCallback):
                 self.before = json.loads(saved.read_text())["seconds"]
 
     def on_save(self, args, state, control, **kwargs):
-        from uld.report import write_json
-
         write_json({"seconds": round(self.seconds(), 3)}, _in_checkpoint(args, state, self.FILE))
 
     def seconds(self) -> float:
@@ -248,9 +248,9 @@ def _trainable(model: torch.nn.Module):
 
 class EpochEval(TrainerCallback):
     """Runs `evaluate(model) -> dict` after each epoch (or every `every` epochs and after the
-    last one); keeps the best epoch by `metric`.
-
-    `save_best(model, epoch, scores)` is called whenever an epoch beats the best so far. The
+    last one); keeps the best epoch by `metric`: its trainable weights go to the folder `best`
+    (`save_trainable`; `load_trainable` puts them back after training) whenever an epoch beats
+    the best so far, and `on_best(model, epoch, scores)` is called then if given. The
     history (one dict per epoch) is in `self.history`; with `state`, it is also written to that
     JSON file after every epoch and read back at the start, so a resumed run still knows which
     epoch was best (and does not overwrite the kept weights with a worse epoch). With `average`
@@ -265,14 +265,16 @@ class EpochEval(TrainerCallback):
         self,
         evaluate: Callable[[torch.nn.Module], dict],
         metric: str,
-        save_best: Callable[[torch.nn.Module, int, dict], None],
+        best: str | Path,
         mode: str = "max",
         state: str | Path | None = None,
         average: WeightAverage | None = None,
         every: int = 1,
         floor: tuple[str, float] | None = None,
+        on_best: Callable[[torch.nn.Module, int, dict], None] | None = None,
     ):
-        self.evaluate, self.metric, self.save_best, self.mode = evaluate, metric, save_best, mode
+        self.evaluate, self.metric, self.best_dir, self.mode = evaluate, metric, Path(best), mode
+        self.on_best = on_best
         self.average, self.every, self.floor = average, every, floor
         self.state = Path(state) if state else None
         self.history: list[dict] = []
@@ -311,10 +313,10 @@ class EpochEval(TrainerCallback):
             print(f"[uld] epoch {epoch}: {key} below {least:.4g}, not a candidate for best")
         if kept is None or self._rank(scores) > self._rank(kept):
             self.best, self.best_epoch = scores[self.metric], epoch
-            self.save_best(model, epoch, scores)
+            save_trainable(model, self.best_dir)
+            if self.on_best is not None:
+                self.on_best(model, epoch, scores)
         if self.state:
-            from uld.report import write_json
-
             write_json(
                 {"history": self.history, "best": self.best, "epoch": self.best_epoch}, self.state
             )
@@ -337,6 +339,35 @@ class EpochEval(TrainerCallback):
             return (1, value if self.mode == "max" else -value)
         v = scores.get(self.floor[0])
         return (0, -math.inf if v is None else v)
+
+
+def save_trainable(model: torch.nn.Module, folder: Path) -> None:
+    """The trainable weights of `model` (a peft model's adapter, or the parameters that require
+    grad) into `folder`."""
+    if hasattr(model, "peft_config"):
+        model.save_pretrained(folder)
+        return
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {n: p.detach().contiguous() for n, p in _trainable(model)}
+    save_file(state, str(folder / "model.safetensors"))
+
+
+def load_trainable(model: torch.nn.Module, folder: Path) -> None:
+    """Put the weights `save_trainable` wrote into `folder` back into `model`."""
+    from safetensors.torch import load_file
+
+    if (folder / "adapter_model.safetensors").exists():
+        from peft import set_peft_model_state_dict
+
+        set_peft_model_state_dict(model, load_file(str(folder / "adapter_model.safetensors")))
+        return
+    state = load_file(str(folder / "model.safetensors"))
+    missing = set(dict(model.named_parameters())) - set(state)
+    model.load_state_dict(state, strict=False)
+    if missing - {n for n, p in model.named_parameters() if not p.requires_grad}:
+        raise RuntimeError(f"best-epoch weights lack {sorted(missing)[:3]}")
 
 
 def checkpoint_dir(out: str | Path) -> Path:
@@ -377,8 +408,6 @@ def claim_checkpoints(out: str | Path, settings: dict, overwrite: bool = False) 
     hyperparameters) in `<out>.ckpt/run.json`, or check them against the record there: a
     checkpoint of another run is never resumed. With `overwrite`, another run's checkpoints are
     removed instead (only a folder that uld's record or checkpoints mark as uld's)."""
-    from uld.report import write_json
-
     ckpt = checkpoint_dir(out)
     record = ckpt / RUN_FILE
     settings = json.loads(json.dumps(settings, default=str))  # as it reads back from the file
@@ -426,7 +455,7 @@ def train(
     dataset,
     collator,
     out: str | Path,
-    method: str,
+    objective: Objective,
     hp: Hyper | None = None,
     frozen: Frozen | None = None,
     epochs: float = 5,
@@ -440,7 +469,7 @@ def train(
     settings: dict | None = None,
     overwrite: bool = False,
 ) -> UnlearnTrainer:
-    """Train `model` in place with `LOSSES[method]`; resumes from `<out>.ckpt` if its recorded
+    """Train `model` in place with `objective`; resumes from `<out>.ckpt` if its recorded
     `settings` are these (`claim_checkpoints`). The returned trainer's `stopwatch.seconds()` is
     the run's wall time over all its resumes."""
     ckpt = checkpoint_dir(out)
@@ -479,7 +508,7 @@ def train(
         args=args,
         train_dataset=dataset,
         data_collator=collator,
-        method=method,
+        objective=objective,
         hp=hp or Hyper(),
         frozen=frozen,
         callbacks=[watch := Stopwatch(), FiniteCheck(), PairingEpoch(dataset), *(callbacks or [])],

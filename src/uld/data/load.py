@@ -19,6 +19,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from uld.data.synthetic import builtin_splits
 from uld.report import write_text
 
 BUILTIN = "builtin"
@@ -98,8 +99,6 @@ def read_json_rows(path: Path) -> list[dict]:
 
 
 def builtin_split_names() -> list[str]:
-    from uld.data.synthetic import builtin_splits
-
     return sorted(builtin_splits())
 
 
@@ -114,8 +113,6 @@ def _from_source(split: str, data: Any) -> tuple[list[dict], str]:
             raise DataError(f"data file {path} does not exist")
         return read_json_rows(path), str(path)
     if data in (None, BUILTIN):
-        from uld.data.synthetic import builtin_splits
-
         splits = builtin_splits()
         if split not in splits:
             raise DataError(
