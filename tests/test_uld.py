@@ -18,9 +18,8 @@ from uld.data.format import Collator, PairedDataset, QADataset
 from uld.data.load import DataError, load_split
 from uld.logit_diff import ADAPTER, ULDModel, decode, logit_difference
 from uld.losses import Frozen, Hyper, nll, soft_nll, uld_objective, uniform_kl
-from uld.methods import build_assistant
 from uld.models import load_model
-from uld.runs import unlearn
+from uld.unlearn import build_assistant, unlearn
 
 # --- losses against hand-computed values ------------------------------------------------------
 
@@ -349,6 +348,47 @@ def test_sampling_is_seeded_and_stops_at_eos(tiny_model, trained_assistant):
     assert stopped.shape[1] == b["input_ids"].shape[1] + 1
 
 
+@pytest.mark.parametrize("eos", [63, 47])  # 63: no row stops; 47: two rows stop early
+def test_decode_on_a_plain_model_equals_transformers_greedy_generate(eos):
+    """`decode` (what `uld generate` and evaluation use for every model) against transformers'
+    own greedy `generate`, on a batch of three prompts of different lengths, left-padded."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        initializer_range=0.2,  # logits far apart: no near-ties for the argmax to flip on
+        pad_token_id=0,
+        bos_token_id=2,
+        eos_token_id=1,
+    )
+    model = LlamaForCausalLM(config).eval()
+    prompts = [[2, 17, 33], [2, 5, 9, 40, 41, 12, 8], [2, 60, 3, 22, 7]]
+    T = max(len(p) for p in prompts)
+    ids = torch.tensor([[0] * (T - len(p)) + p for p in prompts])
+    mask = torch.tensor([[0] * (T - len(p)) + [1] * len(p) for p in prompts])
+    kw = dict(max_new_tokens=10, eos_token_id=eos, pad_token_id=0)
+    with torch.no_grad():
+        expected = model.generate(input_ids=ids, attention_mask=mask, do_sample=False, **kw)
+    got = decode(model, ids, mask, **kw)
+    assert got.tolist() == expected.tolist()
+    new = got[:, T:].tolist()
+    if eos == 47:  # rows 0 and 1 end at their first 47, padded after it; row 2 runs on
+        assert [row.index(47) for row in new[:2]] == [5, 3] and 47 not in new[2]
+        assert new[0][6:] == [0] * 4 and new[1][4:] == [0] * 6
+    else:
+        assert got.shape == (3, T + 10)
+    for p, row in zip(prompts, new, strict=True):  # each prompt alone, without padding
+        alone = decode(model, torch.tensor([p]), max_new_tokens=10, eos_token_id=eos)
+        assert alone[0, len(p) :].tolist() == row[: alone.shape[1] - len(p)]
+
+
 def test_save_and_from_pretrained_round_trip(
     tiny_model, other_tiny_model, trained_assistant, tmp_path
 ):
@@ -424,7 +464,7 @@ def _small_run(model: str, out, **kw) -> UnlearnConfig:
 
 
 def test_retain_passes_and_the_warning_when_below_one(tiny_model, tmp_path, capsys):
-    from uld.methods import retain_passes
+    from uld.unlearn import retain_passes
 
     # forget10 with the demo's settings: 120 D'_f rows x 10 epochs over 597 D'_r rows
     assert retain_passes(120, 597, 10) == pytest.approx(1200 / 597)
@@ -443,7 +483,7 @@ def test_retain_passes_and_the_warning_when_below_one(tiny_model, tmp_path, caps
 def _record_initial_lora(monkeypatch) -> dict[str, torch.Tensor]:
     """The assistant's LoRA weights as `unlearn` builds them, before any step, by the names of
     the saved adapter (filled in when `unlearn` builds the assistant)."""
-    import uld.methods as U
+    import uld.unlearn as U
 
     initial: dict[str, torch.Tensor] = {}
     real = U.build_assistant
@@ -550,7 +590,7 @@ def test_each_epoch_is_evaluated_and_the_best_kept(tiny_model, tmp_path, eval_sp
 def test_min_utility_measures_the_target_once_and_floors_the_kept_epoch(
     tiny_model, tmp_path, monkeypatch, capsys
 ):
-    import uld.runs as U
+    import uld.unlearn as U
     from uld.config import EvalSplits
     from uld.evaluate import evaluate, load_roles
 
@@ -563,7 +603,7 @@ def test_min_utility_measures_the_target_once_and_floors_the_kept_epoch(
     # same target and rows (the uld cache: conftest points ULD_HOME at a fresh folder)
     assert U.target_utility(tiny_model, tok, roles, tmp_path / "r1") == mu
     with monkeypatch.context() as m:
-        m.setattr("uld.runs.evaluate", lambda *a, **k: pytest.fail("evaluated again"))
+        m.setattr("uld.evaluate.evaluate", lambda *a, **k: pytest.fail("evaluated again"))
         assert U.target_utility(tiny_model, tok, roles, tmp_path / "r1") == mu
         assert U.target_utility(tiny_model, tok, roles, tmp_path / "r2") == mu
         # other rows are another entry: measured, not read (`evaluate` here fails the test)
@@ -643,7 +683,7 @@ def test_general_rows_join_d_r_and_need_a_retain_term(tiny_model, tmp_path):
 def test_builtin_general_rows_are_the_targets_own_answers(tiny_model, tmp_path):
     from uld.data.general import general_prompts, knowledge_prompts
     from uld.evaluate import generate_answers
-    from uld.methods import general_rows
+    from uld.unlearn import general_rows
 
     # the random tiny model answers only newlines: nothing to learn from, said clearly
     with pytest.raises(DataError, match="answered none"):
@@ -678,9 +718,9 @@ def test_per_epoch_evaluation_does_not_change_training(tiny_model, tmp_path, mon
     is the same with and without it (the evaluation used to draw from the shared RNG)."""
     from safetensors.torch import load_file
 
-    import uld.runs as runs_module
+    import uld.unlearn as unlearn_module
 
-    monkeypatch.setattr(runs_module, "load_trainable", lambda model, best: None)  # keep the last
+    monkeypatch.setattr(unlearn_module, "load_best", lambda model, best: None)  # keep the last
     adapters = []
     for name, kw in [("plain", {}), ("evaluated", {"eval_metric": "forget_quality"})]:
         cfg = _small_run(tiny_model, tmp_path / name, epochs=3, lr=1e-2, reference=tiny_model)
