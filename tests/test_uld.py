@@ -18,8 +18,9 @@ from uld.data.format import Collator, PairedDataset, QADataset
 from uld.data.load import DataError, load_split
 from uld.logit_diff import ADAPTER, ULDModel, decode, logit_difference
 from uld.losses import Frozen, Hyper, nll, soft_nll, uld_objective, uniform_kl
+from uld.methods import build_assistant
 from uld.models import load_model
-from uld.unlearn import build_assistant, unlearn
+from uld.runs import unlearn
 
 # --- losses against hand-computed values ------------------------------------------------------
 
@@ -464,7 +465,7 @@ def _small_run(model: str, out, **kw) -> UnlearnConfig:
 
 
 def test_retain_passes_and_the_warning_when_below_one(tiny_model, tmp_path, capsys):
-    from uld.unlearn import retain_passes
+    from uld.methods import retain_passes
 
     # forget10 with the demo's settings: 120 D'_f rows x 10 epochs over 597 D'_r rows
     assert retain_passes(120, 597, 10) == pytest.approx(1200 / 597)
@@ -483,7 +484,7 @@ def test_retain_passes_and_the_warning_when_below_one(tiny_model, tmp_path, caps
 def _record_initial_lora(monkeypatch) -> dict[str, torch.Tensor]:
     """The assistant's LoRA weights as `unlearn` builds them, before any step, by the names of
     the saved adapter (filled in when `unlearn` builds the assistant)."""
-    import uld.unlearn as U
+    import uld.methods as U
 
     initial: dict[str, torch.Tensor] = {}
     real = U.build_assistant
@@ -590,7 +591,7 @@ def test_each_epoch_is_evaluated_and_the_best_kept(tiny_model, tmp_path, eval_sp
 def test_min_utility_measures_the_target_once_and_floors_the_kept_epoch(
     tiny_model, tmp_path, monkeypatch, capsys
 ):
-    import uld.unlearn as U
+    import uld.runs as U
     from uld.config import EvalSplits
     from uld.evaluate import evaluate, load_roles
 
@@ -603,7 +604,7 @@ def test_min_utility_measures_the_target_once_and_floors_the_kept_epoch(
     # same target and rows (the uld cache: conftest points ULD_HOME at a fresh folder)
     assert U.target_utility(tiny_model, tok, roles, tmp_path / "r1") == mu
     with monkeypatch.context() as m:
-        m.setattr("uld.evaluate.evaluate", lambda *a, **k: pytest.fail("evaluated again"))
+        m.setattr("uld.runs.evaluate", lambda *a, **k: pytest.fail("evaluated again"))
         assert U.target_utility(tiny_model, tok, roles, tmp_path / "r1") == mu
         assert U.target_utility(tiny_model, tok, roles, tmp_path / "r2") == mu
         # other rows are another entry: measured, not read (`evaluate` here fails the test)
@@ -683,7 +684,7 @@ def test_general_rows_join_d_r_and_need_a_retain_term(tiny_model, tmp_path):
 def test_builtin_general_rows_are_the_targets_own_answers(tiny_model, tmp_path):
     from uld.data.general import general_prompts, knowledge_prompts
     from uld.evaluate import generate_answers
-    from uld.unlearn import general_rows
+    from uld.methods import general_rows
 
     # the random tiny model answers only newlines: nothing to learn from, said clearly
     with pytest.raises(DataError, match="answered none"):
@@ -718,9 +719,9 @@ def test_per_epoch_evaluation_does_not_change_training(tiny_model, tmp_path, mon
     is the same with and without it (the evaluation used to draw from the shared RNG)."""
     from safetensors.torch import load_file
 
-    import uld.unlearn as unlearn_module
+    import uld.runs as runs_module
 
-    monkeypatch.setattr(unlearn_module, "load_best", lambda model, best: None)  # keep the last
+    monkeypatch.setattr(runs_module, "load_trainable", lambda model, best: None)  # keep the last
     adapters = []
     for name, kw in [("plain", {}), ("evaluated", {"eval_metric": "forget_quality"})]:
         cfg = _small_run(tiny_model, tmp_path / name, epochs=3, lr=1e-2, reference=tiny_model)
