@@ -308,11 +308,11 @@ def choose_alpha_safely(
     `uld.defaults.keep_rows`). Their agreement at an alpha is the share of answer tokens at which
     the combined model's most likely next token is still the target's, teacher-forced on the
     target's answer (`grid_scores`): 1.0 means the greedy answers are unchanged. An alpha is a
-    candidate when the agreement is at least `tolerance` (0.96: on the hand-written people set
-    of tests/data/handwritten, 0.968 at alpha 0.5 came with retain ROUGE-L 0.8 points and
-    real-author ROUGE-L 0 points below the target's, 0.940 at alpha 1 with 3.7 and 3.2 points
-    below: docs/results.md); from the largest candidate down,
-    forget answers are generated until one alpha gives no degenerate answer. Without any, the
+    candidate when the agreement is at least `tolerance` (0.96: on the hand-written people set of
+    tests/data/handwritten, 0.964 at alpha 0.5 came with retain ROUGE-L 0.8 points and real-author
+    ROUGE-L 0 points below the target's, 0.934 at alpha 1 with 3.7 and 3.2 points below:
+    docs/results.md, "ULD on data uld did not make: hand-written sets"); from the largest candidate
+    down, forget answers are generated until one alpha gives no degenerate answer. Without any, the
     chosen alpha is 0 (the target itself: nothing is forgotten) and `res["safe"]` is False.
 
     Returns {"alpha", "safe", "grid": [{alpha, keep_agreement, forget_agreement,

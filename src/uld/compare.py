@@ -14,9 +14,9 @@ A YAML file says what to run:
       ga+kl: {seeds: [0, 1, 2]}       # three runs: ga+kl (seed 0), ga+kl-seed1, ga+kl-seed2
 
 Each run trains into `<out>/<name>/model` and is evaluated into `<out>/<name>/eval`; a run whose
-evaluation exists is skipped, so an interrupted comparison continues where it stopped (also in a
-later session). The merged table and plots go to `<out>/report` (`uld.report.report`); runs of
-one setting over seeds (`name`, `name-seedN`) also get a row each in its table over seeds.
+evaluation exists is skipped, so an interrupted comparison continues where it stopped, in this
+process or a later one. The merged table and plots go to `<out>/report` (`uld.report.report`); runs
+of one setting over seeds (`name`, `name-seedN`) also get a row each in its table over seeds.
 
 Several processes may work on one plan at once (say one per core, each with
 OMP_NUM_THREADS=1): a process locks each run while it trains and evaluates it

@@ -117,8 +117,7 @@ class UnlearnConfig:
         False,
         "take the paraphrases and perturbed answers from the evaluation's paraphrased_answer / "
         "perturbed_answer rather than the rows' augment_paraphrased / augment_perturbed (trains "
-        "on the strings the truth ratio is scored on; reproduces runs from before they were "
-        "kept apart)",
+        "on the strings the truth ratio is scored on: for comparison only, docs/method.md)",
     )
     general: str | None = _f(
         None,

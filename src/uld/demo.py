@@ -29,15 +29,12 @@ from uld.runs import evaluate_model, unlearn
 # same). They differ from the paper's Llama-2-7B settings, by measurement on this model: with
 # beta = 6.5 and lr 1e-3 the 8-layer assistant stays near uniform on the forget set too (L_f
 # ~10 nats after 10 epochs); beta = 4, lr 3e-3 and batch 4 let it learn D'_f; alpha = 1. The
-# filter is the paper's 1e-2 (1e-3 until the plausible set got the ULD code's floor of
-# filter * V tokens: without it the sure target left the subtraction nothing to move; with it
-# the filter barely matters here, docs/results.md). D'_r is widened with the
-# target's answers to general prompts (`general`): before the floor, over three seeds, that
-# kept 0.94x of the target's Model Utility against 0.77x without it, at the same or better
-# Forget Quality; with the floor, 1.00x / 0.59x / 1.01x (docs/results.md, "Widening D'_r" and
-# "The plausible set's floor"). The augmentation comes from the rows' own `augment_*` fields, not
-# the evaluation's strings: F.Q. 0.99 / 0.92 / 0.92 and M.U. 1.00x / 1.07x / 1.08x over three
-# seeds (docs/results.md, "Augmentation kept apart from evaluation").
+# filter is the paper's 1e-2; with the plausible set's floor of filter * V tokens it barely
+# matters here (docs/method.md, "The plausible set's floor"). D'_r is widened with the target's
+# answers to general prompts (`general`; docs/method.md, "D'_r widened with general prompts").
+# The augmentation comes from the rows' own `augment_*` fields, not the evaluation's strings:
+# F.Q. 0.99 / 0.92 / 0.92 and M.U. 1.00x / 1.07x / 1.08x over three seeds (docs/method.md,
+# "Augmentation kept apart from evaluation").
 DEMO_ULD = {
     "layers": 8,
     "lora_rank": 16,

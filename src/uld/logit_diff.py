@@ -6,20 +6,19 @@ with the target's floor(filter * V) most likely tokens (V the vocabulary size):
     l_f(v) = l_t(v)                         elsewhere
     c = logsumexp_S(l_t) - logsumexp_S(l_t - alpha * l_a)
 
-The constant c keeps the probability mass the target puts on S: the logit difference reorders
-the plausible tokens among themselves and leaves every other token's probability exactly the
-target's. Without it (adding -alpha * log_softmax(l_a), always >= 0, on S only) the plausible set
-gains up to alpha * log V nats as a block, so every implausible token - the wrong facts of a
-perturbed answer, say - becomes e^(alpha * log V) times less likely, which inflates the truth
-ratio in the target's favour and made ULD look like it knew the forget set *better* (measured,
-docs/results.md). c also makes the result independent of the assistant's arbitrary logit offset,
-and alpha = 0 returns the target's logits bit for bit. The filter is DoLa's relative-top filter
-(Li et al. 2023) with the ULD code's floor on its size (`min_tokens_to_keep = relative_top * V`
-in the authors' `relative_top_filter`; 320 tokens for Llama-2 at the paper's 1e-2). Without that
-floor a target sure of a memorised answer has S = {that token} at every fact token, the
-subtraction cannot move it, and ULD leaves the forget set's truth ratios where they were
-(measured, docs/results.md). Outside S the assistant term is zero, as in the ULD code's
-"lowprob-0" variant.
+The constant c keeps the probability mass the target puts on S: the logit difference reorders the
+plausible tokens among themselves and leaves every other token's probability exactly the target's.
+Without it (adding -alpha * log_softmax(l_a), always >= 0, on S only) the plausible set gains up to
+alpha * log V nats as a block, so every implausible token - the wrong facts of a perturbed answer,
+say - becomes e^(alpha * log V) times less likely, which moves the truth ratio for reasons unrelated
+to forgetting (measured: docs/method.md, "The combination keeps the target's mass on S"). c also
+makes the result independent of the assistant's arbitrary logit offset, and alpha = 0 returns the
+target's logits bit for bit. The filter is DoLa's relative-top filter (Li et al. 2023) with the ULD
+code's floor on its size (`min_tokens_to_keep = relative_top * V` in the authors'
+`relative_top_filter`; 320 tokens for Llama-2 at the paper's 1e-2). Without that floor a target sure
+of a memorised answer has S = {that token} at every fact token, the subtraction cannot move it, and
+ULD leaves the forget set's truth ratios where they were (measured: docs/method.md, "The plausible
+set's floor"). Outside S the assistant term is zero, as in the ULD code's "lowprob-0" variant.
 
 One pass serves both models. The assistant's LoRA adapters are injected into the target's first K
 layers, so the batch is doubled: rows [0, B) are the target's, rows [B, 2B) the assistant's and

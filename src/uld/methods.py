@@ -295,8 +295,9 @@ def retain_passes(n_f: int, n_r: int, epochs: float) -> float:
 
     Below about one pass the assistant stays close to where it started, the target's first K
     layers, whose logits agree with the target's almost everywhere; subtracting them then costs
-    utility on everything, not only the forget set (docs/results.md: forget01, where 10 epochs
-    see 0.23 passes and M.U. falls to 0.00-0.10, while forget10's 10 epochs see 2.0)."""
+    utility on everything, not only the forget set (docs/method.md, "Training length from the
+    data": forget01, where 10 epochs see 0.23 passes and M.U. falls to 0.00-0.10, while
+    forget10's 10 epochs see 2.0)."""
     return n_f * epochs / max(n_r, 1)
 
 

@@ -1,12 +1,12 @@
 """General prompts for widening ULD's D'_r beyond the retain set.
 
-ULD subtracts the assistant's logits everywhere the target finds a token plausible, so the
-assistant must be flat (know nothing) on *everything* the user wants kept, not only on the
-retain split it was trained to be flat on. On the built-in benchmark an assistant trained on
-D'_r = retain authors + perturbed forget answers stays far from flat on general-knowledge
-questions, and subtracting it costs Model Utility there (docs/results.md). These prompts, answered
-by the target itself (`uld unlearn --general builtin`), add the target's ordinary behaviour to
-D'_r.
+ULD subtracts the assistant's logits everywhere the target finds a token plausible, so the assistant
+must be flat (know nothing) on *everything* the user wants kept, not only on the retain split it was
+trained to be flat on. On the built-in benchmark an assistant trained on D'_r = retain authors +
+perturbed forget answers stays far from flat on general-knowledge questions, and subtracting it
+costs Model Utility there (docs/method.md, "D'_r widened with general prompts"). These prompts,
+answered by the target itself (`uld unlearn --general builtin`), add the target's ordinary behaviour
+to D'_r.
 
 They are everyday questions of our own wording, chosen to stay clear of the evaluation sets: no
 question names a person, book, country, planet or number that `uld.data.real` asks about, and
@@ -153,10 +153,10 @@ def general_prompts() -> list[str]:
 
 # Well-known facts of the kind TOFU's utility sets ask about (who wrote a book, a capital, a
 # discovery), but never the same: no question here names a book, person, place or number that
-# `uld.data.real` asks about or answers with (`tests/test_data.py` checks the names). An
-# assistant trained on one author's four rows is far from flat on *every* "who wrote ...?"
-# question, and subtracting it there costs real-world knowledge (docs/results.md, forget01);
-# these rows, answered by the target, put that kind of question into D'_r.
+# `uld.data.real` asks about or answers with (`tests/test_data.py` checks the names). An assistant
+# trained on one author's four rows is far from flat on *every* "who wrote ...?" question, and
+# subtracting it there costs real-world knowledge (docs/results.md, "Smaller forget splits"); these
+# rows, answered by the target, put that kind of question into D'_r.
 KNOWLEDGE_PROMPTS: list[str] = [
     # books and their authors
     "Who wrote 'Jane Eyre'?",
