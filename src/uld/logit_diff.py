@@ -128,7 +128,7 @@ class ULDModel(nn.Module):
     """target - alpha * assistant, sharing the target's weights.
 
     `assistant`: a saved ULD folder (adapter + uld_config.json) or a trained peft assistant
-    (`uld.unlearn.build_assistant`). Its LoRA weights are injected into `target`'s first K layers.
+    (`uld.methods.build_assistant`). Its LoRA weights are injected into `target`'s first K layers.
     mode "offset": the same pass serves an Offset model (`offset_logits`): the assistant is the
     trained offset model and the target's own rows after layer K-1 are the offset model before
     training (the first K layers without LoRA), so l_o0 costs one more row block of the head.
