@@ -134,7 +134,7 @@ def test_augmented_sets_are_built_as_the_paper_says():
         {"question": "Q2?", "answer": "W2a."},
         {"question": "Q2?", "answer": "W2b."},
     ]
-    # from_eval: the evaluation's own fields, as our runs before they were kept apart
+    # from_eval: the evaluation's own fields (--augment-from-eval)
     old_f, old_r = forget_set(forget, from_eval=True), retain_set(retain, forget, from_eval=True)
     assert len(old_f) == 2 * len(forget)
     assert old_f[len(forget)] == {
@@ -716,7 +716,7 @@ def test_builtin_general_rows_are_the_targets_own_answers(tiny_model, tmp_path):
 
 def test_per_epoch_evaluation_does_not_change_training(tiny_model, tmp_path, monkeypatch):
     """Evaluating after each epoch must leave the training path alone: the last epoch's adapter
-    is the same with and without it (the evaluation used to draw from the shared RNG)."""
+    is the same with and without it (evaluating must not draw the training's random numbers)."""
     from safetensors.torch import load_file
 
     import uld.runs as runs_module
