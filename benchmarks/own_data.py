@@ -14,7 +14,7 @@ interrupted run goes on where it stopped.
 
     OMP_NUM_THREADS=1 python benchmarks/own_data.py --set people [--only uld,npo+kl]
 
-Results: benchmarks/results/own_data_<set>.json, and the table printed.
+Results: experiments/results/own_data_<set>.json, and the table printed.
 """
 
 from __future__ import annotations
@@ -27,7 +27,12 @@ from pathlib import Path
 
 from uld.config import EvalSplits, UnlearnConfig
 from uld.data.load import load_split
+from uld.evaluate import evaluate, load_roles
+from uld.finetune import finetune
 from uld.metrics import is_degenerate
+from uld.models import load_model
+from uld.report import write_eval
+from uld.runs import load_any, unlearn
 
 DATA = Path(__file__).resolve().parent.parent / "tests" / "data" / "handwritten"
 DEMO = {  # configs/uld_smollm2.yaml, the settings tuned on the built-in benchmark
@@ -53,8 +58,6 @@ RUNS = {  # name -> UnlearnConfig fields beyond model / forget / retain / out
 
 def prepare(workdir: Path, which: str) -> tuple[str, str | None]:
     """(target, retain model or None): made once, reused after."""
-    from uld.finetune import finetune
-
     if which == "known":
         return "default", None
     models = {}
@@ -71,10 +74,6 @@ def evaluate_into(
 ) -> dict:
     """The model's evaluation (a ULD model at `alpha` if given), with fluency judged by
     `scorer` (the target, for every row)."""
-    from uld.cli import load_any
-    from uld.evaluate import evaluate, load_roles
-    from uld.report import write_eval
-
     if (folder / "eval.json").exists():
         return json.loads((folder / "eval.json").read_text())
     splits = EvalSplits(forget="", retain="", holdout="")
@@ -102,8 +101,8 @@ def row(res: dict) -> dict:
         "world_facts_rouge": sp["world_facts"]["rouge_l"],
     }
     for role in ("forget", "retain", "real_authors", "world_facts"):
-        # from the stored per-item figures, by today's is_degenerate (evaluations made under an
-        # earlier threshold read alike)
+        # from the stored per-item figures, by the current is_degenerate (evaluations made
+        # under another threshold read alike)
         items = sp[role]["items"]
         bad = [
             not it["generated"].strip() or is_degenerate(it["generated"], it.get("fluency_logp"))
@@ -128,8 +127,6 @@ def main() -> None:
     ap.add_argument("--no-base", action="store_true", help="leave out the target and retain rows")
     args = ap.parse_args()
     WHICH = args.set
-    from uld.unlearn import unlearn
-
     work = Path(args.workdir) / WHICH
     target, retain = prepare(work, WHICH)
     rows = {}
@@ -153,8 +150,6 @@ def main() -> None:
             )
             unlearn(cfg)
         models[name] = str(out)
-    from uld.models import load_model
-
     judge = None
     for name, path in models.items():
         if not (work / name / "eval" / "eval.json").exists() and judge is None:
@@ -169,7 +164,7 @@ def main() -> None:
         "runs": {n: RUNS.get(n, {"alpha": alphas.get(n)}) for n in models},
         "rows": rows,
     }
-    path = Path(__file__).parent / "results" / f"own_data_{WHICH}.json"
+    path = Path(__file__).parent.parent / "experiments" / "results" / f"own_data_{WHICH}.json"
     path.write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n")
     keys = [k for k in next(iter(rows.values())) if k != "samples"]
     print("| run | " + " | ".join(keys) + " |")
