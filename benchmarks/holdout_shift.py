@@ -25,9 +25,9 @@ from pathlib import Path
 import torch
 
 from uld import metrics
-from uld.cli import load_any
 from uld.config import EvalSplits
 from uld.evaluate import load_reference, load_roles, truth_ratios
+from uld.runs import load_any
 
 
 def main() -> None:

@@ -27,8 +27,8 @@ import torch
 
 from uld.config import UnlearnConfig
 from uld.data.format import Collator
+from uld.methods import learning_rate, prepare
 from uld.trainer import train
-from uld.unlearn import prepare
 
 
 def timed_steps(run, cfg: UnlearnConfig, steps: int, out: Path) -> float:
@@ -40,9 +40,9 @@ def timed_steps(run, cfg: UnlearnConfig, steps: int, out: Path) -> float:
         run.dataset,
         collator,
         out,
-        run.loss,
+        run.method.objective,
         frozen=run.frozen,
-        lr=cfg.default_lr(),
+        lr=learning_rate(cfg),
         batch_size=cfg.batch_size,
         max_steps=steps,
     )

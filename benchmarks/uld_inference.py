@@ -68,7 +68,7 @@ def main() -> None:
         rss_before = rss_bytes()
         model = ULDModel(target, args.uld, alpha=0.75)
     else:
-        from uld.unlearn import build_assistant
+        from uld.methods import build_assistant
 
         n = target.config.num_hidden_layers
         k, r = default_num_layers(n), default_lora_rank(target.config.hidden_size)
