@@ -27,7 +27,8 @@ from pathlib import Path
 import numpy as np
 
 from uld import metrics
-from uld.report import by_setting, read_eval, write_json
+from uld.outdir import write_json
+from uld.report import by_setting, read_eval
 
 
 def log_ratios(eval_dir: Path) -> tuple[np.ndarray, dict]:

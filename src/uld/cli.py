@@ -39,8 +39,8 @@ from uld.finetune import finetune
 from uld.logit_diff import ULD_CONFIG, is_uld_folder, load_any, read_uld_config
 from uld.models import ModelLoadError, load_model, save_model
 from uld.moe import expert_attribution, plot_attribution, ranking_rows, top_experts
-from uld.outdir import check_out, locked, output_dir
-from uld.report import report, tables, write_json
+from uld.outdir import check_out, locked, output_dir, write_json
+from uld.report import report, tables
 from uld.runs import evaluate_model, evaluate_to, unlearn
 from uld.upcycle import upcycle
 

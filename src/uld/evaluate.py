@@ -34,7 +34,7 @@ from uld.data.load import load_split
 from uld.logit_diff import ULDModel, decode, load_any
 from uld.losses import answer_logits
 from uld.models import load_model, model_cache, read_card
-from uld.report import write_json
+from uld.outdir import write_json
 
 
 def load_roles(splits: EvalSplits, data: str = "builtin") -> dict[str, list[dict]]:

@@ -229,3 +229,17 @@ def locked(out: str | Path, what: str = "output") -> Iterator[None]:
         with contextlib.suppress(OSError):
             path.unlink()  # while held: a waiting process fails to lock and says so
         lock.release()
+
+
+def write_json(obj, path: Path) -> None:
+    """Write JSON atomically (see `write_text`)."""
+    write_text(json.dumps(obj, indent=1, default=float) + "\n", path)
+
+
+def write_text(text: str, path: Path) -> None:
+    """Write a file atomically: a temporary file renamed into place, so a crash never leaves a
+    half-written one (its folder is created if missing)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # processes may write one file
+    tmp.write_text(text)
+    tmp.replace(path)

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import statistics
 from pathlib import Path
 
 from uld.config import UTILITY_PARTS, UTILITY_ROLES
+from uld.outdir import write_json, write_text
 
 COLUMNS = [  # (header, summary key, format)
     ("F.Q.", "forget_quality", ".2e"),
@@ -161,20 +161,6 @@ def model_info(path: str | Path | None) -> dict:
                 info["method"] = made_by.split("--method ")[1].split()[0]
             return info
     return {}
-
-
-def write_json(obj, path: Path) -> None:
-    """Write JSON atomically (see `write_text`)."""
-    write_text(json.dumps(obj, indent=1, default=float) + "\n", path)
-
-
-def write_text(text: str, path: Path) -> None:
-    """Write a file atomically: a temporary file renamed into place, so a crash never leaves a
-    half-written one (its folder is created if missing)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # processes may write one file
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 def write_eval(results: dict, out: str | Path) -> Path:

@@ -39,8 +39,8 @@ from uld.methods import (
     retain_passes,
 )
 from uld.models import load_model, model_cache, save_model, source_fingerprint
-from uld.outdir import check_out, locked, output_dir
-from uld.report import model_info, write_eval, write_json
+from uld.outdir import check_out, locked, output_dir, write_json
+from uld.report import model_info, write_eval
 from uld.trainer import (
     EpochEval,
     WeightAverage,

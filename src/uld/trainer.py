@@ -26,8 +26,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from uld.losses import Frozen, Hyper, Objective
-from uld.outdir import OutputError
-from uld.report import write_json
+from uld.outdir import OutputError, write_json
 
 RUN_FILE = "run.json"
 MAX_CHECKPOINTS = 20

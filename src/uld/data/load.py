@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from uld.data.synthetic import builtin_splits
-from uld.report import write_text
+from uld.outdir import write_text
 
 BUILTIN = "builtin"
 TRAIN_FIELDS = ("question", "answer")
