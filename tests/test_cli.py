@@ -351,18 +351,35 @@ def test_compare_seeds_expand_into_named_runs_and_bad_lists_are_refused():
         expand_seeds({"uld": {"seeds": [0, 1]}, "uld-seed1": {}})
 
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+ROOT = Path(__file__).resolve().parents[1]
+PLANS = sorted(
+    str(p.relative_to(ROOT)) for d in ("configs", "experiments") for p in (ROOT / d).glob("*.yaml")
+)
 
 
-@pytest.mark.parametrize("plan", sorted(p.name for p in CONFIGS.glob("compare*.yaml")))
-def test_shipped_comparison_configs_are_valid(plan, monkeypatch, tmp_path):
-    """Every run of the shipped comparison files builds a valid UnlearnConfig (nothing trains)."""
+@pytest.mark.parametrize("plan", [p for p in PLANS if Path(p).name.startswith("compare")])
+def test_shipped_comparison_plans_are_valid(plan, monkeypatch, tmp_path):
+    """Every run of the shipped comparison plans (recipes in configs/, records in experiments/)
+    builds a valid UnlearnConfig for a method of the table (nothing trains)."""
     from uld.compare import load_plan, run_config
     from uld.methods import METHODS
 
-    root = CONFIGS.parent
-    monkeypatch.chdir(root)  # `config:` paths are relative to the checkout
-    loaded = load_plan(root / "configs" / plan)
+    monkeypatch.chdir(ROOT)  # `config:` paths are relative to the checkout
+    loaded = load_plan(ROOT / plan)
     for name in loaded["runs"]:
         cfg = run_config(loaded, name, tmp_path / name)
         assert cfg.method in METHODS and Path(cfg.model) == Path(loaded["target"])
+
+
+@pytest.mark.parametrize("recipe", [p for p in PLANS if Path(p).name.startswith("uld_")])
+def test_shipped_unlearn_recipes_are_valid(recipe):
+    """`uld unlearn --config RECIPE` reads every recipe into a valid UnlearnConfig, and each says
+    what it is for in a comment header."""
+    from uld.config import UnlearnConfig, read_yaml
+    from uld.methods import check
+
+    text = (ROOT / recipe).read_text()
+    assert text.startswith("# "), f"{recipe} has no header"
+    cfg = UnlearnConfig(**({"model": "m", "out": "o"} | read_yaml(UnlearnConfig, ROOT / recipe)))
+    cfg.validate()
+    assert check(cfg).name == cfg.method
