@@ -95,6 +95,13 @@ def test_stopwatch_adds_up_the_time_of_a_resumed_run(tiny_model, tmp_path):
     assert saved["seconds"] < third["seconds"] <= again.stopwatch.seconds()
 
 
+def _finetune(model, tok, ds, out, **kwargs):
+    """Fine-tune `model` on `ds` in batches of 4 (the per-epoch tests' training)."""
+    return train(
+        model, ds, Collator(tok.pad_token_id), out, finetune_objective, batch_size=4, **kwargs
+    )
+
+
 def test_epoch_eval_every_n_epochs_and_the_last(tiny_model, tmp_path):
     """`every=2` over 5 epochs evaluates after epochs 2, 4 and 5 (the last always)."""
     from uld.trainer import EpochEval
@@ -109,17 +116,7 @@ def test_epoch_eval_every_n_epochs_and_the_last(tiny_model, tmp_path):
         every=2,
         on_best=lambda m, e, s: seen.append(e),
     )
-    collator = Collator(tok.pad_token_id)
-    train(
-        model,
-        ds,
-        collator,
-        tmp_path / "r",
-        finetune_objective,
-        epochs=5,
-        batch_size=4,
-        callbacks=[ev],
-    )
+    _finetune(model, tok, ds, tmp_path / "r", epochs=5, callbacks=[ev])
     assert [h["epoch"] for h in ev.history] == [2, 4, 5]
     assert ev.best_epoch == 2 and seen == [2]
 
@@ -147,17 +144,7 @@ def test_epoch_eval_with_a_floor_keeps_the_best_epoch_above_it(
         floor=("mu", least),
         on_best=lambda m, e, s: saved.append(e),
     )
-    collator = Collator(tok.pad_token_id)
-    train(
-        model,
-        ds,
-        collator,
-        tmp_path / "r",
-        finetune_objective,
-        epochs=4,
-        batch_size=4,
-        callbacks=[ev],
-    )
+    _finetune(model, tok, ds, tmp_path / "r", epochs=4, callbacks=[ev])
     assert saved == saved_epochs and ev.best_epoch == best
 
 
