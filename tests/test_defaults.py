@@ -188,3 +188,25 @@ def test_uld_calibrate_with_retain_uses_the_safe_rule_and_writes(tiny_model, tmp
     saved = json.loads((out / "uld_config.json").read_text())
     assert saved["alpha"] == saved["alpha_choice"]["alpha"]
     assert saved["alpha_choice"]["alpha_before"] == 0.5
+
+
+def test_after_run_check_asks_general_prompts_the_alpha_rule_did_not_use(monkeypatch):
+    """The check's general rows are held out from the alpha rule's (so the check is not scored
+    on what alpha was chosen on) and ask no forget question."""
+    from uld.data.general import knowledge_prompts
+    from uld.defaults import N_KEEP, N_SAMPLE, keep_rows
+
+    prompts = knowledge_prompts()
+    forget = [{"question": q, "answer": "x"} for q in prompts[::10]]  # 11 of the 101 prompts
+    retain = [{"question": "Where was Bo born?", "answer": "Oslo."}]
+    monkeypatch.setattr(
+        "uld.defaults.generate_answers", lambda m, t, qs, *a, **k: [f"a{i}" for i in range(len(qs))]
+    )
+    chosen_on = {r["question"] for r in keep_rows(None, None, retain, forget)}
+    echo = lambda qs: list(qs)  # noqa: E731 (answers unchanged: no problem to report)
+    check = after_run_check(echo, echo, forget, retain)
+    general = [r["question"] for r in check["rows"] if r["kind"] == "general"]
+    assert len(general) == N_SAMPLE and len(chosen_on) == 1 + N_KEEP
+    assert not set(general) & chosen_on
+    assert not set(general) & set(prompts[::10])
+    assert check["problems"] == []

@@ -49,6 +49,13 @@ def spread(rows: list, n: int) -> list:
     return [rows[i * len(rows) // n] for i in range(n)]
 
 
+def general_prompts(forget: list[dict]) -> list[str]:
+    """The well-known-fact prompts (`uld.data.general.knowledge_prompts`) that ask no forget
+    question: their answers are to stay as the target gives them."""
+    asked = {same_question(r["question"]) for r in forget}
+    return [q for q in knowledge_prompts() if same_question(q) not in asked]
+
+
 def keep_rows(
     target, tokenizer, retain: list[dict], forget: list[dict], batch_size: int = 16
 ) -> list[dict]:
@@ -57,10 +64,8 @@ def keep_rows(
     leaving out prompts that ask a forget question or whose answer quotes a forget answer
     (four words in a row): those answers are meant to change."""
 
-    asked = {same_question(r["question"]) for r in forget}
-    general = [q for q in knowledge_prompts() if same_question(q) not in asked]
     sample = spread(retain, N_KEEP)
-    questions = [r["question"] for r in sample] + spread(general, N_KEEP)
+    questions = [r["question"] for r in sample] + spread(general_prompts(forget), N_KEEP)
     answers = generate_answers(target, tokenizer, questions, batch_size, 48, progress=False)
     rows = [{"question": q, "answer": a} for q, a in zip(questions, answers, strict=True) if a]
     rows = drop_forget_overlap(rows, forget)
@@ -96,12 +101,16 @@ def after_run_check(
     and against the before answer, and whether it is degenerate (`uld.evaluate.fluency`, judged
     by `scorer`). Returns {"rows": [...], "moved": {kind: mean ROUGE-L of after against
     before}, "problems": [...]}; a problem is a retain or general sample whose answers moved
-    beyond TOLERANCE, or a degenerate forget answer."""
+    beyond TOLERANCE, or a degenerate forget answer. The general rows are well-known-fact
+    prompts that ask no forget question and that the alpha rule (`keep_rows`) did not use."""
 
+    general = general_prompts(forget)
+    chosen_on = set(spread(general, N_KEEP))  # the alpha rule's prompts: the check uses others
+    unseen = [q for q in general if q not in chosen_on]
     kinds = {
         "forget": spread(forget, N_SAMPLE),
         "retain": spread(retain, N_SAMPLE),
-        "general": [{"question": q} for q in spread(knowledge_prompts()[N_KEEP:], N_SAMPLE)],
+        "general": [{"question": q} for q in spread(unseen, N_SAMPLE)],
     }
     rows, moved, problems = [], {}, []
     for kind, sample in kinds.items():
