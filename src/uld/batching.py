@@ -10,7 +10,8 @@ one forward pass with one shared, left-padded KV cache. A new request is prefill
 as `uld.logit_diff.decode` would run it) and its cache is spliced into the running batch at the
 next step boundary; a finished or cancelled request's rows are cut out, and the padding columns
 no row needs any more are trimmed. Positions come from the attention mask, so padding never
-shifts a row: each request gets the tokens it would get decoded alone.
+shifts a row: each request's logits are those it gets decoded alone, up to float rounding in
+the batched matmuls (its greedy tokens are tested equal, tests/test_serve.py).
 
 A ULDModel's cache holds the doubled batch in its first K layers (rows [0, B) the target's,
 [B, 2B) the assistant's; see `uld.logit_diff`) and B rows in the rest; every splice and cut
@@ -107,6 +108,7 @@ class Batcher:
         self.cache: DynamicCache | None = None
         self.mask: torch.Tensor | None = None  # [B, cache length]
         self._closing = threading.Event()
+        self._submitting = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="uld-decode", daemon=True)
 
     # --- the client's side --------------------------------------------------------------------
@@ -114,9 +116,10 @@ class Batcher:
         self._thread.start()
 
     def submit(self, job: Job) -> None:
-        if self._closing.is_set():
-            raise RuntimeError("the server is shutting down")
-        self.pending.put(job)
+        with self._submitting:
+            if self._closing.is_set():
+                raise RuntimeError("the server is shutting down")
+            self.pending.put(job)
 
     def close(self, timeout: float = 30.0) -> None:
         """Stop the worker; jobs still running or waiting get an error event."""
@@ -142,8 +145,12 @@ class Batcher:
                         self._step()
                 except Exception as e:  # a failed pass ends the jobs in it, not the server
                     traceback.print_exc()
-                    self._fail_all(f"decoding failed: {type(e).__name__}: {e}")
-        self._fail_all("the server is shutting down")
+                    self._fail(self.jobs, f"decoding failed: {type(e).__name__}: {e}")
+        with self._submitting:  # nothing joins the queue after this
+            waiting = []
+            while not self.pending.empty():
+                waiting.append(self.pending.get_nowait())
+        self._fail(self.jobs + waiting, "the server is shutting down")
 
     def _admit(self) -> None:
         """Prefill waiting jobs alone and splice them into the batch, up to max_batch."""
@@ -277,14 +284,9 @@ class Batcher:
         self.jobs = [self.jobs[i] for i in rows]
         self.mask = mask[:, start:]
 
-    def _fail_all(self, message: str) -> None:
-        jobs = self.jobs
+    def _fail(self, jobs: list[Job], message: str) -> None:
+        """End these jobs with an error; the batch starts afresh (waiting jobs stay queued)."""
         self.jobs, self.cache, self.mask = [], None, None
-        while True:
-            try:
-                jobs.append(self.pending.get_nowait())
-            except queue.Empty:
-                break
         for job in jobs:
             job.emit(Event(error=message, tokens=len(job.tokens)))
 
