@@ -14,6 +14,7 @@
     uld experts --model MOE --forget forget10   MoE: the experts the forget set engages (UOE)
     uld upcycle --out runs/moe/base       the embedded model as a 4-expert top-2 Mixtral
     uld demo                              the whole main job on the embedded default model
+    uld serve --model DIR [--port 8000]   an OpenAI-compatible server (docs/serve.md)
 
 Errors in the input end the command with a one-line message and exit status 2.
 """
@@ -42,6 +43,7 @@ from uld.moe import expert_attribution, plot_attribution, ranking_rows, top_expe
 from uld.outdir import check_out, locked, output_dir, write_json
 from uld.report import report, tables
 from uld.runs import evaluate_model, evaluate_to, unlearn
+from uld.serve import serve
 from uld.upcycle import upcycle
 
 
@@ -342,6 +344,21 @@ def cmd_demo(args) -> None:
     run_demo(args.workdir, fresh=args.fresh, base=args.model, jobs=args.jobs)
 
 
+def cmd_serve(args) -> None:
+    serve(
+        args.model,
+        args.host,
+        args.port,
+        args.api_key,
+        args.max_tokens_cap,
+        args.max_batch,
+        args.name,
+        args.alpha,
+        args.filter,
+        args.target,
+    )
+
+
 def _sampling(args) -> dict:
     if args.temperature and args.temperature > 0:
         return {"do_sample": True, "temperature": args.temperature, "top_p": args.top_p}
@@ -574,6 +591,23 @@ def parser() -> argparse.ArgumentParser:
         help="steps side by side, one core each (default: 2 on a CPU with two or more cores)",
     )
     demo.set_defaults(func=cmd_demo)
+
+    srv = sub.add_parser("serve", help="an OpenAI-compatible server for a model (docs/serve.md)")
+    srv.add_argument("--model", default=None, help="model folder (plain or ULD) or hub id")
+    srv.add_argument("--target", default=None, help="ULD: load the adapter on this target")
+    srv.add_argument("--alpha", type=_number(float, 0, MAX_ALPHA), default=None)
+    srv.add_argument("--filter", type=_number(float, None, 1, above=0), default=None)
+    srv.add_argument("--name", default=None, help="the model name clients use (default: --model)")
+    srv.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    srv.add_argument("--port", type=_number(int, 0, 65535), default=8000)
+    srv.add_argument("--api-key", default=None, help="require Authorization: Bearer API_KEY")
+    srv.add_argument(
+        "--max-tokens-cap", type=_number(int, 1), default=1024, help="most max_tokens per request"
+    )
+    srv.add_argument(
+        "--max-batch", type=_number(int, 1), default=32, help="most requests decoded together"
+    )
+    srv.set_defaults(func=cmd_serve)
     return top
 
 
