@@ -93,6 +93,9 @@ def test_stopwatch_adds_up_the_time_of_a_resumed_run(tiny_model, tmp_path):
     assert again.stopwatch.seconds() > saved["seconds"]
     third = json.loads((checkpoint_dir(out) / "checkpoint-3" / "stopwatch.json").read_text())
     assert saved["seconds"] < third["seconds"] <= again.stopwatch.seconds()
+    # resumed from the checkpoint at the last step: no step runs, the time so far still counts
+    done = train(model, ds, collator, out, finetune_objective, epochs=3, batch_size=4)
+    assert done.stopwatch.resumed and done.stopwatch.before == third["seconds"]
 
 
 def _finetune(model, tok, ds, out, **kwargs):

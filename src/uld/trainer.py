@@ -221,12 +221,21 @@ class Stopwatch(TrainerCallback):
     def __init__(self):  # made just before the Trainer: its set-up counts
         self.start, self.before, self.resumed = time.time(), 0.0, None
 
+    def on_train_begin(self, args, state, control, **kwargs):
+        # the Trainer has restored global_step from the checkpoint it resumes (also one at the
+        # last step, where no step follows)
+        if state.global_step:
+            self._resume(args, state)
+
     def on_step_begin(self, args, state, control, **kwargs):
-        if self.resumed is None:  # the first step: the Trainer has restored global_step
-            saved = _in_checkpoint(args, state, self.FILE)
-            self.resumed = bool(state.global_step) and saved.exists()
-            if self.resumed:
-                self.before = json.loads(saved.read_text())["seconds"]
+        if self.resumed is None:  # the first step, if training began before global_step was set
+            self._resume(args, state)
+
+    def _resume(self, args, state) -> None:
+        saved = _in_checkpoint(args, state, self.FILE)
+        self.resumed = bool(state.global_step) and saved.exists()
+        if self.resumed:
+            self.before = json.loads(saved.read_text())["seconds"]
 
     def on_save(self, args, state, control, **kwargs):
         write_json({"seconds": round(self.seconds(), 3)}, _in_checkpoint(args, state, self.FILE))
