@@ -341,7 +341,7 @@ def cmd_compare(args) -> None:
 
 
 def cmd_demo(args) -> None:
-    run_demo(args.workdir, fresh=args.fresh, base=args.model, jobs=args.jobs)
+    run_demo(args.workdir, fresh=args.fresh, base=args.model)
 
 
 def cmd_serve(args) -> None:
@@ -583,12 +583,6 @@ def parser() -> argparse.ArgumentParser:
     demo.add_argument("--fresh", action="store_true", help="retrain models even if present")
     demo.add_argument(
         "--model", default=None, help="the base to fine-tune (default: the embedded SmolLM2)"
-    )
-    demo.add_argument(
-        "--jobs",
-        type=_number(int, least=1),
-        default=None,
-        help="steps side by side, one core each (default: 2 on a CPU with two or more cores)",
     )
     demo.set_defaults(func=cmd_demo)
 

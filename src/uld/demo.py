@@ -8,24 +8,16 @@
    `<workdir>/report/report.md`, the Model Utility vs Forget Quality plot, a few before/after
    answers.
 
-On two or more cores the independent steps run side by side, one core each (the target and the
-retain model; then ULD beside the first two evaluations), with their output in
-`<workdir>/logs/`. Finished models are reused: rerunning skips what is done (a step interrupted
-mid-way resumes from its last checkpoint). Results go to `<workdir>/demo_results.json`.
+The first line printed says how long the steps still to do take (`MEASURED`). Finished models
+are reused: rerunning skips what is done (a step interrupted mid-way resumes from its last
+checkpoint). Results go to `<workdir>/demo_results.json`.
 """
 
 from __future__ import annotations
 
 import json
-import multiprocessing
-import os
-import sys
 import time
-from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-
-import torch
 
 from uld.compare import rescore
 from uld.config import EvalSplits, FinetuneConfig, UnlearnConfig
@@ -73,136 +65,73 @@ def uld_config(
     )
 
 
-# Seconds each step took in `make demo` on an idle 2-core Intel Xeon (torch 2.13 CPU), one thread
-# per step, two steps side by side: what the first line of `uld demo` estimates from.
+# Seconds each step takes in `make demo` on an idle 2-core Intel Xeon (torch 2.13 CPU, two
+# threads), measured 2026-12-07: what the first line of `uld demo` estimates from. Every step is
+# compute-bound (fine-tuning runs near the cores' fp32 peak), so running independent steps side
+# by side, one core each, measured no faster than one after the other on both cores.
 MEASURED = {"target": 0.0, "retain": 0.0, "unlearn": 0.0, "eval": 0.0}
+STEPS = ("target", "retain", "unlearn", "eval target", "eval retain", "eval uld")
 
 
-def estimate(todo: dict[str, bool], jobs: int) -> float:
-    """Seconds the steps still to do take (`todo`: step -> to do), by MEASURED: side by side
-    with `jobs` >= 2 (the target beside the retain model, ULD beside two evaluations)."""
-    t = {k: MEASURED[k.split()[0]] if v else 0.0 for k, v in todo.items()}
-    if jobs < 2:
-        return sum(t.values())
-    return (
-        max(t["target"], t["retain"])
-        + max(t["unlearn"], t["eval target"] + t["eval retain"])
-        + t["eval uld"]
-    )
-
-
-def _in_child(log: str, fn: Callable, *args, **kwargs):
-    """Run `fn` in a worker process on one thread, its output (prints, progress bars, warnings)
-    into the file `log`."""
-    torch.set_num_threads(1)
-    with open(log, "a") as f:
-        os.dup2(f.fileno(), 1)
-        os.dup2(f.fileno(), 2)
-    start = time.time()
-    fn(*args, **kwargs)
-    return round(time.time() - start, 1)
-
-
-def _evaluate_into(folder: Path, name: str, path: Path, roles: dict, reference: dict) -> None:
-    res = evaluate_model(path, roles, name, reference, fluency="none")
-    write_eval(res, folder)
+def estimate(todo: dict[str, bool]) -> float:
+    """Seconds the steps still to do take (`todo`: step -> to do), by MEASURED."""
+    return sum(MEASURED[step.split()[0]] for step, left in todo.items() if left)
 
 
 def run_demo(
     workdir: str | Path = "runs/demo",
     fresh: bool = False,
     base: str | None = None,
-    jobs: int | None = None,
     max_steps: int = -1,
     uld: dict | None = None,
 ) -> dict:
     """The main job (module docstring). `base`: the model to fine-tune (default: the embedded
-    SmolLM2-135M-Instruct); `jobs`: steps side by side (default: 2 on a CPU machine with two or
-    more cores, else 1); `max_steps` and `uld` (settings over DEMO_ULD) shorten it for tests."""
+    SmolLM2-135M-Instruct); `max_steps` and `uld` (settings over DEMO_ULD) shorten it for
+    tests."""
     work = Path(workdir)
-    if jobs is None:
-        jobs = 2 if (os.cpu_count() or 1) >= 2 and not torch.cuda.is_available() else 1
     target, retain, uld_out = work / "target", work / "retain90", work / "uld-forget10"
     evals = {name: work / "eval" / name for name in ("target", "retain", "uld")}
-    todo = {
-        "target": fresh or not target.exists(),
-        "retain": fresh or not retain.exists(),
-        "unlearn": fresh or not uld_out.exists(),
-        **{f"eval {n}": fresh or not (f / "eval.json").exists() for n, f in evals.items()},
+    done = {
+        "target": target.exists(),
+        "retain": retain.exists(),
+        "unlearn": uld_out.exists(),
+        **{f"eval {n}": (f / "eval.json").exists() for n, f in evals.items()},
     }
-    if base is None and max_steps < 0 and all(MEASURED.values()):
-        minutes = estimate(todo, jobs) / 60
+    todo = {step: fresh or not done[step] for step in STEPS}
+    if base is None and max_steps < 0:
+        minutes = estimate(todo) / 60
         print(
             f"[demo] this takes about {minutes:.0f} minutes on an idle 2-core CPU "
-            f"({'two steps side by side' if jobs >= 2 else 'one step at a time'}; steps already "
-            "done are reused)",
+            f"({sum(todo.values())} of {len(STEPS)} steps to do; finished ones are reused)",
             flush=True,
         )
     timings: dict[str, float] = {}
-    ft = FinetuneConfig()
-    logs = work / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    pool = None
-    if jobs >= 2:
-        os.environ["OMP_NUM_THREADS"] = "1"  # read by the workers' torch as it starts
-        pool = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"))
 
-    def tune(split: str, out: Path) -> tuple:
-        return finetune, (base, split, out), dict(
-            epochs=ft.epochs, lr=ft.lr, batch_size=ft.batch_size, max_steps=max_steps,
-            overwrite=fresh,
-        )  # fmt: skip
-
-    def run(steps: dict[str, tuple]) -> None:
-        """Run the steps (name -> (fn, args, kwargs)) still to do: side by side in the pool,
-        else one after the other here."""
-        for name in [n for n in steps if not todo[n]]:
+    def step(name: str, fn, *args, **kwargs) -> None:
+        if not todo[name]:
             print(f"[demo] {name}: done already, reused")
-        steps = {name: step for name, step in steps.items() if todo[name]}
-        if pool is None:
-            for name, (fn, args, kwargs) in steps.items():
-                start = time.time()
-                fn(*args, **kwargs)
-                timings[name] = round(time.time() - start, 1)
-                print(f"[demo] {name}: {timings[name]:.0f} s", flush=True)
             return
-        futures = {}
-        for name, (fn, args, kwargs) in steps.items():
-            log = logs / f"{name.replace(' ', '-')}.log"
-            print(f"[demo] {name}: started, one core (its output: {log})", flush=True)
-            futures[name] = (pool.submit(_in_child, str(log), fn, *args, **kwargs), log)
-        for name, (future, log) in futures.items():
-            try:
-                timings[name] = future.result()
-            except Exception:
-                tail = log.read_text(errors="replace").splitlines()[-15:]
-                print(f"[demo] {name} failed; the end of {log}:", *tail, sep="\n", file=sys.stderr)
-                raise
-            print(f"[demo] {name}: {timings[name]:.0f} s", flush=True)
+        start = time.time()
+        fn(*args, **kwargs)
+        timings[name] = round(time.time() - start, 1)
+        print(f"[demo] {name}: {timings[name]:.0f} s", flush=True)
 
-    try:
-        run({"target": tune("full", target), "retain": tune("retain90", retain)})
-        # the TOFU protocol on every model; the retain model is its own reference (F.Q. = 1)
-        roles = load_roles(EvalSplits())
-        reference = load_reference(retain, roles["forget"])
-        for name, folder in evals.items():
-            if not todo[f"eval {name}"]:
-                rescore(folder, reference)  # an evaluation from an older uld: today's summary
+    ft = FinetuneConfig()
+    tune = dict(epochs=ft.epochs, lr=ft.lr, batch_size=ft.batch_size, max_steps=max_steps)
+    step("target", finetune, base, "full", target, overwrite=fresh, **tune)
+    step("retain", finetune, base, "retain90", retain, overwrite=fresh, **tune)
+    step("unlearn", unlearn, uld_config(target, uld_out, fresh, uld))
+    # the TOFU protocol on every model; the retain model is its own reference (F.Q. = 1)
+    roles = load_roles(EvalSplits())
+    reference = load_reference(retain, roles["forget"])
+    for name, path in (("target", target), ("retain", retain), ("uld", uld_out)):
+        if not todo[f"eval {name}"]:
+            rescore(evals[name], reference)  # an evaluation from an older uld: today's summary
 
-        def evaluation(name: str, path: Path) -> tuple:
-            return _evaluate_into, (evals[name], name, path, roles, reference), {}
+        def evaluation(name=name, path=path) -> None:
+            write_eval(evaluate_model(path, roles, name, reference, fluency="none"), evals[name])
 
-        run(
-            {
-                "unlearn": (unlearn, (uld_config(target, uld_out, fresh, uld),), {}),
-                "eval target": evaluation("target", target),
-                "eval retain": evaluation("retain", retain),
-            }
-        )
-        run({"eval uld": evaluation("uld", uld_out)})
-    finally:
-        if pool is not None:
-            pool.shutdown()
+        step(f"eval {name}", evaluation)
     runs = report(list(evals.values()), work / "report")
     print("\n" + tables(runs))
     examples = {}
@@ -212,7 +141,7 @@ def run_demo(
     print("forget10: before (target) and after (ULD)")
     for (q, a, before), (_, _, after) in zip(examples["target"], examples["uld"], strict=True):
         print(f"  Q: {q}\n     truth : {a}\n     target: {before}\n     uld   : {after}")
-    summary = {"summary": runs, "seconds": timings, "jobs": jobs, "examples": examples}
+    summary = {"summary": runs, "seconds": timings, "examples": examples}
     (work / "demo_results.json").write_text(json.dumps(summary, indent=1) + "\n")
     print(f"\n[demo] timings (s): {timings}")
     print(f"[demo] wrote {work / 'demo_results.json'}, the table and plots in {work / 'report'}")
