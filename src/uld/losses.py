@@ -7,8 +7,10 @@ Two levels:
   answer tokens need it (NPO and DPO sum them per row into sequence log-likelihoods);
 - objectives `(model, batch, hp, frozen) -> (loss, logs)`: fine-tuning, ULD's assistant, the
   ULD paper's baselines (GA, DPO, NPO, each alone, +GD or +KL; `baseline_objective` with the
-  terms named), which the Offset variants reuse, and UOE's (a baseline's loss plus the router
-  anchor). Which method uses which is `uld.methods.METHODS`.
+  terms named), which the Offset variants reuse, UOE's (a baseline's loss plus the router
+  anchor), the later forget terms that open-unlearning ships (SimNPO, WGA, SatImp, UNDIAL,
+  CE-U; also through `baseline_objective`) and RMU's (on one layer's activations, not logits).
+  Which method uses which is `uld.methods.METHODS`.
 
 `answer_logits` runs a model's decoder on a right-padded batch and applies the LM head only where
 the (shifted) labels are not -100.
@@ -24,7 +26,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from uld.assistant import base_lm, decoder_of
+from uld.assistant import base_lm, decoder_layers, decoder_of
 from uld.moe import anchor_loss, moe_layer, record_routing, router_probs
 
 IGNORE = -100
@@ -41,6 +43,17 @@ class Hyper:
     anchor: float = 1.0  # UOE: weight alpha of the router anchor loss
     anchor_layer: int = -1  # UOE: the decoder layer of the unlearned expert
     anchor_expert: int = -1  # UOE: the unlearned expert, the anchor's one-hot target
+    forget_weight: float = 1.0  # weight of the forget term (open-unlearning's gamma)
+    simnpo_beta: float = 4.5  # SimNPO inverse temperature (open-unlearning's SimNPO.yaml)
+    simnpo_delta: float = 0.0  # SimNPO margin on the mean token NLL (Unlearn-Simple's gamma)
+    wga_beta: float = 1.0  # WGA: token weight p^beta
+    satimp_beta1: float = 5.0  # SatImp: token weight p^beta1 (1 - p)^beta2
+    satimp_beta2: float = 1.0
+    undial_beta: float = 10.0  # UNDIAL: how far the true token's teacher logit is lowered
+    ceu_ignore_first: int = 1  # CE-U: answer tokens left out at the start of each answer
+    rmu_layer: int = -1  # RMU: the steered decoder layer (-1: `rmu_layer`'s default)
+    rmu_steer: float = 2.0  # RMU: steering coefficient c, the norm of the target activation
+    rmu_seed: int = 0  # RMU: seed of the fixed random direction u
 
 
 def answer_logits(model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
@@ -64,6 +77,13 @@ def answer_logits(model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, to
 def answer_rows(batch: dict) -> torch.Tensor:
     """The row of each answer position, in `answer_logits` order. -> [N] (long)."""
     return (batch["labels"][:, 1:] != IGNORE).nonzero()[:, 0]
+
+
+def answer_positions(batch: dict) -> torch.Tensor:
+    """The index of each answer position within its row's answer (0 for the first answer
+    token), in `answer_logits` order. -> [N] (long)."""
+    keep = batch["labels"][:, 1:] != IGNORE
+    return (keep.cumsum(dim=1) - 1)[keep]
 
 
 def nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -142,6 +162,89 @@ def kl_to_reference(logits: torch.Tensor, ref_logits: torch.Tensor) -> torch.Ten
         reduction="batchmean",
         log_target=True,
     )
+
+
+def simnpo_loss(mean_nll: torch.Tensor, beta: float = 4.5, delta: float = 0.0) -> torch.Tensor:
+    """SimNPO (Fan et al. 2024, arXiv 2410.07163, Sec. 4): NPO without the reference model, on
+    the length-normalised log-likelihood, with a margin:
+    -(2/beta) * mean log sigmoid(beta * (-log p_theta(y|x) / |y| - delta)).
+
+    mean_nll [B]: each forget answer's mean token NLL, -log p_theta(y|x) / |y| -> scalar.
+    delta is subtracted inside beta's product as in the authors' code (OPTML-Group/Unlearn-
+    Simple, `simnpo` loss) and open-unlearning; the paper's margin gamma is beta * delta.
+    Equals (2/beta) log 2 at mean NLL = delta and tends to 0 as the answers become unlikely.
+    """
+    return -(2 / beta) * F.logsigmoid(beta * (mean_nll - delta)).mean()
+
+
+def weighted_ga_loss(
+    logits: torch.Tensor, targets: torch.Tensor, beta1: float, beta2: float = 0.0
+) -> torch.Tensor:
+    """Token-weighted gradient ascent: mean over answer tokens of -w_t * NLL_t with the weight
+    w_t = p_t^beta1 * (1 - p_t)^beta2 held constant (no gradient), p_t the model's probability
+    of the answer token. logits [N, V], targets [N] -> scalar.
+
+    beta2 = 0 is WGA (Wang et al. 2025, arXiv 2502.19301, weighted GA: w = p^beta, beta = 1):
+    tokens the model no longer predicts stop being pushed. beta2 > 0 is SatImp (Yang et al.
+    2025, arXiv 2505.11953, Sec. 5: saturation p^beta1 times importance (1 - p)^beta2, beta1 = 5,
+    beta2 = 1). As open-unlearning's compute_wga_loss / compute_satimp_loss.
+    """
+    token_nll = F.cross_entropy(logits, targets, reduction="none")
+    p = torch.exp(-token_nll.detach())
+    w = p.pow(beta1) * (1 - p).pow(beta2)
+    return -(w * token_nll).mean()
+
+
+def undial_loss(
+    logits: torch.Tensor, ref_logits: torch.Tensor, targets: torch.Tensor, beta: float = 10.0
+) -> torch.Tensor:
+    """UNDIAL (Dong et al. 2024, arXiv 2402.10052, Sec. 3): self-distillation toward the frozen
+    model's logits with the true token's logit lowered by beta,
+    -sum_v softmax(z_ref - beta * onehot(y))_v log softmax(z)_v, averaged over answer tokens.
+
+    logits, ref_logits [N, V], targets [N] -> scalar. Its minimum is at p = the adjusted teacher,
+    so unlike GA the forget tokens' probability falls by a bounded amount and the rest of the
+    distribution keeps the teacher's shape. (open-unlearning's compute_undial_loss averages
+    over every position of the batch; here over answer tokens.)
+    """
+    adjusted = ref_logits.float() - beta * F.one_hot(targets, ref_logits.shape[-1])
+    return soft_nll(logits, adjusted)
+
+
+def ceu_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """CE-U (Yang 2025, arXiv 2503.01224, Sec. 3): cross-entropy toward the model's own
+    distribution with the true token removed, q = softmax(stopgrad(z) with z_y = -inf):
+    -sum_v q_v log softmax(z)_v, averaged over answer tokens.
+
+    logits [N, V], targets [N] -> scalar. Its gradient in the logits is p - q: p_y is pushed to
+    0 and the rest keep their relative sizes, with no blow-up as p_y -> 0 (GA's 1/p_y).
+    """
+    others = logits.detach().float().scatter(-1, targets[:, None], float("-inf"))
+    return soft_nll(logits, others)
+
+
+def rmu_layer(n_layers: int, layer: int = -1) -> int:
+    """RMU's steered layer: `layer`, or for -1 WMDP's layer 7 of zephyr-7b's 32 scaled to the
+    model's depth (layer 7 of SmolLM2-135M's 30)."""
+    if layer >= 0:
+        return layer
+    return min(n_layers - 1, round(7 * n_layers / 32))
+
+
+def steering_vector(dim: int, coeff: float, seed: int = 0) -> torch.Tensor:
+    """RMU's target activation c * u: u a random unit vector, uniform [0, 1) entries normalised
+    (as WMDP's rmu/unlearn.py), fixed by `seed`. -> [dim] (float32, CPU)."""
+    u = torch.rand(dim, generator=torch.Generator().manual_seed(seed))
+    return coeff * u / u.norm()
+
+
+def activation_mse(h: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean squared difference of activations: per token the mean over the D dimensions, per
+    row the mean over its masked tokens, then the mean over rows (open-unlearning's RMU
+    compute_activation_loss). h [B, T, D], target [B, T, D] or [D], mask [B, T] -> scalar."""
+    sq = (h.float() - target.float()).pow(2).mean(dim=-1)
+    m = mask.float()
+    return ((sq * m).sum(dim=1) / m.sum(dim=1).clamp(min=1)).mean()
 
 
 # --- objectives: (model, batch, hp, frozen) -> (loss, logs) -------------------------------
@@ -226,15 +329,18 @@ def uld_objective(model, batch: dict, hp: Hyper, frozen: Frozen | None = None):
 def baseline_objective(
     forget_loss: str, retain_loss: str, model, batch: dict, hp: Hyper, frozen: Frozen
 ) -> tuple[torch.Tensor, dict]:
-    """The ULD paper's baselines: a forget loss (ga, npo, dpo) plus, if named, a retain term
-    (gd: NLL on retain answers; kl: `kl_to_reference` on them) weighted by hp.retain_weight.
+    """A forget loss times hp.forget_weight plus, if named, a retain term (gd: NLL on retain
+    answers; kl: `kl_to_reference` on them) times hp.retain_weight. The forget losses: the ULD
+    paper's baselines (ga, npo, dpo) and those open-unlearning added since (simnpo, wga, satimp,
+    undial, ceu), each with its own function above.
 
     batch: {"forget": ..., "retain": ... (with a retain term), "idk": ... (DPO: the forget
     questions with refusal answers)}, each a right-padded batch with answer labels.
     """
     f = batch["forget"]
     rows, n = answer_rows(f), f["input_ids"].shape[0]
-    logits, targets, ref = policy_logits(model, f, frozen, need_ref=forget_loss != "ga")
+    need_ref = forget_loss in REFERENCE_TERMS
+    logits, targets, ref = policy_logits(model, f, frozen, need_ref=need_ref)
     if forget_loss == "ga":  # gradient ascent: minus the NLL of the forget answers
         l_f = -nll(logits, targets)
     elif forget_loss == "npo":
@@ -251,9 +357,25 @@ def baseline_objective(
             sequence_logprob(ref, targets, rows, n),
             hp.dpo_beta,
         )
+    elif forget_loss == "simnpo":
+        length = torch.bincount(rows, minlength=n).clamp(min=1)
+        mean_nll = -sequence_logprob(logits, targets, rows, n) / length
+        l_f = simnpo_loss(mean_nll, hp.simnpo_beta, hp.simnpo_delta)
+    elif forget_loss == "wga":
+        l_f = weighted_ga_loss(logits, targets, hp.wga_beta)
+    elif forget_loss == "satimp":
+        l_f = weighted_ga_loss(logits, targets, hp.satimp_beta1, hp.satimp_beta2)
+    elif forget_loss == "undial":
+        l_f = undial_loss(logits, ref, targets, hp.undial_beta)
+    elif forget_loss == "ceu":  # the first answer tokens left out, as the CE-U paper's footnote
+        keep = answer_positions(f) >= hp.ceu_ignore_first
+        l_f = ceu_loss(logits[keep], targets[keep]) if keep.any() else 0 * logits.sum()
     else:
-        raise ValueError(f"unknown forget loss {forget_loss!r}; choose ga, npo or dpo")
+        raise ValueError(
+            f"unknown forget loss {forget_loss!r}; choose one of {', '.join(ALL_FORGET_TERMS)}"
+        )
     logs = {"forget_loss": l_f.item()}
+    l_f = hp.forget_weight * l_f
     if not retain_loss:
         return l_f, logs
     r_logits, r_targets, r_ref = policy_logits(
@@ -288,8 +410,66 @@ def uoe_objective(
     return loss + hp.anchor * anchor, logs
 
 
+class _Stop(Exception):
+    """Raised by `layer_output`'s hook: nothing after the steered layer needs to run."""
+
+
+def layer_output(model, batch: dict, layer: int) -> torch.Tensor:
+    """The hidden states leaving decoder layer `layer` (0-based) on `batch`; the layers after it
+    and the LM head are not run. batch: input_ids, attention_mask [B, T] -> [B, T, D]."""
+    seen = []
+
+    def hook(_module, _inputs, output):
+        seen.append(output[0] if isinstance(output, tuple) else output)
+        raise _Stop
+
+    handle = decoder_layers(model)[layer].register_forward_hook(hook)
+    try:
+        decoder_of(model)(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    except _Stop:
+        pass
+    finally:
+        handle.remove()
+    return seen[0]
+
+
+def _frozen_layer_output(model, frozen_model, batch: dict, layer: int) -> torch.Tensor:
+    """`layer_output` of the frozen counterpart: `frozen_model`, or `model` without adapters."""
+    with torch.no_grad():
+        if frozen_model is not None:
+            return layer_output(frozen_model, batch, layer)
+        if not hasattr(model, "disable_adapter"):
+            raise ValueError("RMU needs the frozen model: pass Frozen(ref=...) or use LoRA")
+        with _adapters_off(model):
+            return layer_output(model, batch, layer)
+
+
+def rmu_objective(model, batch: dict, hp: Hyper, frozen: Frozen) -> tuple[torch.Tensor, dict]:
+    """RMU (Li et al. 2024, WMDP, arXiv 2403.03218, Sec. 5.2): at the steered layer l, push the
+    forget tokens' activations toward c * u (a fixed random unit vector u, `steering_vector`)
+    and keep the retain tokens' activations where the frozen model has them:
+    L = mse(h_l(forget), c * u) + alpha * mse(h_l(retain), h_l^frozen(retain)),
+    alpha = hp.retain_weight, c = hp.rmu_steer, each mse over answer tokens (`activation_mse`;
+    WMDP's code averages over every token of raw text, open-unlearning over answer tokens).
+    Beyond l nothing runs: the LM head is never applied.
+    """
+    f, r = batch["forget"], batch["retain"]
+    layer = rmu_layer(base_lm(model).config.num_hidden_layers, hp.rmu_layer)
+    h_f = layer_output(model, f, layer)
+    steer = steering_vector(h_f.shape[-1], hp.rmu_steer, hp.rmu_seed).to(h_f.device)
+    l_f = activation_mse(h_f, steer, f["labels"] != IGNORE)
+    h_r = layer_output(model, r, layer)
+    h_ref = _frozen_layer_output(model, frozen.ref, r, layer)
+    l_r = activation_mse(h_r, h_ref, r["labels"] != IGNORE)
+    loss = hp.forget_weight * l_f + hp.retain_weight * l_r
+    return loss, {"forget_loss": l_f.item(), "retain_loss": l_r.item()}
+
+
 Objective = Callable[[torch.nn.Module, dict, Hyper, Frozen], tuple[torch.Tensor, dict]]
 
 # the baselines' terms, combined in uld.methods.METHODS: a forget loss, alone or with a retain term
-FORGET_TERMS = ("ga", "dpo", "npo")
+FORGET_TERMS = ("ga", "dpo", "npo")  # the ULD paper's, also as Offset and UOE variants
+LATER_FORGET_TERMS = ("simnpo", "wga", "satimp", "undial", "ceu")  # open-unlearning's since
+ALL_FORGET_TERMS = FORGET_TERMS + LATER_FORGET_TERMS
 RETAIN_TERMS = ("", "gd", "kl")
+REFERENCE_TERMS = ("npo", "dpo", "undial")  # forget terms that read the frozen model
