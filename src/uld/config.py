@@ -53,7 +53,8 @@ class FinetuneConfig:
 METHODS_HELP = (
     "uld; a baseline: ga, ga+gd, ga+kl, dpo, dpo+gd, dpo+kl, npo, npo+gd, npo+kl; "
     "offset-ga+kl, offset-dpo+kl, offset-npo+kl (or any offset-<baseline>); on MoE models "
-    "uoe+<baseline> (e.g. uoe+ga, uoe+npo+kl)"
+    "uoe+<baseline> (e.g. uoe+ga, uoe+npo+kl); simnpo, wga, satimp, undial, ceu, each alone, "
+    "+gd or +kl (open-unlearning's defaults: simnpo+gd, wga+gd, satimp+gd, undial, ceu); rmu"
 )
 
 
@@ -93,7 +94,16 @@ class UnlearnConfig:
         "ULD: relative-top filter; subtract only where p >= filter * p_max or on the "
         "filter * vocab most likely tokens",
     )
-    retain_weight: float = _f(1.0, "baselines: weight of the GD / KL retain term")
+    retain_weight: float = _f(
+        1.0,
+        "baselines: weight of the GD / KL retain term; RMU: alpha, the weight of keeping the "
+        "retain activations (open-unlearning 1; WMDP's zephyr-7b run 1200)",
+    )
+    forget_weight: float | None = _f(
+        None,
+        "weight of the forget term (open-unlearning's gamma); default: the method's, SimNPO "
+        "0.125, SatImp 0.1, the others 1",
+    )
     npo_beta: float = _f(0.1, "NPO inverse temperature beta")
     anchor: float = _f(1.0, "UOE: weight alpha of the router anchor loss")
     uoe_layer: int = _f(-1, "UOE: the MoE layer to take experts from (-1: the best across layers)")
@@ -106,6 +116,30 @@ class UnlearnConfig:
         None,
         "add forget questions with perturbed answers to the retain set (default: on for ULD, "
         "off otherwise)",
+    simnpo_beta: float = _f(4.5, "SimNPO inverse temperature beta (open-unlearning 4.5)")
+    simnpo_delta: float = _f(
+        0.0, "SimNPO margin delta on the mean token NLL (the paper's gamma is beta * delta)"
+    )
+    wga_beta: float = _f(1.0, "WGA: token weight p^beta (the paper 1)")
+    satimp_beta1: float = _f(5.0, "SatImp: saturation exponent, weight p^beta1 (the paper 5)")
+    satimp_beta2: float = _f(1.0, "SatImp: importance exponent, weight (1 - p)^beta2 (the paper 1)")
+    undial_beta: float = _f(
+        10.0, "UNDIAL: how far the true token's teacher logit is lowered (open-unlearning 10)"
+    )
+    ceu_ignore_first: int = _f(
+        1, "CE-U: answer tokens left out of the loss at the start of each answer (the paper 1)"
+    )
+    rmu_layer: int = _f(
+        -1,
+        "RMU: the decoder layer (0-based) whose activations are steered; the MLP output "
+        "projections of it and the two layers below it are trained (-1: WMDP's 7 of 32 scaled "
+        "to the target's depth)",
+    )
+    rmu_steer: float = _f(
+        2.0,
+        "RMU: steering coefficient c, the norm of the random target activation (open-unlearning "
+        "2; WMDP's zephyr-7b run 6.5)",
+    )
     )
     distill: bool = _f(
         False,
@@ -240,7 +274,25 @@ class UnlearnConfig:
                 raise ValueError(f"--{name.replace('_', '-')}={v} must be a finite number >= 0")
         if self.alpha is not None:
             check_alpha(self.alpha)
-        _positive(npo_beta=self.npo_beta, dpo_beta=self.dpo_beta, uoe_experts=self.uoe_experts)
+        _positive(
+            npo_beta=self.npo_beta,
+            dpo_beta=self.dpo_beta,
+            uoe_experts=self.uoe_experts,
+            simnpo_beta=self.simnpo_beta,
+            rmu_steer=self.rmu_steer,
+        )
+        if self.forget_weight is not None:
+            _positive(forget_weight=self.forget_weight)
+        for name in ("simnpo_delta", "wga_beta", "satimp_beta1", "satimp_beta2", "undial_beta"):
+            v = getattr(self, name)
+            if not (math.isfinite(v) and v >= 0):
+                raise ValueError(f"--{name.replace('_', '-')}={v} must be a finite number >= 0")
+        if self.ceu_ignore_first < 0:
+            raise ValueError(f"--ceu-ignore-first={self.ceu_ignore_first} must be >= 0")
+        if self.rmu_layer < -1:
+            raise ValueError(
+                f"--rmu-layer={self.rmu_layer} must be a layer index >= 0, or -1 for the default"
+            )
         if not (math.isfinite(self.anchor) and self.anchor >= 0):
             raise ValueError(f"--anchor={self.anchor} must be a finite number >= 0")
         if not (math.isfinite(self.filter) and 0 < self.filter <= 1):

@@ -23,6 +23,7 @@ import torch
 from transformers import AutoConfig, set_seed
 
 from uld.assistant import (
+    UnsupportedModelError,
     check_num_layers,
     decoder_layers,
     default_lora_rank,
@@ -47,10 +48,14 @@ from uld.data.rewrite import augment_without_model
 from uld.evaluate import generate_answers, load_reference
 from uld.losses import (
     FORGET_TERMS,
+    LATER_FORGET_TERMS,
+    REFERENCE_TERMS,
     RETAIN_TERMS,
     Frozen,
     Objective,
     baseline_objective,
+    rmu_layer,
+    rmu_objective,
     uld_objective,
     uoe_objective,
 )
@@ -82,8 +87,10 @@ class Method:
     name: str
     objective: Objective  # (model, batch, hp, frozen) -> (loss, logs), from uld.losses
     build: Callable[[UnlearnConfig, Method], Run]  # loads and sets up what is trained
-    forget_term: str = ""  # ga | npo | dpo for the baselines and their variants
-    retain_term: str = ""  # gd | kl for the baselines; "uniform" for ULD's D'_r
+    forget_term: str = ""  # ga | npo | dpo | simnpo | wga | satimp | undial | ceu | rmu
+    retain_term: str = ""  # gd | kl for the baselines; "uniform" for ULD's D'_r; RMU's
+    # "activations" (the frozen model's at the steered layer)
+    forget_weight: float = 1.0  # default weight of the forget term (open-unlearning's gamma)
     composite: str = ""  # "uld" or "offset": a small model combined with the target's logits
     lr: float = 1e-5  # default peak learning rate, full fine-tuning
     lora_lr: float = 1e-4  # ... with --lora
@@ -100,9 +107,9 @@ class Method:
 
     @property
     def needs_reference(self) -> bool:
-        """Compares against the frozen original model: NPO and DPO in their forget term, KL in
-        its retain term; GA and GD do not."""
-        return self.forget_term in ("npo", "dpo") or self.retain_term == "kl"
+        """Compares against the frozen original model: NPO, DPO and UNDIAL in their forget
+        term, KL and RMU in their retain term; GA, GD and the others do not."""
+        return self.forget_term in REFERENCE_TERMS or self.retain_term in ("kl", "activations")
 
     @property
     def pairs_refusals(self) -> bool:
@@ -149,6 +156,11 @@ def learning_rate(cfg: UnlearnConfig) -> float:
     return cfg.lr or method(cfg.method).default_lr(cfg.lora)
 
 
+def forget_weight(cfg: UnlearnConfig) -> float:
+    """`cfg.forget_weight`, or the method's default when not given."""
+    return method(cfg.method).forget_weight if cfg.forget_weight is None else cfg.forget_weight
+
+
 def augmentation(cfg: UnlearnConfig) -> tuple[bool, bool]:
     """(paraphrase, perturbed), resolved: ULD's paper uses both, the baselines neither."""
     on = method(cfg.method).augment
@@ -166,16 +178,22 @@ def prepare(cfg: UnlearnConfig) -> Run:
 def build_assistant(target: str, k: int, rank: int, alpha: float, dropout: float):
     """(peft assistant, tokenizer): the target loaded with its first K layers only, plus LoRA."""
     from peft import get_peft_model
+
+    base, tokenizer = _first_layers(target, k)
+    base.config.use_cache = False
+    return get_peft_model(base, lora_config(base, k, rank, alpha, dropout)), tokenizer
+
+
+def _first_layers(target: str, k: int):
+    """(model, tokenizer): the target loaded with its first K decoder layers only."""
     from transformers.utils import logging
 
     verbosity = logging.get_verbosity()
     logging.set_verbosity_error()  # the unused layers K.. are reported as "unexpected" otherwise
     try:
-        base, tokenizer = load_model(target, num_hidden_layers=k)
+        return load_model(target, num_hidden_layers=k)
     finally:
         logging.set_verbosity(verbosity)
-    base.config.use_cache = False
-    return get_peft_model(base, lora_config(base, k, rank, alpha, dropout)), tokenizer
 
 
 def _training_sets(
@@ -395,7 +413,7 @@ def prepare_offset(cfg: UnlearnConfig, spec: Method) -> Run:
 
 
 def prepare_baseline(cfg: UnlearnConfig, spec: Method) -> Run:
-    """GA / DPO / NPO (+GD / +KL) on the target itself, full fine-tuning or LoRA."""
+    """A baseline (+GD / +KL) on the target itself, full fine-tuning or LoRA."""
     target = resolve(cfg.model)
     forget, retain, d_f, d_r = _training_sets(cfg, target)
     set_seed(cfg.seed)
@@ -415,6 +433,78 @@ def prepare_baseline(cfg: UnlearnConfig, spec: Method) -> Run:
         model.get_output_embeddings().weight.requires_grad_(False)
         frozen = Frozen(ref=load_model(target)[0] if spec.needs_reference else None)
     extra |= _report_trainable(model, f"{cfg.method}, {'LoRA' if cfg.lora else 'full'}")
+    model.config.use_cache = False
+    dataset = _loss_dataset(d_f, d_r, tokenizer, spec, cfg.seed)
+    return Run(target, model, tokenizer, dataset, spec, frozen, extra, 0, rows=(forget, retain))
+
+
+def check_rmu_layer(layer: int, n_layers: int) -> int:
+    """RMU's steered layer for `--rmu-layer` on a target of `n_layers` layers, or a clear error."""
+    resolved = rmu_layer(n_layers, layer)
+    if not 0 <= resolved < n_layers:
+        raise ValueError(
+            f"--rmu-layer={layer} is beyond the target's {n_layers} layers; choose one in "
+            f"0..{n_layers - 1} (or -1: {rmu_layer(n_layers)})"
+        )
+    return resolved
+
+
+def mlp_output(layer: torch.nn.Module, hidden_size: int) -> str:
+    """The path, within a decoder layer, of its MLP's output projection (down_proj on Llama,
+    Mistral, Qwen2, Gemma, Phi-3): the Linear outside attention that maps back to the hidden
+    size."""
+    found = [
+        n
+        for n, m in layer.named_modules()
+        if isinstance(m, torch.nn.Linear)
+        and m.out_features == hidden_size
+        and not any(x in n for x in ("attn", "attention", "lora_", "base_layer"))
+    ]
+    if len(found) != 1:
+        raise UnsupportedModelError(
+            f"RMU trains each layer's MLP output projection; {type(layer).__name__} has "
+            f"{len(found)} Linear layers outside attention mapping to the hidden size: {found}"
+        )
+    return found[0]
+
+
+def prepare_rmu(cfg: UnlearnConfig, spec: Method) -> Run:
+    """RMU (Li et al. 2024, WMDP) on the target: the MLP output projections of the steered layer
+    and the two below it are trained, as WMDP's rmu/unlearn.py (layers 5-7 of zephyr-7b, param 6:
+    mlp.down_proj), fully or with --lora on them. The frozen model is the target's first
+    layer + 1 layers (all the objective reads), or with --lora the model with adapters off."""
+    target = resolve(cfg.model)
+    target_config = AutoConfig.from_pretrained(target)
+    layer = check_rmu_layer(cfg.rmu_layer, target_config.num_hidden_layers)
+    forget, retain, d_f, d_r = _training_sets(cfg, target)
+    set_seed(cfg.seed)
+    model, tokenizer = load_model(target)
+    trained = list(range(max(0, layer - 2), layer + 1))
+    proj = mlp_output(decoder_layers(model)[layer], target_config.hidden_size)
+    extra: dict = {"method": cfg.method, "d_f_rows": len(d_f), "d_r_rows": len(d_r)}
+    extra |= {"rmu_layer": layer, "rmu_trained_layers": trained, "rmu_projection": proj}
+    if cfg.lora:
+        from peft import LoraConfig, get_peft_model
+
+        rank = cfg.lora_rank or default_lora_rank(target_config.hidden_size)
+        config = LoraConfig(
+            r=rank,
+            lora_alpha=cfg.lora_alpha or spec.lora_alpha_per_rank * rank,
+            lora_dropout=cfg.lora_dropout,
+            target_modules=[proj.split(".")[-1]],
+            layers_to_transform=trained,
+            bias="none",
+        )
+        model = get_peft_model(model, config)
+        frozen = Frozen()
+        extra["lora_rank"] = rank
+    else:
+        model.requires_grad_(False)
+        for i in trained:
+            decoder_layers(model)[i].get_submodule(proj).weight.requires_grad_(True)
+        frozen = Frozen(ref=_first_layers(target, layer + 1)[0])
+    what = f"RMU on layer {layer}, {proj} of layers {trained[0]}-{layer}"
+    extra |= _report_trainable(model, f"{what}, {'LoRA' if cfg.lora else 'full'}")
     model.config.use_cache = False
     dataset = _loss_dataset(d_f, d_r, tokenizer, spec, cfg.seed)
     return Run(target, model, tokenizer, dataset, spec, frozen, extra, 0, rows=(forget, retain))
@@ -509,6 +599,38 @@ def _baselines() -> dict[str, Method]:
     return table
 
 
+# open-unlearning's defaults for its later forget terms (configs/trainer/*.yaml): the weight of
+# the forget term (gamma) and the learning rate; UNDIAL's 1e-4 is its paper's (LoRA, Llama-2-7B)
+LATER_DEFAULTS = {
+    "simnpo": {"forget_weight": 0.125},
+    "wga": {},
+    "satimp": {"forget_weight": 0.1},
+    "undial": {"lr": 1e-4},
+    "ceu": {},
+}
+
+
+def _later_methods() -> dict[str, Method]:
+    """SimNPO, WGA, SatImp, UNDIAL and CE-U on the target, each alone, +GD or +KL (full
+    fine-tuning or --lora, as the baselines), and RMU."""
+    table = {}
+    for forget_term in LATER_FORGET_TERMS:
+        for retain_term in RETAIN_TERMS:
+            name = forget_term + (f"+{retain_term}" if retain_term else "")
+            table[name] = Method(
+                name,
+                partial(baseline_objective, forget_term, retain_term),
+                prepare_baseline,
+                forget_term=forget_term,
+                retain_term=retain_term,
+                **LATER_DEFAULTS[forget_term],
+            )
+    table["rmu"] = Method(
+        "rmu", rmu_objective, prepare_rmu, forget_term="rmu", retain_term="activations", lr=5e-5
+    )
+    return table
+
+
 METHODS: dict[str, Method] = {
     "uld": Method(
         "uld",
@@ -529,4 +651,5 @@ METHODS: dict[str, Method] = {
             key=lambda kv: (kv[0].startswith("uoe+"), kv[0].startswith("offset-")),
         )
     ),
+    **_later_methods(),
 }
