@@ -65,11 +65,12 @@ def uld_config(
     )
 
 
-# Seconds each step takes in `make demo` on an idle 2-core Intel Xeon (torch 2.13 CPU, two
-# threads), measured 2026-12-07: what the first line of `uld demo` estimates from. Every step is
+# Seconds each step took in `make demo` from a fresh clone on an idle 2-core Intel Xeon (torch
+# 2.13 CPU, two threads), 2026-12-07, 22 min 21 s in all: what `uld demo`'s first line estimates
+# from. Every step is
 # compute-bound (fine-tuning runs near the cores' fp32 peak), so running independent steps side
 # by side, one core each, measured no faster than one after the other on both cores.
-MEASURED = {"target": 0.0, "retain": 0.0, "unlearn": 0.0, "eval": 0.0}
+MEASURED = {"target": 399.0, "retain": 402.0, "unlearn": 261.0, "eval": 87.0}  # eval: the mean
 STEPS = ("target", "retain", "unlearn", "eval target", "eval retain", "eval uld")
 
 
