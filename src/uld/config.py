@@ -109,13 +109,6 @@ class UnlearnConfig:
     uoe_layer: int = _f(-1, "UOE: the MoE layer to take experts from (-1: the best across layers)")
     uoe_experts: int = _f(1, "UOE: how many top experts to unlearn (the paper: 1)")
     dpo_beta: float = _f(0.1, "DPO inverse temperature beta")
-    paraphrase: bool | None = _f(
-        None, "add paraphrased forget pairs to the forget set (default: on for ULD, off otherwise)"
-    )
-    perturbed: bool | None = _f(
-        None,
-        "add forget questions with perturbed answers to the retain set (default: on for ULD, "
-        "off otherwise)",
     simnpo_beta: float = _f(4.5, "SimNPO inverse temperature beta (open-unlearning 4.5)")
     simnpo_delta: float = _f(
         0.0, "SimNPO margin delta on the mean token NLL (the paper's gamma is beta * delta)"
@@ -140,6 +133,13 @@ class UnlearnConfig:
         "RMU: steering coefficient c, the norm of the random target activation (open-unlearning "
         "2; WMDP's zephyr-7b run 6.5)",
     )
+    paraphrase: bool | None = _f(
+        None, "add paraphrased forget pairs to the forget set (default: on for ULD, off otherwise)"
+    )
+    perturbed: bool | None = _f(
+        None,
+        "add forget questions with perturbed answers to the retain set (default: on for ULD, "
+        "off otherwise)",
     )
     distill: bool = _f(
         False,

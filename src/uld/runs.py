@@ -33,6 +33,7 @@ from uld.methods import (
     Method,
     Run,
     check,
+    forget_weight,
     general_sources,
     learning_rate,
     prepare,
@@ -40,7 +41,6 @@ from uld.methods import (
 )
 from uld.models import load_model, model_cache, save_model, source_fingerprint
 from uld.outdir import check_out, locked, output_dir, write_json
-    forget_weight,
 from uld.report import model_info, write_eval
 from uld.trainer import (
     EpochEval,
@@ -176,6 +176,17 @@ def train_and_save(cfg: UnlearnConfig, run: Run) -> Path:
             anchor=cfg.anchor,
             anchor_layer=extra.get("anchor_layer", -1),
             anchor_expert=extra.get("anchor_expert", -1),
+            forget_weight=forget_weight(cfg),
+            simnpo_beta=cfg.simnpo_beta,
+            simnpo_delta=cfg.simnpo_delta,
+            wga_beta=cfg.wga_beta,
+            satimp_beta1=cfg.satimp_beta1,
+            satimp_beta2=cfg.satimp_beta2,
+            undial_beta=cfg.undial_beta,
+            ceu_ignore_first=cfg.ceu_ignore_first,
+            rmu_layer=extra.get("rmu_layer", -1),
+            rmu_steer=cfg.rmu_steer,
+            rmu_seed=cfg.seed,
         ),
         frozen=frozen,
         epochs=cfg.epochs,
@@ -221,17 +232,6 @@ def train_and_save(cfg: UnlearnConfig, run: Run) -> Path:
         cfg = calibrated(cfg, run, extra, view)
     elif new_alpha:
         cfg = safe_alpha(cfg, run, extra, view)
-            forget_weight=forget_weight(cfg),
-            simnpo_beta=cfg.simnpo_beta,
-            simnpo_delta=cfg.simnpo_delta,
-            wga_beta=cfg.wga_beta,
-            satimp_beta1=cfg.satimp_beta1,
-            satimp_beta2=cfg.satimp_beta2,
-            undial_beta=cfg.undial_beta,
-            ceu_ignore_first=cfg.ceu_ignore_first,
-            rmu_layer=extra.get("rmu_layer", -1),
-            rmu_steer=cfg.rmu_steer,
-            rmu_seed=cfg.seed,
     kept_eval = best / KEPT_EVAL
     files = {}
     if cfg.eval_metric and not new_alpha and kept_eval.exists():  # (a new alpha voids it)
