@@ -1,6 +1,7 @@
 """Analytic tests for uld.metrics: every expected number is worked out by hand in a comment."""
 
 import math
+import zlib
 
 import numpy as np
 import pytest
@@ -14,13 +15,16 @@ from uld.metrics import (
     extraction_strength_from_hits,
     forget_quality,
     forget_truth_score,
+    gradient_norm,
     is_degenerate,
     loss_score,
     mean_logprob,
     mia_auc,
+    min_k_plus_plus,
     min_k_prob,
     model_utility,
     normalised_prob,
+    reference_score,
     relative_answer_prob,
     repetition,
     retain_truth_score,
@@ -29,6 +33,8 @@ from uld.metrics import (
     token_logprobs,
     truth_ratio,
     truth_ratio_gap,
+    vocab_logp_moments,
+    zlib_score,
 )
 
 # 1 x 3 x 2 logits. Position 0: [0, 0] -> p = [1/2, 1/2]. Position 1: [ln 3, 0] -> p = [3/4, 1/4].
@@ -196,6 +202,53 @@ def test_loss_score():
     mask = torch.tensor([[True, True, False], [True, False, True]])
     # row 0: (1 + 3) / 2 = 2 ; row 1: (1 + 2) / 2 = 1.5 (the masked -9 is ignored)
     assert loss_score(logps, mask).tolist() == pytest.approx([2.0, 1.5])
+
+
+def test_zlib_score():
+    # loss over the zlib-compressed length in bytes: 12 bytes of one letter compress far better
+    # than 12 bytes of varied text, so the same loss counts for more on the repetitive text
+    texts = ["aaaaaaaaaaaa", "Paris, 1962."]
+    n = [len(zlib.compress(t.encode("utf-8"))) for t in texts]
+    assert n[0] < n[1]
+    assert zlib_score([2.0, 3.0], texts).tolist() == pytest.approx([2.0 / n[0], 3.0 / n[1]])
+    with pytest.raises(ValueError, match="2 losses but 1 texts"):
+        zlib_score([2.0, 3.0], texts[:1])
+
+
+def test_min_k_plus_plus():
+    # p = [1/2, 1/4, 1/8, 1/8] = 2^-[1, 2, 3, 3]: in units of ln 2, mu = -(0.5*1 + 0.25*2 +
+    # 0.25*3) = -1.75, E[(log p)^2] = 0.5*1 + 0.25*4 + 0.25*9 = 3.75, so sigma^2 = 3.75 - 1.75^2
+    # = 0.6875 (ln 2)^2. A uniform p has sigma 0, floored at sqrt(1e-6) = 1e-3.
+    ln2, s = math.log(2), math.sqrt(0.6875)
+    logp = torch.log(torch.tensor([[0.5, 0.25, 0.125, 0.125], [0.25, 0.25, 0.25, 0.25]]))
+    mu, sigma = vocab_logp_moments(logp)
+    assert mu.tolist() == pytest.approx([-1.75 * ln2, -2 * ln2])
+    assert sigma.tolist() == pytest.approx([s * ln2, 1e-3])
+    # three tokens under the first distribution, of 1, 3 and 2 bits: z = (1.75 - bits) / s
+    # = 0.75 / s, -1.25 / s, -0.25 / s = 0.904534, -1.507557, -0.301511
+    token_logps = torch.tensor([[-1.0, -3.0, -2.0, 0.0]]) * ln2
+    mask = torch.tensor([[True, True, True, False]])
+    mus, sigmas = torch.full((1, 4), -1.75 * ln2), torch.full((1, 4), s * ln2)
+    # k 0.4: max(1, floor(1.2)) = 1 lowest -> -1.507557; k 1: the mean, -0.75 / (3 s) = -0.301511
+    assert min_k_plus_plus(token_logps, mus, sigmas, mask, 0.4).item() == pytest.approx(
+        -1.507557, abs=1e-6
+    )
+    assert min_k_plus_plus(token_logps, mus, sigmas, mask, 1.0).item() == pytest.approx(
+        -0.301511, abs=1e-6
+    )
+    with pytest.raises(ValueError, match="token_logps' shape"):
+        min_k_plus_plus(token_logps, mus[:, :2], sigmas, mask)
+
+
+def test_reference_score_and_gradient_norm():
+    # the model's loss minus the reference's: 2 - 1.5 = 0.5, 1 - 2.5 = -1.5
+    assert reference_score([2.0, 1.0], [1.5, 2.5]).tolist() == pytest.approx([0.5, -1.5])
+    with pytest.raises(ValueError, match="2 losses but 1 reference"):
+        reference_score([2.0, 1.0], [1.5])
+    # one norm over every tensor: sqrt(3^2 + 0^2 + 4^2 + 12^2) = sqrt(169) = 13; None counts 0
+    grads = [torch.tensor([3.0, 0.0]), None, torch.tensor([[4.0], [12.0]])]
+    assert gradient_norm(grads) == pytest.approx(13.0)
+    assert gradient_norm([None]) == 0.0
 
 
 def test_mia_auc():

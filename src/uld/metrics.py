@@ -17,6 +17,7 @@ Shapes: B batch, T sequence length, V vocabulary, N items, k perturbed answers p
 """
 
 import re
+import zlib
 from collections.abc import Sequence
 from functools import cache
 
@@ -295,6 +296,91 @@ def loss_score(token_logps: Tensor, mask: Tensor) -> Tensor:
     """
     mask = _check_logp_mask(token_logps, mask)
     return -(token_logps.double() * mask).sum(-1) / mask.sum(-1)
+
+
+def zlib_score(loss: ArrayLike, texts: Sequence[str]) -> np.ndarray:
+    """zlib membership statistic: mean NLL over the zlib entropy of the text, per item.
+
+    loss [N] (mean NLL per token, `loss_score`), texts: N strings (the scored text) -> [N]
+    float64 = loss / len(zlib.compress(text.encode("utf-8"))) in bytes. Lower means more likely
+    a member (pass -zlib_score(...) to `mia_auc`): a text the model finds easy for its own
+    sake, repetitive or common, compresses well and is discounted. Carlini et al. 2021,
+    "Extracting Training Data from Large Language Models", Sec. 6.1 (the "zlib" metric: ratio of
+    log-perplexity to zlib entropy); open-unlearning `mia/zlib.py` (avg_loss / zlib length).
+    """
+    loss = _as_1d(loss, "loss")
+    if len(texts) != loss.size:
+        raise ValueError(f"{loss.size} losses but {len(texts)} texts")
+    entropy = np.array([len(zlib.compress(t.encode("utf-8"))) for t in texts], dtype=np.float64)
+    return loss / entropy
+
+
+def vocab_logp_moments(logp: Tensor) -> tuple[Tensor, Tensor]:
+    """Mean and standard deviation of log p(z) over the vocabulary under p itself, per position.
+
+    logp [..., V] (normalised log-probabilities of a next-token distribution) -> (mu [...],
+    sigma [...]) float64: mu = sum_z p(z) log p(z), sigma = sqrt(sum_z p(z) log p(z)^2 - mu^2),
+    the variance floored at 1e-6 as open-unlearning does. Min-K%++'s normaliser (Zhang et al.
+    2024, Sec. 3).
+    """
+    logp = logp.double()
+    p = logp.exp()
+    logp = logp.masked_fill(p == 0, 0.0)  # 0 * log 0 = 0 (a -inf log-prob would give NaN)
+    mu = (p * logp).sum(-1)
+    var = (p * logp.square()).sum(-1) - mu.square()
+    return mu, var.clamp(min=1e-6).sqrt()
+
+
+def min_k_plus_plus(
+    token_logps: Tensor, mu: Tensor, sigma: Tensor, mask: Tensor, k: float = 0.4
+) -> Tensor:
+    """Min-K%++ membership score: Min-K% Prob of the standardised token log-probs.
+
+    token_logps, mu, sigma, mask [B, T] (mu, sigma: `vocab_logp_moments` of the next-token
+    distribution at each position) -> [B] float64, the mean of the lowest k fraction of
+    (log p(x_t | x_<t) - mu_t) / sigma_t over the scored tokens; higher means more likely a
+    member. Zhang et al. 2024, "Min-K%++: Improved Baseline for Detecting Pre-Training Data from
+    Large Language Models" (arXiv:2404.02936), Sec. 3; open-unlearning `mia/min_k_plus_plus.py`
+    (k 0.4 in its TOFU config; it returns the negated score).
+    """
+    if mu.shape != token_logps.shape or sigma.shape != token_logps.shape:
+        raise ValueError(
+            f"mu {tuple(mu.shape)} and sigma {tuple(sigma.shape)} must have token_logps' shape "
+            f"{tuple(token_logps.shape)}"
+        )
+    mask = _check_logp_mask(token_logps, mask)
+    z = (token_logps.double() - mu.double()) / sigma.double().masked_fill(~mask, 1.0)
+    return min_k_prob(z.masked_fill(~mask, 0.0), mask, k)
+
+
+def reference_score(loss: ArrayLike, reference_loss: ArrayLike) -> np.ndarray:
+    """Reference-model membership statistic: the model's loss minus a reference model's on the
+    same text, per item.
+
+    loss [N], reference_loss [N] (mean NLL per token of each model) -> [N] float64. Lower means
+    more likely a member (pass -reference_score(...) to `mia_auc`): what the reference (a model
+    that did not train on the rows) finds as hard is discounted. Carlini et al. 2021, Sec. 6.1
+    ("comparing to other neural language models", a ratio of log-perplexities there); the
+    difference of losses as open-unlearning `mia/reference.py` computes it.
+    """
+    a, b = _as_1d(loss, "loss"), _as_1d(reference_loss, "reference_loss")
+    if a.shape != b.shape:
+        raise ValueError(f"{a.size} losses but {b.size} reference losses")
+    return a - b
+
+
+def gradient_norm(grads: Sequence[Tensor | None]) -> float:
+    """The L2 norm of a loss's gradient over every parameter: sqrt(sum_i ||g_i||^2).
+
+    grads: one gradient tensor per parameter (None for a parameter the loss does not reach,
+    counted as 0) -> float >= 0. As a membership statistic (one example's mean NLL), lower
+    means more likely a member: training drives members' gradients toward 0. Wang et al. 2024,
+    "Pandora's White-Box: Precise Training Data Detection and Extraction in Large Language
+    Models" (arXiv:2402.17012), the gradient-norm attack; open-unlearning `mia/gradnorm.py`
+    averages the per-tensor norms instead of taking the norm of the whole gradient.
+    """
+    total = sum(float(g.detach().double().square().sum()) for g in grads if g is not None)
+    return total**0.5
 
 
 def mia_auc(scores_members: ArrayLike, scores_nonmembers: ArrayLike) -> float:
