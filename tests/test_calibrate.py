@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import statistics
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -171,7 +172,7 @@ def test_choice_on_a_grid_written_by_hand(monkeypatch):
     gap = [0.3, 0.4, 0.2, 0.0, 0.25]  # 1.0's is the smallest of the three; 1.5's 0 is no help
     fq = [0.9, 0.3, 0.1, 0.5, 0.5]
 
-    def scores(model, tok, rows, settings):  # setting i -> truth ratios all equal to i
+    def scores(model, tok, rows, settings, keep_mass):  # setting i -> truth ratios all equal i
         return [torch.full((len(rows),), float(i)) for i in range(len(settings))], [
             torch.zeros(len(rows)) for _ in settings
         ]
@@ -184,7 +185,8 @@ def test_choice_on_a_grid_written_by_hand(monkeypatch):
     monkeypatch.setattr(C, "held_out_scores", held_out)
     monkeypatch.setattr("uld.metrics.forget_quality", lambda r, ref: fq[int(r[0])])
     rows = [{"question": "Q?", "answer": "a", "paraphrased_answer": "b", "perturbed_answer": ["c"]}]
-    res = choose_alpha(None, None, rows, rows, alphas, filter=0.05)
+    model = SimpleNamespace(combine="mass")  # only its combination is read
+    res = choose_alpha(model, None, rows, rows, alphas, filter=0.05)
     assert res == {
         "alpha": 1.0,
         "filter": 0.05,
@@ -196,7 +198,7 @@ def test_choice_on_a_grid_written_by_hand(monkeypatch):
     ref = [1.0]
     # near 3: 1.0 and, at distance 0.5, 0.5 and 1.5; by F.Q. 1.5 (0.5), 0.5 (0.3), 1.0 (0.1).
     # alpha 0's F.Q. of 0.9 is out of reach
-    res = choose_alpha(None, None, rows, rows, alphas, 0.05, ref, near=3)
+    res = choose_alpha(model, None, rows, rows, alphas, 0.05, ref, near=3)
     assert [g["forget_quality"] for g in res["grid"]] == fq
     assert (res["alpha_held_out"], res["near_reference"], res["alpha"]) == (
         1.0,
@@ -204,10 +206,10 @@ def test_choice_on_a_grid_written_by_hand(monkeypatch):
         1.5,
     )
     # near 4: 0.0 and 2.0 tie at distance 1, the smaller alpha comes in, and its 0.9 wins
-    res = choose_alpha(None, None, rows, rows, alphas, 0.05, ref, near=4)
+    res = choose_alpha(model, None, rows, rows, alphas, 0.05, ref, near=4)
     assert (res["near_reference"], res["alpha"]) == ([0.0, 1.5, 0.5, 1.0], 0.0)
     # near 5: 1.5 and 2.0 tie at F.Q. 0.5: the nearer to 1.0 first
-    res = choose_alpha(None, None, rows, rows, alphas, 0.05, ref, near=5)
+    res = choose_alpha(model, None, rows, rows, alphas, 0.05, ref, near=5)
     assert res["near_reference"] == [0.0, 1.5, 2.0, 0.5, 1.0]
 
 

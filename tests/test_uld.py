@@ -16,7 +16,7 @@ from uld.config import UnlearnConfig
 from uld.data.augment import drop_forget_overlap, forget_set, retain_set
 from uld.data.format import Collator, PairedDataset, QADataset
 from uld.data.load import DataError, load_split
-from uld.logit_diff import ADAPTER, ULDModel, decode, logit_difference
+from uld.logit_diff import ADAPTER, ULDModel, decode, load_any, logit_difference
 from uld.losses import Frozen, Hyper, nll, soft_nll, uld_objective, uniform_kl
 from uld.methods import build_assistant
 from uld.models import load_model
@@ -88,6 +88,26 @@ def test_logit_difference_keeps_at_least_filter_times_vocab_tokens():
     assert p[0] < p_t[0] and p[1] > p_t[1]
     # below the floor's size (int(0.05 * 10) = 0 -> 1 token) S is {0} and nothing moves
     torch.testing.assert_close(torch.softmax(logit_difference(l_t, l_a, 1.0, 0.05), -1)[0], p_t)
+
+
+def test_authors_combination_is_their_formula_by_hand():
+    # UCSB-NLP-Chang/ULD contrastllm.py: logits = l_t + w * l_a, l_a zeroed outside S, w < 0;
+    # gen_util.py greedy_search also sets the tokens outside S to -1e3. Here S = {0, 1} (token 2
+    # is below 0.1 * p_max), alpha 0.8 is their w = -0.8.
+    l_t = torch.tensor([[2.0, 2.0 + math.log(0.5), 2.0 + math.log(0.001)]])
+    l_a = torch.tensor([[1.0, 3.0, 5.0]])
+    out = logit_difference(l_t, l_a, alpha=0.8, filter=0.1, combine="authors")
+    # 2 - 0.8 * 1 = 1.2; 2 + ln 0.5 - 0.8 * 3 = -1.0931472; token 2 keeps 2 + ln 0.001
+    torch.testing.assert_close(out, torch.tensor([[1.2, -1.0931472, -4.9077553]]))
+    decoding = logit_difference(l_t, l_a, 0.8, 0.1, combine="authors", decoding=True)
+    torch.testing.assert_close(decoding, torch.tensor([[1.2, -1.0931472, -1000.0]]))
+    # raw logits: the assistant's offset moves S as a block (uld's "mass" does not)
+    shifted = logit_difference(l_t, l_a + 1.0, 0.8, 0.1, combine="authors")
+    torch.testing.assert_close(shifted[0, :2], out[0, :2] - 0.8)
+    assert shifted[0, 2] == out[0, 2]
+    assert torch.equal(logit_difference(l_t, l_a, 0.0, 0.1, combine="authors"), l_t)
+    with pytest.raises(ValueError, match="choose mass"):
+        logit_difference(l_t, l_a, 0.8, 0.1, combine="raw")
 
 
 def test_augmented_sets_are_built_as_the_paper_says():
@@ -291,6 +311,31 @@ def test_one_pass_forward_equals_naive_two_model_forward(tiny_model, trained_ass
     assert not torch.allclose(out.logits, l_t)  # the assistant really changes something
 
 
+def test_authors_combination_is_saved_loaded_and_used_to_decode(
+    tiny_model, trained_assistant, tmp_path
+):
+    target, tok = load_model(tiny_model)
+    model = ULDModel(target, trained_assistant[0], alpha=0.8, filter=0.05, combine="authors")
+    out = model.save_pretrained(tmp_path / "uld", target_path=tiny_model)
+    assert json.loads((out / "uld_config.json").read_text())["combine"] == "authors"
+    loaded, _ = load_any(str(out))
+    assert loaded.combine == "authors"
+    assert load_any(str(out), combine="mass")[0].combine == "mass"
+    b = _batch(tok, ["Where was Ilse born?"])
+    with torch.no_grad():
+        res = loaded(**b, return_both=True)
+        l_t, l_a = res.parts
+        torch.testing.assert_close(res.logits, logit_difference(l_t, l_a, 0.8, 0.05, "authors"))
+        # the first generated token: the argmax of the authors' decoding logits (S only)
+        first = logit_difference(l_t[:, -1], l_a[:, -1], 0.8, 0.05, "authors", decoding=True)
+    seqs = decode(loaded, b["input_ids"], b["attention_mask"], max_new_tokens=1, eos_token_id=-1)
+    assert seqs[0, -1].item() == first.argmax(-1).item()
+    with pytest.raises(ValueError, match="for ULD model folders"):
+        load_any(tiny_model, combine="authors")
+    with pytest.raises(ValueError, match="Offset"):
+        ULDModel(load_model(tiny_model)[0], trained_assistant[0], mode="offset", combine="authors")
+
+
 def test_alpha_zero_is_the_target_bit_for_bit(tiny_model, trained_assistant):
     target, tok = load_model(tiny_model)
     reference = copy.deepcopy(target)
@@ -430,6 +475,8 @@ def test_save_and_from_pretrained_round_trip(
         ({"eval_metric": "forget_rouge", "eval_splits": "truth"}, "needs generated answers"),
         ({"min_utility": 0.9}, "needs --eval-metric"),
         ({"min_utility": -1.0}, "--min-utility=-1.0"),
+        ({"combine": "raw"}, "--combine='raw'"),
+        ({"method": "npo+kl", "combine": "authors"}, "how ULD combines its logits"),
     ],
 )
 def test_bad_hyperparameters_are_refused(tiny_model, tmp_path, change, message):

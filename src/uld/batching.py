@@ -97,7 +97,11 @@ class Batcher:
         self.batchable: bool | None = None  # known after the first prefill
         self.peak = 0  # the most requests decoded together so far
         if self.uld:
-            self._last = lambda ids: {"keep": _last_column(ids), "return_both": True}
+            self._last = lambda ids: {
+                "keep": _last_column(ids),
+                "return_both": True,
+                "decoding": True,
+            }
         elif "logits_to_keep" in inspect.signature(net.forward).parameters:
             self._last = lambda ids: {"logits_to_keep": 1}
         else:
@@ -234,7 +238,9 @@ class Batcher:
             if not own[i]:
                 alpha = model.alpha if job.alpha is None else job.alpha
                 filter = model.filter if job.filter is None else job.filter
-                logits[i] = logit_difference(l_t[i], l_a[i], alpha, filter)
+                logits[i] = logit_difference(
+                    l_t[i], l_a[i], alpha, filter, model.combine, decoding=True
+                )
         return logits
 
     def _advance(self, job: Job, logits: torch.Tensor) -> bool:

@@ -46,6 +46,7 @@ def combined_at_tokens(
     gold: torch.Tensor,
     settings: Sequence[tuple[float, float]],
     keep_mass: bool = True,
+    argmax_in_s: bool = False,
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """log p_f(gold) [T] and argmax l_f [T] of ULD's combined logits at T positions, for every
     (alpha, filter) of `settings`, without forming l_f [T, V] once per setting.
@@ -54,7 +55,9 @@ def combined_at_tokens(
     `logit_difference` changes only the plausible set S, the target's |S| most likely tokens,
     and rescales it to keep the target's mass there, so log p_f(v) = l_f(v) - logsumexp(l_t)
     for every v: a setting costs O(T * |S|), not O(T * V). keep_mass=False scores the ULD
-    authors' unnormalised l_t - alpha * l_a on S instead (benchmarks/uld_settings.py).
+    authors' unnormalised l_t - alpha * l_a on S instead (benchmarks/uld_settings.py);
+    argmax_in_s=True takes the argmax among S only, as the authors' generation does (it sets the
+    tokens outside S to -1e3; `logit_difference` with decoding=True).
     """
     l_t, l_a = l_t.float(), l_a.float()
     V = l_t.shape[-1]
@@ -85,7 +88,7 @@ def combined_at_tokens(
         l_f_gold = torch.where(hit.any(-1), (f_s * hit).sum(-1), l_gold)
         s_max, s_arg = f_s.masked_fill(~in_s, -math.inf).max(-1)
         argmax = torch.where(
-            s_max >= best_out, top_i.gather(-1, s_arg[:, None]).squeeze(-1), arg_out
+            (s_max >= best_out) | argmax_in_s, top_i.gather(-1, s_arg[:, None]).squeeze(-1), arg_out
         )
         out.append((l_f_gold - lse_f, argmax))
     return out
@@ -105,9 +108,11 @@ def grid_scores(
     settings: Sequence[tuple[float, float]],
     batch_size: int = 16,
     keep_mass: bool = True,
+    argmax_in_s: bool = False,
 ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """Teacher-forced scores of each (question, answer) under every (alpha, filter) of
-    `settings`, from one pass of the target and the assistant (`combined_at_tokens`).
+    `settings`, from one pass of the target and the assistant (`combined_at_tokens`; keep_mass
+    and argmax_in_s as there).
 
     Returns, per setting: (sum of the answer's log-probs [N], answer tokens [N], answer tokens
     where the combined model's most likely token is the target's [N])."""
@@ -126,7 +131,8 @@ def grid_scores(
         ).parts
         gold, greedy_t = targets[keep], l_t.argmax(-1)
         row = torch.arange(keep.shape[0], device=keep.device)[:, None].expand_as(keep)[keep].cpu()
-        for i, (logp, argmax) in enumerate(combined_at_tokens(l_t, l_a, gold, settings, keep_mass)):
+        combined = combined_at_tokens(l_t, l_a, gold, settings, keep_mass, argmax_in_s)
+        for i, (logp, argmax) in enumerate(combined):
             same = (argmax == greedy_t).float()
             out[i].append((_per_row(logp, row, len(items)), _per_row(same, row, len(items))))
         n_tokens.append(keep.sum(-1).double().cpu())
@@ -208,7 +214,8 @@ def choose_alpha(
     reference: Sequence[float] | None = None,
     near: int = 0,
 ) -> dict:
-    """The alpha under which the forget rows' truth ratios look most like the held-out rows'.
+    """The alpha under which the forget rows' truth ratios look most like the held-out rows',
+    under the model's own combination (`model.combine`).
 
     forget, holdout: rows with question, answer, paraphrased_answer and perturbed_answer.
     Returns {"alpha": chosen, "filter", "grid": [{alpha, holdout_ks, median_log_gap,
@@ -227,8 +234,9 @@ def choose_alpha(
         raise ValueError(f"alphas {list(alphas)} must be a non-empty list of numbers >= 0")
     filter = model.filter if filter is None else filter
     settings = [(a, filter) for a in alphas]
-    truth_f, loss_f = truth_and_loss(model, tokenizer, forget, settings)
-    truth_h, loss_h = truth_and_loss(model, tokenizer, holdout, settings)
+    keep_mass = model.combine == "mass"  # the model's own combination (`logit_difference`)
+    truth_f, loss_f = truth_and_loss(model, tokenizer, forget, settings, keep_mass)
+    truth_h, loss_h = truth_and_loss(model, tokenizer, holdout, settings, keep_mass)
     grid = [
         {"alpha": a} | held_out_scores(*scores)
         for a, *scores in zip(alphas, truth_f, truth_h, loss_f, loss_h, strict=True)
@@ -323,7 +331,10 @@ def choose_alpha_safely(
 
     def scored(rows: list[dict]):
         questions, answers = [r["question"] for r in rows], [r["answer"] for r in rows]
-        return grid_scores(model, tokenizer, questions, answers, settings, batch_size)
+        mass = model.combine == "mass"  # as the model generates (`logit_difference`)
+        return grid_scores(
+            model, tokenizer, questions, answers, settings, batch_size, mass, not mass
+        )
 
     scores, forget_scores = scored(keep), scored(forget)
     grid = []

@@ -94,6 +94,13 @@ class UnlearnConfig:
         "ULD: relative-top filter; subtract only where p >= filter * p_max or on the "
         "filter * vocab most likely tokens",
     )
+    combine: str = _f(
+        "mass",
+        "ULD: how the target's and the assistant's logits combine on the plausible set S, saved "
+        "in uld_config.json: mass (l_t - alpha * l_a rescaled to keep the target's mass on S) or "
+        "authors (the ULD authors' raw l_t - alpha * l_a on S, to reproduce the paper; "
+        "docs/method.md)",
+    )
     retain_weight: float = _f(
         1.0,
         "baselines: weight of the GD / KL retain term; RMU: alpha, the weight of keeping the "
@@ -297,6 +304,8 @@ class UnlearnConfig:
             raise ValueError(f"--anchor={self.anchor} must be a finite number >= 0")
         if not (math.isfinite(self.filter) and 0 < self.filter <= 1):
             raise ValueError(f"--filter={self.filter} must be in (0, 1] (the paper uses 1e-2)")
+        if self.combine not in COMBINES:
+            raise ValueError(f"--combine={self.combine!r}: choose {' or '.join(COMBINES)}")
         if not 0 <= self.lora_dropout < 1:
             raise ValueError(f"--lora-dropout={self.lora_dropout} must be in [0, 1)")
         if not 0 <= self.ema < 1:
@@ -358,6 +367,8 @@ def _steps(max_steps: int) -> None:
 
 
 MAX_ALPHA = 10.0
+# how ULD combines the target's and the assistant's logits (uld.logit_diff.logit_difference)
+COMBINES = ("mass", "authors")
 
 
 def check_alpha(alpha: float, flag: str = "--alpha") -> None:

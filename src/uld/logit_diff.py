@@ -20,6 +20,13 @@ of a memorised answer has S = {that token} at every fact token, the subtraction 
 ULD leaves the forget set's truth ratios where they were (measured: docs/method.md, "The plausible
 set's floor"). Outside S the assistant term is zero, as in the ULD code's "lowprob-0" variant.
 
+combine="authors" is the ULD authors' own arithmetic (UCSB-NLP-Chang/ULD, commit 858608c,
+`uld/model/contrastllm.py` `forward` and `gen_util.py` `greedy_search`): the raw logits
+l_t + w * l_a with w = -alpha and the assistant's logits zeroed outside S, so
+l_f = l_t - alpha * l_a on S and l_t elsewhere, with no c; when decoding, tokens outside S get
+-1e3, as their generation sets them (`decoding=True`). It reproduces the paper's runs; "mass"
+(above) is the default.
+
 One pass serves both models. The assistant's LoRA adapters are injected into the target's first K
 layers, so the batch is doubled: rows [0, B) are the target's, rows [B, 2B) the assistant's and
 only they get the LoRA delta. After layer K-1 the assistant's hidden states are set aside and the
@@ -58,6 +65,7 @@ from uld.assistant import (
     final_norm,
     weights_fingerprint,
 )
+from uld.config import COMBINES
 from uld.models import load_model
 from uld.outdir import check_out, output_dir
 
@@ -76,6 +84,17 @@ def check_alpha(alpha: float) -> None:
         )
 
 
+AUTHORS_OUTSIDE = -1e3  # the authors' logit for tokens outside S when generating (gen_util.py)
+
+
+def check_combine(combine: str) -> None:
+    if combine not in COMBINES:
+        raise ValueError(
+            f"combine={combine!r}: choose mass (uld's: the target's mass on S kept) or authors "
+            "(the ULD authors' raw l_t - alpha * l_a on S)"
+        )
+
+
 def check_filter(filter: float) -> None:
     if not (math.isfinite(filter) and 0 < filter <= 1):
         raise ValueError(f"filter={filter} must be in (0, 1] (the paper uses 1e-2)")
@@ -90,15 +109,27 @@ def plausible_set(logp_t: torch.Tensor, filter: float) -> torch.Tensor:
 
 
 def logit_difference(
-    l_t: torch.Tensor, l_a: torch.Tensor, alpha: float, filter: float
+    l_t: torch.Tensor,
+    l_a: torch.Tensor,
+    alpha: float,
+    filter: float,
+    combine: str = "mass",
+    decoding: bool = False,
 ) -> torch.Tensor:
-    """ULD's combined logits. l_t, l_a [..., V] -> [..., V] (float32)."""
+    """ULD's combined logits. l_t, l_a [..., V] -> [..., V] (float32).
+
+    combine "mass": l_t - alpha * l_a + c on S, l_t elsewhere (the target's mass on S kept);
+    "authors": the ULD authors' l_t + w * l_a with w = -alpha and l_a zeroed outside S, and with
+    `decoding` every token outside S at -1e3 (their generation). alpha 0: l_t in both."""
     l_t = l_t.float()
     if alpha == 0:
         return l_t
     logp_t = torch.log_softmax(l_t, dim=-1)
     plausible = plausible_set(logp_t, filter)
     diff = l_t - alpha * l_a.float()
+    if combine == "authors":
+        return torch.where(plausible, diff, AUTHORS_OUTSIDE if decoding else l_t)
+    check_combine(combine)
     outside = torch.finfo(l_t.dtype).min
     c = torch.logsumexp(l_t.masked_fill(~plausible, outside), -1, keepdim=True) - torch.logsumexp(
         diff.masked_fill(~plausible, outside), -1, keepdim=True
@@ -132,6 +163,7 @@ class ULDModel(nn.Module):
     mode "offset": the same pass serves an Offset model (`offset_logits`): the assistant is the
     trained offset model and the target's own rows after layer K-1 are the offset model before
     training (the first K layers without LoRA), so l_o0 costs one more row block of the head.
+    `combine`: how ULD's logits combine (`logit_difference`: "mass", uld's, or "authors").
     """
 
     def __init__(
@@ -141,13 +173,18 @@ class ULDModel(nn.Module):
         alpha: float = 0.75,
         filter: float = 1e-2,
         mode: str = "uld",
+        combine: str = "mass",
     ):
         super().__init__()
         check_alpha(alpha)
         check_filter(filter)
+        check_combine(combine)
         if mode not in ("uld", "offset"):
             raise ValueError(f"mode={mode!r}: choose uld or offset")
+        if mode == "offset" and combine != "mass":
+            raise ValueError(f"combine={combine!r} is for ULD models; Offset adds l_o - l_o0")
         self.target, self.alpha, self.filter, self.mode = target, alpha, filter, mode
+        self.combine = combine
         config, state = _adapter_parts(assistant)
         self.k = max(config.layers_to_transform) + 1
         n = target.config.num_hidden_layers
@@ -239,11 +276,14 @@ class ULDModel(nn.Module):
         return_both: bool = False,
         keep: torch.Tensor | None = None,
         past_key_values=None,
+        decoding: bool = False,
     ):
         """Combined logits [B, T, V] (float32); with `return_both`, also (l_t, l_a).
 
         `keep` [B, T] (bool): apply the LM head only there and return logits [N, V] for the N kept
         positions (evaluation needs answer positions only; the head is most of the cost).
+        `decoding`: the logits choose the next token (`logit_difference`; only the authors'
+        combination treats that differently).
         `cache` (or its older name `past_key_values`): the KV cache. Returns an object with
         `.logits` and `.cache` (also as `.past_key_values`) like an HF output.
         """
@@ -285,7 +325,7 @@ class ULDModel(nn.Module):
         if self.mode == "offset":
             combined = offset_logits(l_t, l_a, logits[2 * n :], self.alpha)
         else:
-            combined = logit_difference(l_t, l_a, self.alpha, self.filter)
+            combined = logit_difference(l_t, l_a, self.alpha, self.filter, self.combine, decoding)
         result = _Output(combined, getattr(out, CACHE_ARG))
         if return_both:
             result.parts = (l_t, l_a)
@@ -316,7 +356,7 @@ class ULDModel(nn.Module):
         with output_dir(out, "uld (ULDModel.save_pretrained)", overwrite) as tmp:
             self.target.peft_config[ADAPTER].save_pretrained(tmp)
             save_file(state, str(tmp / "adapter_model.safetensors"))
-            card = {"mode": self.mode, **(card or {})}
+            card = {"mode": self.mode, "combine": self.combine, **(card or {})}
             write_uld_config(tmp, self.target, target_path, self.k, self.alpha, self.filter, card)
         return Path(out)
 
@@ -328,8 +368,10 @@ class ULDModel(nn.Module):
         filter: float | None = None,
         target: str | None = None,
         device: str | None = None,
+        combine: str | None = None,
     ) -> tuple[ULDModel, object]:
         """Load target + adapter from a saved ULD folder. Returns (model, tokenizer).
+        `alpha`, `filter`, `combine` override the folder's (combine "mass" where it names none).
 
         The folder's uld_config.json names the target that is loaded (`target` overrides it):
         trust a ULD folder as you would any model folder. The target is printed before it is
@@ -352,6 +394,7 @@ class ULDModel(nn.Module):
             alpha=cfg["alpha"] if alpha is None else alpha,
             filter=cfg["filter"] if filter is None else filter,
             mode=cfg.get("mode", "uld"),
+            combine=cfg.get("combine", "mass") if combine is None else combine,
         )
         return model.eval(), tokenizer
 
@@ -491,7 +534,7 @@ def decode(
     # Only the last position's logits are needed: on the prompt (prefill) that saves the LM head
     # on every other position, which on a small model is a large part of the pass.
     if isinstance(model, ULDModel):
-        last = lambda ids: {"keep": _last_column(ids)}  # noqa: E731
+        last = lambda ids: {"keep": _last_column(ids), "decoding": True}  # noqa: E731
     elif "logits_to_keep" in inspect.signature(base_lm(model).forward).parameters:
         last = lambda ids: {"logits_to_keep": 1}  # noqa: E731
     else:
@@ -528,13 +571,18 @@ def load_any(
     alpha: float | None = None,
     filter: float | None = None,
     target: str | None = None,
+    combine: str | None = None,
 ):
     """(model, tokenizer) for any model folder: a ULD or Offset folder -> a ULDModel (on
-    `target` if given, else the target its uld_config.json names); anything else (a plain
-    model folder, a hub id, None for the embedded default) -> the plain model, in eval mode."""
+    `target` if given, else the target its uld_config.json names; `combine` overrides its
+    combination); anything else (a plain model folder, a hub id, None for the embedded default)
+    -> the plain model, in eval mode."""
     if path and is_uld_folder(path):
-        return ULDModel.from_pretrained(path, alpha=alpha, filter=filter, target=target)
-    if target:
-        raise ValueError(f"--target is for ULD model folders; {path or 'default'} is not one")
+        return ULDModel.from_pretrained(
+            path, alpha=alpha, filter=filter, target=target, combine=combine
+        )
+    for flag, value in (("--target", target), ("--combine", combine)):
+        if value:
+            raise ValueError(f"{flag} is for ULD model folders; {path or 'default'} is not one")
     model, tok = load_model(path)
     return model.eval(), tok

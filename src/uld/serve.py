@@ -208,6 +208,8 @@ def create_app(
         card = {"id": name, "object": "model", "created": created, "owned_by": "uld"}
         if mode is not None:
             card["uld"] = {"mode": mode, "alpha": model.alpha, "filter": model.filter}
+            if mode == "uld":
+                card["uld"]["combine"] = model.combine
         return {"object": "list", "data": [card]}
 
     app.include_router(v1)
@@ -230,15 +232,16 @@ def serve(
     alpha: float | None = None,
     filter: float | None = None,
     target: str | None = None,
+    combine: str | None = None,
 ) -> None:
-    """Load any model folder (`uld.runs.load_any`; `alpha`, `filter`, `target` as there) and
-    serve it with uvicorn until SIGINT or SIGTERM; shutdown is graceful: the requests in
-    flight finish first. `name`: the model name clients ask for (default `model_path`)."""
+    """Load any model folder (`uld.runs.load_any`; `alpha`, `filter`, `target`, `combine` as
+    there) and serve it with uvicorn until SIGINT or SIGTERM; shutdown is graceful: the requests
+    in flight finish first. `name`: the model name clients ask for (default `model_path`)."""
     import uvicorn
 
     if max_tokens_cap < 1 or max_batch < 1:
         raise ValueError(f"max_tokens_cap={max_tokens_cap} and max_batch={max_batch}: both >= 1")
-    model, tokenizer = load_any(model_path, alpha, filter, target)
+    model, tokenizer = load_any(model_path, alpha, filter, target, combine)
     name = name or model_path or "default"
     app = create_app(model, tokenizer, name, api_key, max_tokens_cap, max_batch)
     if host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
