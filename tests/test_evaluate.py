@@ -11,8 +11,13 @@ import pytest
 import torch
 
 from uld import metrics
+from uld.cli import main
 from uld.config import UTILITY_ROLES, EvalSplits
+from uld.data.format import encode_qa, pad
+from uld.data.load import load_split
 from uld.evaluate import evaluate, load_reference, load_roles, score_answers, summarise
+from uld.logit_diff import ULDModel
+from uld.mia import gradient_norms
 from uld.models import load_model
 from uld.report import markdown_table, report, write_eval
 
@@ -78,9 +83,66 @@ def test_protocol_aggregates_follow_the_tofu_definitions(model, roles):
     assert s["mia_loss_auc"] == pytest.approx(loss_auc, abs=1e-12)
     min_k_auc = auc([it["min_k"] for it in f_items], [it["min_k"] for it in h_items])
     assert s["mia_min_k_auc"] == pytest.approx(min_k_auc, abs=1e-12)
+    zlib_auc = auc([-it["zlib"] for it in f_items], [-it["zlib"] for it in h_items])
+    assert s["mia_zlib_auc"] == pytest.approx(zlib_auc, abs=1e-12)
+    pp_auc = auc([it["min_k_pp"] for it in f_items], [it["min_k_pp"] for it in h_items])
+    assert s["mia_min_k_pp_auc"] == pytest.approx(pp_auc, abs=1e-12)
+    # the attacks with passes of their own run only when asked (uld eval asks for all)
+    assert s["mia_ref_auc"] is None and s["mia_gradnorm_auc"] is None
     assert s["forget_quality"] is None and s["forget_tr_gap"] is None  # no reference
     # real authors / world facts: probability relative to the perturbed options, in (0, 1)
     assert 0 < sp["real_authors"]["prob"] < 1
+
+
+def test_gradient_norms_match_a_plain_backward_and_leave_the_model_as_it_was(
+    model, tiny_model, trained_assistant
+):
+    m, tok = model
+    qs, ans = ["Who is she?", "Where?"], ["A writer of many books.", "Paris."]
+    norms = gradient_norms(m, tok, qs, ans)
+    for i, (q, a) in enumerate(zip(qs, ans, strict=True)):
+        batch = pad([encode_qa(tok, q, a)], tok.pad_token_id)
+        m.zero_grad()
+        logits = m(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        logp, n = metrics.answer_logprobs(logits, batch["labels"])
+        (-logp / n).sum().backward()
+        by_backward = sum(p.grad.double().square().sum() for p in m.parameters()) ** 0.5
+        assert norms[i].item() == pytest.approx(by_backward.item(), rel=1e-4)
+    m.zero_grad(set_to_none=True)
+    # a ULD model: w.r.t. its LoRA weights only; the frozen target stays frozen, no .grad left
+    target, _ = load_model(tiny_model)
+    uld = ULDModel(target, trained_assistant[0], alpha=0.75).eval()
+    assert (gradient_norms(uld, tok, qs, ans) > 0).all()
+    assert all(not p.requires_grad and p.grad is None for p in uld.parameters())
+    uld.alpha = 0.0  # the target alone: the LoRA weights do not reach the loss
+    assert gradient_norms(uld, tok, qs, ans).tolist() == [0.0, 0.0]
+
+
+def test_uld_eval_writes_every_membership_auc(tiny_model, other_tiny_model, tmp_path, capsys):
+    for role, name in {"forget": "forget01", "holdout": "holdout10"}.items():
+        (tmp_path / f"{role}.json").write_text(json.dumps(load_split(name)[:3]))  # quick
+    args = ["eval", "--model", tiny_model, "--forget", str(tmp_path / "forget.json")]
+    args += ["--holdout", str(tmp_path / "holdout.json"), "--retain", "", "--real-authors", ""]
+    args += ["--world-facts", "", "--fluency-model", "none"]
+    # a model folder that names no base: the reference attack is left out, and said so
+    assert main([*args, "--out", str(tmp_path / "a")]) == 0
+    assert "reference-model attack is left out" in capsys.readouterr().out
+    s = json.loads((tmp_path / "a" / "eval.json").read_text())["summary"]
+    for key in ("mia_loss_auc", "mia_min_k_auc", "mia_zlib_auc", "mia_min_k_pp_auc"):
+        assert 0 <= s[key] <= 1, key
+    assert s["mia_ref_auc"] is None and 0 <= s["mia_gradnorm_auc"] <= 1
+    # with a reference model every AUC is written, in eval.json and in eval.md's table
+    ref = ["--mia-reference", other_tiny_model]
+    assert main([*args, *ref, "--out", str(tmp_path / "b")]) == 0
+    res = json.loads((tmp_path / "b" / "eval.json").read_text())
+    assert 0 <= res["summary"]["mia_ref_auc"] <= 1
+    item = res["splits"]["holdout"]["items"][0]
+    assert item["ref"] == pytest.approx(item["loss"] - item["ref_loss"])
+    assert "MIA AUC, grad norm" in (tmp_path / "b" / "eval.md").read_text()
+    # asked for by name without a reference: an error before anything is evaluated
+    assert main([*args, "--mia", "ref", "--out", str(tmp_path / "c")]) == 2
+    assert "needs a reference" in capsys.readouterr().err
+    assert not (tmp_path / "c").exists()
 
 
 def test_summary_figures_from_per_split_figures_written_by_hand():

@@ -29,7 +29,7 @@ from uld import config as cfgmod
 from uld.assistant import UnsupportedModelError
 from uld.calibrate import ALPHAS, check_held_out, choose_alpha, format_grid, format_safe_grid
 from uld.compare import compare, status
-from uld.config import MAX_ALPHA, EvalSplits
+from uld.config import COMBINES, MAX_ALPHA, EvalSplits
 from uld.data.augment import write_augmentation
 from uld.data.load import DataError, load_split, write_split
 from uld.data.synthetic import builtin_splits
@@ -163,7 +163,7 @@ def cmd_unlearn(args) -> None:
 
 
 def cmd_generate(args) -> None:
-    model, tok = load_any(args.model, args.alpha, args.filter, args.target)
+    model, tok = load_any(args.model, args.alpha, args.filter, args.target, args.combine)
     answers = generate_answers(
         model,
         tok,
@@ -177,7 +177,7 @@ def cmd_generate(args) -> None:
 
 
 def cmd_chat(args) -> None:
-    model, tok = load_any(args.model, args.alpha, args.filter, args.target)
+    model, tok = load_any(args.model, args.alpha, args.filter, args.target, args.combine)
     print("uld chat: one question per line; an empty line or Ctrl-D ends.")
     for line in sys.stdin if not sys.stdin.isatty() else iter(lambda: input("> "), ""):
         q = line.strip()
@@ -222,7 +222,10 @@ def cmd_eval(args) -> None:
         alpha=args.alpha,
         filter=args.filter,
         target=args.target,
+        combine=args.combine,
         info=info,
+        mia=args.mia,
+        mia_reference=args.mia_reference,
         batch_size=args.batch_size,
         sampling=sampling,
     )
@@ -246,7 +249,9 @@ def cmd_calibrate(args) -> None:
         raise ValueError(f"{args.model} is an Offset model: it has no alpha to calibrate")
     if args.retain:  # the safe rule: no held-out rows of the same kind needed
         forget, retain = load_split(args.forget, args.data), load_split(args.retain, args.data)
-        model, tok = load_any(args.model, filter=args.filter, target=args.target)
+        model, tok = load_any(
+            args.model, filter=args.filter, target=args.target, combine=args.combine
+        )
         res = choose_alpha_on_rows(model, tok, forget, retain)
         print(format_safe_grid(res))
         print(f"alpha {res['alpha']:g} (the model's was {model.alpha:g})")
@@ -254,7 +259,7 @@ def cmd_calibrate(args) -> None:
             path = Path(args.model, ULD_CONFIG)
             card = json.loads(path.read_text())
             card["alpha_choice"] = res | {"alpha_before": card["alpha"], "retain": args.retain}
-            card["alpha"] = res["alpha"]
+            card["alpha"], card["combine"] = res["alpha"], model.combine
             write_json(card, path)
             print(f"wrote alpha {res['alpha']:g} into {path}")
         return
@@ -265,7 +270,7 @@ def cmd_calibrate(args) -> None:
     reference = None
     if args.reference:
         reference = load_reference(args.reference, forget)["truth_ratios"]
-    model, tok = load_any(args.model, filter=args.filter, target=args.target)
+    model, tok = load_any(args.model, filter=args.filter, target=args.target, combine=args.combine)
     res = choose_alpha(
         model, tok, forget, holdout, args.alphas or ALPHAS, args.filter, reference, args.near
     )
@@ -276,6 +281,7 @@ def cmd_calibrate(args) -> None:
         card = json.loads(path.read_text())
         card["calibration"] = {"split": args.holdout, "alpha_before": card["alpha"]} | res
         card["alpha"], card["filter"] = res["alpha"], res["filter"]
+        card["combine"] = model.combine
         write_json(card, path)
         print(f"wrote alpha {res['alpha']:g} into {path}")
 
@@ -356,6 +362,7 @@ def cmd_serve(args) -> None:
         args.alpha,
         args.filter,
         args.target,
+        args.combine,
     )
 
 
@@ -409,6 +416,7 @@ def _model_flags(p: argparse.ArgumentParser, max_new_tokens: int | None = 64) ->
     p.add_argument(
         "--filter", type=_number(float, None, 1, above=0), default=None, help="ULD: override filter"
     )
+    p.add_argument("--combine", choices=COMBINES, default=None, help=COMBINE_HELP)
     p.add_argument(
         "--max-new-tokens",
         type=_number(int, 1),
@@ -420,6 +428,13 @@ def _model_flags(p: argparse.ArgumentParser, max_new_tokens: int | None = 64) ->
         "--temperature", type=_number(float, 0), default=0.0, help="> 0 samples (default greedy)"
     )
     p.add_argument("--top-p", type=_number(float, None, 1, above=0), default=1.0)
+
+
+COMBINE_HELP = (
+    "ULD: how the target's and the assistant's logits combine on the plausible set: mass (uld's: "
+    "l_t - alpha * l_a rescaled to keep the target's mass there) or authors (the ULD authors' "
+    "raw l_t - alpha * l_a); default: the model's own (uld_config.json), else mass"
+)
 
 
 OVERWRITE_HELP = (
@@ -504,6 +519,22 @@ def parser() -> argparse.ArgumentParser:
         "only; default: the base the model was made from (a ULD model's target, an unlearned "
         "model's target, a fine-tuned model's base)",
     )
+    ev.add_argument(
+        "--mia",
+        default="all",
+        help="membership attacks on forget vs holdout rows, beside LOSS, Min-K%%, zlib and "
+        "Min-K%%++ (which come with every evaluation): all (default), none, or a list of ref "
+        "(the model's loss minus a reference model's) and gradnorm (the loss gradient's norm: a "
+        "backward per row). all leaves ref out, with a message, where there is no reference; "
+        "naming ref makes that an error",
+    )
+    ev.add_argument(
+        "--mia-reference",
+        default="",
+        help="the reference model of the ref attack: a folder or hub id (default: the base the "
+        "model was made from: a ULD model's target, an unlearned model's target, a fine-tuned "
+        "model's base)",
+    )
     ev.add_argument("--out", default=None, help="folder for eval.json and eval.md")
     ev.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     ev.set_defaults(func=cmd_eval)
@@ -527,6 +558,7 @@ def parser() -> argparse.ArgumentParser:
     cal.add_argument("--data", default="builtin", help="builtin, a folder of <split>.json, hub id")
     cal.add_argument("--alphas", type=float, nargs="+", default=None, help="default 0, 0.1, .., 2")
     cal.add_argument("--filter", type=float, default=None, help="default: the model's")
+    cal.add_argument("--combine", choices=COMBINES, default=None, help=COMBINE_HELP)
     cal.add_argument(
         "--reference", default=None, help="retain model folder or its eval.json: adds F.Q."
     )
@@ -591,6 +623,7 @@ def parser() -> argparse.ArgumentParser:
     srv.add_argument("--target", default=None, help="ULD: load the adapter on this target")
     srv.add_argument("--alpha", type=_number(float, 0, MAX_ALPHA), default=None)
     srv.add_argument("--filter", type=_number(float, None, 1, above=0), default=None)
+    srv.add_argument("--combine", choices=COMBINES, default=None, help=COMBINE_HELP)
     srv.add_argument("--name", default=None, help="the model name clients use (default: --model)")
     srv.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     srv.add_argument("--port", type=_number(int, 0, 65535), default=8000)

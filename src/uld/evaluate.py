@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import fields
 from pathlib import Path
 
@@ -32,7 +34,15 @@ from uld.config import ROLES, UTILITY_PARTS, UTILITY_ROLES, EvalSplits
 from uld.data.format import encode_qa, pad, prompt_ids
 from uld.data.load import load_split
 from uld.logit_diff import ULDModel, decode, load_any
-from uld.losses import answer_logits
+from uld.mia import (
+    ATTACKS,
+    FREE,
+    answer_losses,
+    answer_positions_logits,
+    as_target,
+    aucs,
+    gradient_norms,
+)
 from uld.models import load_model, model_cache, read_card
 from uld.outdir import write_json
 
@@ -144,15 +154,6 @@ def answer_budget(tokenizer, rows: list[dict], cap: int = 200) -> int:
     return min(cap, int(1.5 * longest) + 8)
 
 
-def _answer_positions_logits(model, batch: dict, keep: torch.Tensor) -> torch.Tensor:
-    """Logits [N, V] at the positions t with keep[:, t] (t predicts token t + 1)."""
-    if isinstance(model, ULDModel):
-        pos = torch.zeros_like(batch["labels"], dtype=torch.bool)
-        pos[:, :-1] = keep
-        return model(batch["input_ids"], batch["attention_mask"], keep=pos).logits
-    return answer_logits(model, batch)[0]
-
-
 @torch.no_grad()
 def score_answers(
     model,
@@ -166,12 +167,13 @@ def score_answers(
     """Teacher-forced scores of each (question, answer) pair, in order; each value is [N]:
 
     prob: P(a|q)^(1/|a|) (TOFU's length-normalised probability), n: |a| (answer + EOS tokens),
-    loss: mean NLL (LOSS attack), min_k: Min-K% Prob (k = `min_k`), es: extraction strength.
+    loss: mean NLL (LOSS attack), min_k: Min-K% Prob (k = `min_k`), min_k_pp: Min-K%++ (the
+    same k), es: extraction strength.
     """
     device = next(iter(model.parameters())).device
     items = [encode_qa(tokenizer, q, a) for q, a in zip(questions, answers, strict=True)]
     order = sorted(range(len(items)), key=lambda i: -len(items[i]["input_ids"]))
-    keys = ("logp", "n", "loss", "min_k", "es")
+    keys = ("logp", "n", "loss", "min_k", "min_k_pp", "es")
     parts: dict[str, list] = {k: [] for k in keys}
     for s in tqdm(
         range(0, len(order), batch_size), desc="scoring", disable=not progress, leave=False
@@ -180,16 +182,20 @@ def score_answers(
         batch = {k: v.to(device) for k, v in batch.items()}
         targets = batch["labels"][:, 1:]
         keep = targets != -100
-        logits = _answer_positions_logits(model, batch, keep).float()
+        logits = answer_positions_logits(model, batch, keep).float()
         gold = targets[keep]
+        logp_v = torch.log_softmax(logits, -1)
         logp = torch.zeros(keep.shape, device=device)
-        logp[keep] = torch.log_softmax(logits, -1).gather(-1, gold[:, None]).squeeze(-1)
+        logp[keep] = logp_v.gather(-1, gold[:, None]).squeeze(-1)
+        mu, sigma = (torch.zeros(keep.shape, dtype=torch.float64, device=device) for _ in "ms")
+        mu[keep], sigma[keep] = metrics.vocab_logp_moments(logp_v)
         hits = torch.zeros_like(keep)
         hits[keep] = logits.argmax(-1) == gold
         parts["logp"].append(logp.sum(-1).double().cpu())
         parts["n"].append(keep.sum(-1).cpu())
         parts["loss"].append(metrics.loss_score(logp, keep).cpu())
         parts["min_k"].append(metrics.min_k_prob(logp, keep, min_k).cpu())
+        parts["min_k_pp"].append(metrics.min_k_plus_plus(logp, mu, sigma, keep, min_k).cpu())
         parts["es"].append(metrics.extraction_strength_from_hits(hits, keep).cpu())
     inverse = torch.empty(len(order), dtype=torch.long)
     inverse[torch.tensor(order)] = torch.arange(len(order))
@@ -289,30 +295,40 @@ def fluency(items: list[dict], scorer: tuple | None = None, batch_size: int = 16
     }
 
 
-def fluency_scorer(model, tokenizer, path: str | None, spec: str = "") -> tuple | None:
+def fluency_scorer(
+    model, tokenizer, path: str | None, spec: str = "", base: tuple | None = None
+) -> tuple | None:
     """The (model, tokenizer) that judges fluency in `uld eval` (see `fluency`): spec "none" ->
     None (repetition only); a folder or hub id -> that model; "" -> the base the model was made
-    from: a ULD/Offset model's own target; an unlearned plain model's target (its card's
-    `target`); a fine-tuned model's base (`base_model`); else the model itself."""
+    from (`base_model`; `base` if already loaded), else the model itself."""
     if spec == "none":
         return None
     if spec:
         net, tok = load_model(spec)
         return net.eval(), tok
+    return base or base_model(model, tokenizer, path) or (model, tokenizer)
+
+
+def base_model(model, tokenizer, path: str | None) -> tuple | None:
+    """(model, tokenizer) of the base `model` was made from: a ULD/Offset model's own target (the
+    model itself, which scores as its target at alpha 0); an unlearned plain model's target (its
+    card's `target`); a fine-tuned model's base (`base_model`); None where the folder names none
+    or it cannot be loaded (said)."""
     if isinstance(model, ULDModel):
         return model, tokenizer
     card = read_card(path) if path and Path(path).is_dir() else {}
     base = card.get("target") or card.get("base_model")
-    if base:
-        source = (
-            Path(path, base) if not Path(base).is_absolute() and Path(path, base).exists() else base
-        )
-        try:
-            net, tok = load_model(None if str(source) == "default" else str(source))
-            return net.eval(), tok
-        except Exception as e:  # a base that moved: judge by the model itself, and say so
-            print(f"[uld] fluency: could not load the base {base} ({e}); the model judges itself")
-    return model, tokenizer
+    if not base:
+        return None
+    source = (
+        Path(path, base) if not Path(base).is_absolute() and Path(path, base).exists() else base
+    )
+    try:
+        net, tok = load_model(None if str(source) == "default" else str(source))
+        return net.eval(), tok
+    except Exception as e:  # a base that moved: say so, and go on without it
+        print(f"[uld] could not load the base {base} of {path} ({e})")
+        return None
 
 
 def evaluate_role(
@@ -341,10 +357,16 @@ def evaluate_role(
     scores = score_answers(
         model, tokenizer, [r["question"] for r in rows], [r["answer"] for r in rows], 2 * batch_size
     )
-    for it, p, loss, mk, es in zip(
-        items, scores["prob"], scores["loss"], scores["min_k"], scores["es"], strict=True
-    ):
-        it.update(prob=p.item(), loss=loss.item(), min_k=mk.item(), es=es.item())
+    zlib = metrics.zlib_score(scores["loss"], [r["answer"] for r in rows])
+    for i, it in enumerate(items):
+        it.update(
+            prob=scores["prob"][i].item(),
+            loss=scores["loss"][i].item(),
+            min_k=scores["min_k"][i].item(),
+            min_k_pp=scores["min_k_pp"][i].item(),
+            zlib=float(zlib[i]),
+            es=scores["es"][i].item(),
+        )
     out: dict = {"rows": len(rows), "items": items, "errors": errors}
     if role == "holdout":
         return out
@@ -388,22 +410,33 @@ def evaluate(
     generate: bool = True,
     sampling: dict | None = None,
     scorer: tuple | None = None,
+    mia: Sequence[str] = FREE,
+    mia_reference: tuple | None = None,
 ) -> dict:
     """The whole protocol. roles: {role: rows} (see `ROLES`); reference: `load_reference(...)`,
     the retain model's per-item forget truth ratios (Forget Quality needs it); generate=False:
     teacher-forced figures only (no ROUGE-L, no Model Utility); sampling: generation settings
     for the generated answers (see `rouge_eval`; TOFU's protocol is greedy); scorer: the
     (model, tokenizer) that judges the generated answers' fluency (`fluency`; None: repetition
-    only).
+    only); mia: the membership attacks (`uld.mia.ATTACKS`) run on the forget and holdout rows
+    (the free ones always are; "ref" needs `mia_reference`, the reference model's (model,
+    tokenizer), or the model itself to score as its own target; "gradnorm" costs a backward per
+    row).
 
     Returns {"splits": {role: evaluate_role(...)}, "summary": {...}, "reference": its source};
     the summary holds
     forget_quality, forget_rouge, model_utility, retain_rouge, the forget probability and truth
-    ratio, the membership AUCs (LOSS, Min-K%) and extraction strength, where computable.
+    ratio, the membership AUCs (LOSS, Min-K%, zlib, Min-K%++, reference, gradient norm) and
+    extraction strength, where computable.
     """
     unknown = sorted(set(roles) - set(ROLES))
     if unknown:
         raise ValueError(f"unknown evaluation roles {unknown}; choose from {', '.join(ROLES)}")
+    if "ref" in mia and mia_reference is None:
+        raise ValueError(
+            "the reference-model attack needs a reference model (--mia-reference MODEL); "
+            "leave ref out of --mia without one"
+        )
     start = time.time()
     splits = {}
     bar = tqdm(list(roles), desc="evaluating", disable=not progress)
@@ -412,6 +445,9 @@ def evaluate(
         splits[role] = evaluate_role(
             model, tokenizer, role, roles[role], batch_size, progress, generate, sampling, scorer
         )
+    if "forget" in roles and "holdout" in roles:
+        for role in ("forget", "holdout"):
+            membership(model, tokenizer, splits[role]["items"], mia, mia_reference, batch_size)
     return {
         "splits": splits,
         "summary": summarise(splits, reference),
@@ -430,8 +466,33 @@ SUMMARY_KEYS = (
     "forget_tr_gap",
     "mia_loss_auc",
     "mia_min_k_auc",
+    "mia_zlib_auc",
+    "mia_min_k_pp_auc",
+    "mia_ref_auc",
+    "mia_gradnorm_auc",
     "extraction_strength",
 )
+
+
+def membership(
+    model, tokenizer, items: list[dict], attacks, reference: tuple | None, batch_size: int = 8
+) -> None:
+    """Adds to each item the scores of the attacks that need passes of their own: `ref` (the
+    item's loss minus the reference model's, `metrics.reference_score`; a reference that is the
+    model itself scores as its own target) and `grad_norm` (`uld.mia.gradient_norms`)."""
+    questions, answers = [it["question"] for it in items], [it["answer"] for it in items]
+    if "ref" in attacks and reference is not None:
+        ref_model, ref_tok = reference
+        with as_target(ref_model) if ref_model is model else nullcontext():
+            ref_loss = answer_losses(ref_model, ref_tok, questions, answers, 2 * batch_size)
+        ref = metrics.reference_score([it["loss"] for it in items], ref_loss)
+        for it, r, rl in zip(items, ref.tolist(), ref_loss.tolist(), strict=True):
+            it.update(ref=r, ref_loss=rl)
+    if "gradnorm" in attacks:
+        for it, g in zip(
+            items, gradient_norms(model, tokenizer, questions, answers).tolist(), strict=True
+        ):
+            it["grad_norm"] = g
 
 
 def summarise(splits: dict[str, dict], reference: dict | None = None) -> dict:
@@ -451,15 +512,8 @@ def summarise(splits: dict[str, dict], reference: dict | None = None) -> dict:
             ref_R = [reference["truth_ratios"][i] for i in paired]
             if min(R + ref_R) > 0:  # a ratio of 0 (a probability underflowed) has no log
                 s["forget_tr_gap"] = metrics.truth_ratio_gap(R, ref_R)
-        if "holdout" in splits:
-            hold = splits["holdout"]["items"]
-            # higher score = more likely a member: -loss for LOSS, Min-K% as is
-            s["mia_loss_auc"] = metrics.mia_auc(
-                [-it["loss"] for it in forget["items"]], [-it["loss"] for it in hold]
-            )
-            s["mia_min_k_auc"] = metrics.mia_auc(
-                [it["min_k"] for it in forget["items"]], [it["min_k"] for it in hold]
-            )
+        if "holdout" in splits:  # every attack whose per-item scores both splits have
+            s |= aucs(forget["items"], splits["holdout"]["items"], list(ATTACKS))
     if "retain" in splits:
         s["retain_rouge"] = splits["retain"].get("rouge_l")
     for role in ("forget", "retain", "real_authors", "world_facts"):

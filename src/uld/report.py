@@ -33,6 +33,10 @@ EXTRA_COLUMNS = [
     ("log R gap to retain", "forget_tr_gap", ".3f"),
     ("MIA AUC, LOSS", "mia_loss_auc", ".4f"),
     ("MIA AUC, Min-K%", "mia_min_k_auc", ".4f"),
+    ("MIA AUC, zlib", "mia_zlib_auc", ".4f"),
+    ("MIA AUC, Min-K%++", "mia_min_k_pp_auc", ".4f"),
+    ("MIA AUC, reference", "mia_ref_auc", ".4f"),
+    ("MIA AUC, grad norm", "mia_gradnorm_auc", ".4f"),
     ("Extraction strength", "extraction_strength", ".4f"),
 ]
 FLUENCY_COLUMNS = [  # share of generated answers that loop or are gibberish (evaluate.fluency)

@@ -26,7 +26,14 @@ from uld.config import UTILITY_ROLES, EvalSplits, UnlearnConfig
 from uld.data.format import Collator
 from uld.data.load import local_paths
 from uld.defaults import after_run_check, auto_epochs, choose_alpha_on_rows, format_check
-from uld.evaluate import evaluate, fluency_scorer, generate_answers, load_reference, load_roles
+from uld.evaluate import (
+    base_model,
+    evaluate,
+    fluency_scorer,
+    generate_answers,
+    load_reference,
+    load_roles,
+)
 from uld.logit_diff import ULDModel, load_any, write_uld_config
 from uld.losses import Hyper
 from uld.methods import (
@@ -39,6 +46,7 @@ from uld.methods import (
     prepare,
     retain_passes,
 )
+from uld.mia import parse_attacks
 from uld.models import load_model, model_cache, save_model, source_fingerprint
 from uld.outdir import check_out, locked, output_dir, write_json
 from uld.report import model_info, write_eval
@@ -65,8 +73,11 @@ def evaluate_model(
     alpha: float | None = None,
     filter: float | None = None,
     target: str | None = None,
+    combine: str | None = None,
     info: dict | None = None,
     loaded: tuple | None = None,
+    mia: str = "all",
+    mia_reference: str = "",
     **kwargs,
 ) -> dict:
     """The evaluation protocol (`uld.evaluate.evaluate`) on the model at `model_path` (any
@@ -74,9 +85,14 @@ def evaluate_model(
     trained, and `info`. Fluency is judged by `scorer` = (model, tokenizer) if given, else as
     `uld.evaluate.fluency_scorer` reads `fluency` ("": the base the model was made from; "none":
     repetition only; a model folder). `loaded`: the (model, tokenizer) if already loaded.
-    `kwargs` go to `evaluate`."""
+    `mia`: the membership attacks (`uld.mia.parse_attacks`: "all", "none" or a list); the
+    reference-model attack compares with `mia_reference` (a model folder or hub id; "": the base
+    the model was made from, `uld.evaluate.base_model`), and is left out, with a message, where
+    there is none unless `mia` names it. `kwargs` go to `evaluate`."""
+    attacks = parse_attacks(mia)
     if loaded is None:
-        loaded = load_any(None if model_path is None else str(model_path), alpha, filter, target)
+        path = None if model_path is None else str(model_path)
+        loaded = load_any(path, alpha, filter, target, combine)
     model, tok = loaded
     name = name or (Path(model_path).name if model_path else "default")
     res = {
@@ -87,9 +103,33 @@ def evaluate_model(
         **(info or {}),
     }
     print(f"[uld] evaluating {name}: " + ", ".join(f"{r} {len(v)}" for r, v in roles.items()))
+    path = model_path and str(model_path)
+    base = None  # the base model, loaded once for the fluency judge and the reference attack
+    if (scorer is None and not fluency) or ("ref" in attacks and not mia_reference):
+        base = base_model(model, tok, path)
     if scorer is None:
-        scorer = fluency_scorer(model, tok, model_path and str(model_path), fluency)
-    res |= evaluate(model, tok, roles, reference, scorer=scorer, **kwargs)
+        scorer = fluency_scorer(model, tok, path, fluency, base)
+    ref = None
+    if "ref" in attacks:
+        if mia_reference:
+            net, ref_tok = load_model(mia_reference)
+            ref = net.eval(), ref_tok
+        else:
+            ref = base
+        if ref is None and "ref" in [a.strip() for a in mia.split(",")]:
+            raise ValueError(
+                f"the reference-model attack (--mia ref) needs a reference: {path or 'default'} "
+                "names no base or target model; give --mia-reference MODEL"
+            )
+        if ref is None:
+            print(
+                f"[uld] the reference-model attack is left out: {path or 'default'} names no "
+                "base or target model to compare with (--mia-reference MODEL gives one)"
+            )
+            attacks = tuple(a for a in attacks if a != "ref")
+    res |= evaluate(
+        model, tok, roles, reference, scorer=scorer, mia=attacks, mia_reference=ref, **kwargs
+    )
     return res
 
 
@@ -106,7 +146,12 @@ def unlearn(cfg: UnlearnConfig) -> Path:
     `cfg.out` is checked before anything is loaded (`uld.outdir.check_out`: never an input,
     never a folder holding files uld did not write, an earlier result only with
     `cfg.overwrite`) and locked while the run lasts."""
-    check(cfg)
+    spec = check(cfg)
+    if cfg.combine != "mass" and spec.composite != "uld":
+        raise ValueError(
+            f"--combine {cfg.combine} is how ULD combines its logits; --method {cfg.method} has "
+            "no such combination (leave --combine at mass)"
+        )
     general = general_sources(cfg).split(",")
     general = [g for g in general if g.strip() not in ("", "builtin", "knowledge")]
     inputs = [cfg.model, cfg.reference, *local_paths(cfg.data, cfg.forget, cfg.retain, *general)]
@@ -318,7 +363,8 @@ def eval_view(cfg: UnlearnConfig, spec: Method, target_full, model):
     """The model as users will run it: ULD/Offset -> a ULDModel on the full target; a baseline
     -> the model itself."""
     if spec.composite == "uld":  # before alpha is chosen (alpha None), evaluated at 1
-        return ULDModel(target_full, model, 1.0 if cfg.alpha is None else cfg.alpha, cfg.filter)
+        alpha = 1.0 if cfg.alpha is None else cfg.alpha
+        return ULDModel(target_full, model, alpha, cfg.filter, combine=cfg.combine)
     if spec.composite == "offset":
         return ULDModel(target_full, model, 1.0, mode="offset")
     return model
@@ -475,6 +521,7 @@ def save_assistant(
             cfg.filter,
             {
                 "mode": "offset" if offset else "uld",
+                **({} if offset else {"combine": cfg.combine}),
                 "made_by": f"uld unlearn --method {cfg.method}",
                 **extra,
             },
