@@ -130,7 +130,10 @@ def run_demo(
             rescore(evals[name], reference)  # an evaluation from an older uld: today's summary
 
         def evaluation(name=name, path=path) -> None:
-            write_eval(evaluate_model(path, roles, name, reference, fluency="none"), evals[name])
+            # the membership attacks read off the evaluation's own pass (no gradient-norm or
+            # reference-model pass: the demo's time is MEASURED without them)
+            res = evaluate_model(path, roles, name, reference, fluency="none", mia="none")
+            write_eval(res, evals[name])
 
         step(f"eval {name}", evaluation)
     runs = report(list(evals.values()), work / "report")
