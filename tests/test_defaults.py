@@ -63,7 +63,7 @@ def test_safe_alpha_is_the_largest_that_keeps_answers_and_leaves_forget_fluent(
     # kept answers: unchanged from 1.0 down; forget answers degenerate above 0.5
     agreement = {2.0: 0.9, 1.0: 0.995, 0.5: 1.0, 0.25: 1.0}
 
-    def fake_grid(model, tokenizer, questions, answers, settings, batch_size=16):
+    def fake_grid(model, tokenizer, questions, answers, settings, *args):
         n = torch.ones(len(questions))
         return [(n, n, n * agreement[a]) for a, _ in settings]
 
