@@ -10,9 +10,9 @@ import math
 
 import pytest
 import torch
+from test_baselines import _batch, _cfg  # the tiny runs' config and first batch
 
 from uld.config import UnlearnConfig
-from uld.data.format import Collator
 from uld.losses import (
     Hyper,
     activation_mse,
@@ -128,26 +128,6 @@ def test_rmu_maths_by_hand():
 
 
 # --- on a tiny model --------------------------------------------------------------------------
-
-
-def _cfg(tiny_model, method: str, tmp_path, **kw) -> UnlearnConfig:
-    base = dict(
-        method=method,
-        model=tiny_model,
-        forget="forget05",
-        retain="retain95",
-        out=str(tmp_path / method),
-        lora_rank=4,
-        lora_dropout=0.0,
-        batch_size=4,
-        epochs=1,
-        lr=1e-2,
-    )
-    return UnlearnConfig(**(base | kw))
-
-
-def _batch(run, n: int = 4) -> dict:
-    return Collator(run.tokenizer.pad_token_id)([run.dataset[i] for i in range(n)])
 
 
 def test_the_new_methods_and_their_defaults():
