@@ -400,11 +400,13 @@ class EpochEvaluation:
     reloaded on the next), a baseline as it is; fluency judged by the target. Called by
     `uld.trainer.EpochEval` after each epoch; `last` holds the latest evaluation in full."""
 
-    def __init__(self, cfg: UnlearnConfig, spec: Method, tokenizer, roles, reference, full):
+    def __init__(
+        self, cfg: UnlearnConfig, spec: Method, tokenizer, roles, reference, full, judge=None
+    ):
         self.cfg, self.spec, self.tokenizer, self.roles = cfg, spec, tokenizer, roles
         self.reference, self.full = reference, full
         self.view: ULDModel | None = None
-        self.judge = None  # a baseline's frozen reference copy, if it has one
+        self.judge = judge  # a baseline's frozen reference copy, if it has one
         self.last: dict = {}
 
     def __call__(self, model) -> dict:
@@ -447,8 +449,8 @@ def epoch_evaluator(
     if spec.composite:
         full = frozen.target if frozen is not None and frozen.target is not None else None
         full = full or load_model(target)[0]
-    evaluation = EpochEvaluation(cfg, spec, tokenizer, roles, reference, full)
-    evaluation.judge = frozen.ref if frozen is not None else None
+    judge = frozen.ref if frozen is not None else None
+    evaluation = EpochEvaluation(cfg, spec, tokenizer, roles, reference, full, judge)
 
     def keep_evaluation(_model, _epoch: int, _scores: dict) -> None:
         if cfg.eval_splits == "all":  # the kept epoch's whole evaluation, for `uld compare`
