@@ -47,6 +47,7 @@ from uld.serve import serve
 from uld.upcycle import upcycle
 
 
+from uld.report_muse import muse_report, muse_tables, report_kind
 def cmd_data_export(args) -> None:
 
     if args.authors < 1:
@@ -291,8 +292,11 @@ def cmd_report(args) -> None:
     check_out(args.out, args.overwrite, inputs=args.runs)
     names = args.names.split(",") if args.names else None
     with locked(args.out), output_dir(args.out, "uld report", args.overwrite) as tmp:
-        runs = report(args.runs, tmp, names, args.relative_to)
-    print(tables(runs))
+        if muse:
+            runs = muse_report(args.runs, tmp, names)
+        else:
+            runs = report(args.runs, tmp, names, args.relative_to)
+    print(muse_tables(runs) if muse else tables(runs))
     print(f"[uld] wrote {args.out}/report.md, summary.json and the plots")
 
 
@@ -315,6 +319,7 @@ def cmd_experts(args) -> None:
     with locked(out), output_dir(out, "uld experts", args.overwrite) as tmp:
         plot_attribution(attribution, tmp / "experts.png", selected)
         write_json(
+    muse = report_kind(args.runs) == "muse"  # MUSE's table and plots, else TOFU's
             {"forget": args.forget, "selected": selected, "attribution": attribution.tolist()},
             tmp / "experts.json",
         )

@@ -55,7 +55,6 @@ def load_roles(splits: EvalSplits, data: str = "builtin") -> dict[str, list[dict
 # ---------------------------------------------------------------- model passes
 
 
-@torch.no_grad()
 def generate_answers(
     model,
     tokenizer,
@@ -68,18 +67,49 @@ def generate_answers(
     """Answers to `questions` (greedy unless gen_kwargs say otherwise), in order. A prompt
     longer than the model's context is refused before anything is generated; an answer that
     would run past the context is cut there, with a warning."""
+    prompts = [prompt_ids(tokenizer, q) for q in questions]
+    return generate_from_ids(
+        model,
+        tokenizer,
+        prompts,
+        batch_size,
+        max_new_tokens,
+        progress,
+        order=sorted(range(len(questions)), key=lambda i: -len(questions[i])),
+        names=[f"question {i} ({q[:60]!r}...)" for i, q in enumerate(questions)],
+        **gen_kwargs,
+    )
+
+
+@torch.no_grad()
+def generate_from_ids(
+    model,
+    tokenizer,
+    prompts: list[list[int]],
+    batch_size: int = 8,
+    max_new_tokens: int = 48,
+    progress: bool = True,
+    order: list[int] | None = None,
+    names: list[str] | None = None,
+    strip: bool = True,
+    **gen_kwargs,
+) -> list[str]:
+    """The decoded continuations of token-id prompts (`generate_answers` without the prompt
+    format), in order, stripped of surrounding white space unless `strip` is False. `order`:
+    the order the prompts are batched in (default longest first, which keeps padding low);
+    `names`: how an error names each prompt."""
     if batch_size < 1 or max_new_tokens < 1:
         raise ValueError(
             f"batch size {batch_size} and max new tokens {max_new_tokens} must both be >= 1"
         )
     device = next(iter(model.parameters())).device
-    prompts = [prompt_ids(tokenizer, q) for q in questions]
     context = context_length(model)
     longest = max(range(len(prompts)), key=lambda i: len(prompts[i]), default=None)
     if context and longest is not None and len(prompts[longest]) >= context:
+        name = names[longest] if names else f"prompt {longest}"
         raise ValueError(
-            f"question {longest} ({questions[longest][:60]!r}...) is {len(prompts[longest])} "
-            f"tokens as a prompt, and the model's context holds {context}: shorten it"
+            f"{name} is {len(prompts[longest])} tokens as a prompt, and the model's context "
+            f"holds {context}: shorten it"
         )
     if context and longest is not None and len(prompts[longest]) + max_new_tokens > context:
         print(
@@ -87,10 +117,10 @@ def generate_answers(
             f"{context - len(prompts[longest])} of the {max_new_tokens} new tokens asked for in "
             f"the model's context of {context}; answers are cut there"
         )
-    # Longest prompts first keeps padding low; results are put back in order.
-    order = sorted(range(len(questions)), key=lambda i: -len(questions[i]))
+    if order is None:
+        order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
     out: dict[int, str] = {}
-    bar = tqdm(total=len(questions), desc="generating", disable=not progress, leave=False)
+    bar = tqdm(total=len(prompts), desc="generating", disable=not progress, leave=False)
     for s in range(0, len(order), batch_size):
         idx = order[s : s + batch_size]
         batch = pad([{"input_ids": prompts[i]} for i in idx], tokenizer.pad_token_id, side="left")
@@ -105,10 +135,10 @@ def generate_answers(
         )
         new = seqs[:, batch["input_ids"].shape[1] :]
         for i, text in zip(idx, tokenizer.batch_decode(new, skip_special_tokens=True), strict=True):
-            out[i] = text.strip()
+            out[i] = text.strip() if strip else text
         bar.update(len(idx))
     bar.close()
-    return [out[i] for i in range(len(questions))]
+    return [out[i] for i in range(len(prompts))]
 
 
 def context_length(model) -> int | None:

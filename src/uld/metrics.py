@@ -14,8 +14,12 @@ Shapes: B batch, T sequence length, V vocabulary, N items, k perturbed answers p
     forget_quality(R_unlearned, R_retain_model)     # KS-test p-value, TOFU's headline number
     truth_ratio_gap(R_unlearned, R_retain_model)    # row by row, ours: mean |log R - log R_ref|
     is_degenerate(text, mean_logprob(token_logps))  # loops or gibberish in a generated answer
+
+MUSE (Shi et al. 2024) on raw text: `rouge_l_f1` (VerbMem, KnowMem), `privleak_auc` and
+`priv_leak` (PrivLeak); `uld.evaluate_muse` runs them.
 """
 
+import math
 import re
 import zlib
 from collections.abc import Sequence
@@ -426,6 +430,70 @@ def extraction_strength_from_hits(hits: Tensor, mask: Tensor) -> Tensor:
     wrong_from = wrong.flip(-1).cumsum(-1).flip(-1) > 0
     correct_suffix = (mask & ~wrong_from).sum(-1)
     return correct_suffix.double() / mask.sum(-1).double()
+
+
+# ---------------------------------------------------------------- MUSE
+# Shi et al. 2024, "MUSE: Machine Unlearning Six-Way Evaluation for Language Models"
+# (arXiv:2407.06460), Sec. 3; the reference code github.com/swj0419/muse_bench (`eval.py`,
+# `metrics/logger.py`, `metrics/privleak.py`), as open-unlearning ships it
+# (`configs/eval/muse_metrics/`, `privleak` in `src/evals/metrics/privacy.py`).
+
+
+@cache
+def _rouge_l_unstemmed() -> rouge_scorer.RougeScorer:
+    return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
+
+
+def rouge_l_f1(predictions: list[str], references: list[str]) -> list[float]:
+    """MUSE's ROUGE-L: the F-measure of LCS precision and recall, words not stemmed.
+
+    N predictions, N references -> N floats in [0, 1]. VerbMem (C1) and KnowMem (C2, C4) are the
+    mean of this over their rows: `RougeEvalLogger` in muse_bench `metrics/logger.py` (rouge_score,
+    use_stemmer=False; `mean_rougeL` = the fmeasure is eval.py's default aggregate for both;
+    open-unlearning: rouge_type rougeL_f1). MUSE's tables print it x 100.
+    """
+    if len(predictions) != len(references):
+        raise ValueError(f"{len(predictions)} predictions but {len(references)} references")
+    scorer = _rouge_l_unstemmed()
+    return [
+        scorer.score(ref, pred)["rougeL"].fmeasure
+        for pred, ref in zip(predictions, references, strict=True)
+    ]
+
+
+def privleak_auc(min_k_forget: ArrayLike, min_k_holdout: ArrayLike) -> float:
+    """MUSE's membership AUC for PrivLeak, in MUSE's orientation: holdout texts are the positive
+    class, forget texts the negative, the score is Min-K% Prob (`min_k_prob`, higher = more
+    likely seen). min_k_forget [N], min_k_holdout [M] -> P(s_holdout > s_forget) + P(tie) / 2.
+
+    muse_bench `metrics/privleak.py` keys the AUC `forget_holdout_Min-40%`: split0 = forget is
+    labelled 0 (non-member), split1 = holdout 1, score -ppl = the mean of the lowest 40% token
+    log-probs. So a model that still knows the forget texts scores them higher than the holdout
+    and gets an AUC near 0; one that never saw them, near 0.5. This is 1 - `mia_auc(forget,
+    holdout)` (ties count one half either way); open-unlearning's `privleak` flips it the same way.
+    """
+    return mia_auc(min_k_holdout, min_k_forget)
+
+
+def priv_leak(auc_unlearned: float, auc_retrained: float) -> float:
+    """MUSE's PrivLeak (C3), in percent: (AUC_unlearn - AUC_retrain) / AUC_retrain x 100, both
+    AUCs from `privleak_auc` on the same forget and holdout texts.
+
+    MUSE Sec. 3, "no privacy leakage"; muse_bench `eval.py` (`(auc - AUC_RETRAIN) / AUC_RETRAIN *
+    100`). 0 is the retrained model itself; large negative values mean under-unlearning (forget
+    texts still look seen: the target scores about -100), large positive ones over-unlearning
+    (forget texts look less seen than text never trained on).
+    """
+    for name, v in (("auc_unlearned", auc_unlearned), ("auc_retrained", auc_retrained)):
+        if not 0 <= v <= 1 or math.isnan(v):
+            raise ValueError(f"{name} must be an AUC in [0, 1], got {v}")
+    if auc_retrained == 0:
+        raise ValueError(
+            "the retrained model's AUC is 0 (it tells every forget text from every holdout text), "
+            "so PrivLeak's relative difference is undefined; evaluate on more texts or check that "
+            "the reference model never saw the forget set"
+        )
+    return (auc_unlearned - auc_retrained) / auc_retrained * 100
 
 
 # ---------------------------------------------------------------- results
