@@ -291,6 +291,7 @@ def cmd_report(args) -> None:
 
     check_out(args.out, args.overwrite, inputs=args.runs)
     names = args.names.split(",") if args.names else None
+    muse = report_kind(args.runs) == "muse"  # MUSE's table and plots, else TOFU's
     with locked(args.out), output_dir(args.out, "uld report", args.overwrite) as tmp:
         if muse:
             runs = muse_report(args.runs, tmp, names)
@@ -319,7 +320,6 @@ def cmd_experts(args) -> None:
     with locked(out), output_dir(out, "uld experts", args.overwrite) as tmp:
         plot_attribution(attribution, tmp / "experts.png", selected)
         write_json(
-    muse = report_kind(args.runs) == "muse"  # MUSE's table and plots, else TOFU's
             {"forget": args.forget, "selected": selected, "attribution": attribution.tolist()},
             tmp / "experts.json",
         )
