@@ -44,6 +44,7 @@ from uld.outdir import check_out, locked, output_dir, write_json
 from uld.report import report, tables
 from uld.runs import evaluate_model, evaluate_to, unlearn
 from uld.serve import serve
+from uld.streaming import AnswerStreamer
 from uld.upcycle import upcycle
 
 
@@ -180,14 +181,20 @@ def cmd_generate(args) -> None:
 def cmd_chat(args) -> None:
     model, tok = load_any(args.model, args.alpha, args.filter, args.target, args.combine)
     print("uld chat: one question per line; an empty line or Ctrl-D ends.")
+    streamer = AnswerStreamer(tok, prefix="A: ")  # prints each answer as it is decoded
     for line in sys.stdin if not sys.stdin.isatty() else iter(lambda: input("> "), ""):
         q = line.strip()
         if not q:
             break
-        a = generate_answers(
-            model, tok, [q], max_new_tokens=args.max_new_tokens, progress=False, **_sampling(args)
-        )[0]
-        print(f"A: {a}", flush=True)
+        generate_answers(
+            model,
+            tok,
+            [q],
+            max_new_tokens=args.max_new_tokens,
+            progress=False,
+            streamer=streamer,
+            **_sampling(args),
+        )
 
 
 def cmd_eval(args) -> None:

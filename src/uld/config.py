@@ -28,6 +28,13 @@ class FinetuneConfig:
     out: str = _f("", "output model folder")
     model: str | None = _f(None, "base model: hub id or folder (default: embedded SmolLM2-135M)")
     data: str = _f("builtin", "data: builtin, a folder of <split>.json files, or a hub id")
+    data_kind: str = _f(
+        "",
+        "qa (question/answer rows, TOFU schema) or text (raw documents, MUSE schema: "
+        "builtin-muse, a folder with a raw/ subfolder, muse-bench/MUSE-News); empty: detected "
+        "from --data (uld.data.text.is_text_data)",
+    )
+    max_length: int = _f(256, "text: tokens per training chunk (each document is cut in chunks)")
     epochs: float = _f(4.0, "epochs")
     lr: float = _f(3e-4, "peak learning rate (AdamW, linear warm-up and decay)")
     batch_size: int = _f(8, "batch size")
@@ -44,6 +51,7 @@ class FinetuneConfig:
     def validate(self) -> None:
         _positive(epochs=self.epochs, lr=self.lr, batch_size=self.batch_size)
         _steps(self.max_steps)
+        _text_flags(self.data_kind, self.max_length)
         if self.lora_rank < 1:
             raise ValueError(f"--lora-rank={self.lora_rank} must be >= 1")
         if not self.out:
@@ -67,6 +75,13 @@ class UnlearnConfig:
     forget: str = _f("forget10", "forget split (or a .json/.jsonl file)")
     retain: str = _f("retain90", "retain split (or a .json/.jsonl file)")
     data: str = _f("builtin", "data: builtin, a folder of <split>.json files, or a hub id")
+    data_kind: str = _f(
+        "",
+        "qa (question/answer rows, TOFU schema) or text (raw documents, MUSE schema: "
+        "builtin-muse, a folder with a raw/ subfolder, muse-bench/MUSE-News); empty: detected "
+        "from --data (uld.data.text.is_text_data)",
+    )
+    max_length: int = _f(256, "text: tokens per training chunk (each document is cut in chunks)")
     out: str = _f("", "output folder")
     layers: int = _f(0, "ULD/Offset: assistant layers K (0: a quarter of the target's, paper 8/32)")
     lora_rank: int = _f(0, "LoRA rank (0: paper's 32 scaled by hidden size / 4096, >= 8)")
@@ -246,6 +261,7 @@ class UnlearnConfig:
         if self.strict and not self.check:
             raise ValueError("--strict fails the run on the after-run check: drop --no-check")
         _steps(self.max_steps)
+        _text_flags(self.data_kind, self.max_length)
         if not (math.isfinite(self.lr) and self.lr >= 0):
             raise ValueError(f"--lr={self.lr} must be >= 0 (0 picks the method's default)")
         if self.eval_metric not in ("", "forget_quality", "forget_rouge", "model_utility"):
@@ -359,6 +375,13 @@ def _positive(**values: float) -> None:
     for name, v in values.items():
         if not (math.isfinite(v) and v > 0):
             raise ValueError(f"--{name.replace('_', '-')}={v} must be a positive number")
+
+
+def _text_flags(data_kind: str, max_length: int) -> None:
+    if data_kind not in ("", "qa", "text"):
+        raise ValueError(f"--data-kind={data_kind!r}: choose text, qa or leave it empty (detect)")
+    if max_length < 2:
+        raise ValueError(f"--max-length={max_length} must be >= 2 (a token and its successor)")
 
 
 def _steps(max_steps: int) -> None:

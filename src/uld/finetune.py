@@ -1,10 +1,15 @@
-"""Fine-tune a base model on a TOFU-schema split: how the target and retain models are made.
+"""Fine-tune a base model on a TOFU-schema split or on raw text: how the target and retain
+models are made.
 
 TOFU recipe: answer-only NLL, a few epochs, AdamW with linear warm-up and decay. Full fine-tuning
 of the decoder layers by default, with the (tied) embeddings frozen: on a small model they are a
 fifth of the weights and their gradient and optimizer state cost more than they teach. `lora=True`
 trains LoRA adapters on every projection instead and merges them back, so both ways save an
 ordinary model folder.
+
+On raw text (MUSE schema, `uld.data.text`) the loss is the next-token loss on every token of
+each document, cut into chunks of at most `max_length` tokens (`uld.data.chunks`): `--split
+full` (forget + retain1 + retain2) makes MUSE's target, `--split retain` its retrained model.
 """
 
 from __future__ import annotations
@@ -14,8 +19,10 @@ from pathlib import Path
 from transformers import set_seed
 
 from uld.assistant import lora_config
+from uld.data.chunks import MAX_LENGTH, TextDataset
 from uld.data.format import Collator, QADataset
 from uld.data.load import load_split, local_paths
+from uld.data.text import is_text_data, load_muse, texts
 from uld.losses import finetune_objective
 from uld.models import load_model, resolve, save_model, source_fingerprint
 from uld.outdir import check_out, locked
@@ -35,13 +42,17 @@ def finetune(
     seed: int = 0,
     max_steps: int = -1,
     overwrite: bool = False,
+    data_kind: str = "",
+    max_length: int = MAX_LENGTH,
 ) -> Path:
     """Fine-tune `model` on `split` and save the result to `out` (an HF folder + uld_card.json).
     `out` is checked first (`uld.outdir.check_out`: never an input, never a folder with files
     uld did not write, an earlier result only with `overwrite`) and locked while the run lasts;
-    an interrupted run of the same settings resumes from its checkpoint."""
+    an interrupted run of the same settings resumes from its checkpoint. `data_kind` "text" (or
+    detected, `uld.data.text.is_text_data`) trains on raw documents in chunks of `max_length`."""
+    text = is_text_data(data, data_kind)
+    rows = texts(load_muse(data), split) if text else load_split(split, data)
     check_out(out, overwrite, inputs=[model, *local_paths(data, split)])
-    rows = load_split(split, data)
     source = resolve(model)
     with locked(out):
         set_seed(seed)  # LoRA initialisation is random
@@ -54,12 +65,14 @@ def finetune(
         else:
             net.get_input_embeddings().weight.requires_grad_(False)
             net.get_output_embeddings().weight.requires_grad_(False)
-        dataset = QADataset(rows, tokenizer)
+        if text:
+            dataset = TextDataset(rows, tokenizer, max_length)
+            what = f"{len(rows)} documents in {len(dataset)} chunks of <= {max_length} tokens"
+        else:
+            dataset = QADataset(rows, tokenizer)
+            what = f"{len(rows)} rows"
         n_tokens = sum(len(x["input_ids"]) for x in dataset.items)
-        print(
-            f"[uld] fine-tuning on {split}: {len(rows)} rows, {n_tokens} tokens/epoch, "
-            f"{epochs} epochs"
-        )
+        print(f"[uld] fine-tuning on {split}: {what}, {n_tokens} tokens/epoch, {epochs} epochs")
         settings = {
             "made_by": "uld finetune",
             "model": source_fingerprint(source),
@@ -71,6 +84,7 @@ def finetune(
             "lora": lora_rank if lora else False,
             "seed": seed,
             "max_steps": max_steps,
+            **({"max_length": max_length} if text else {}),
         }
         watch = train(
             net,
@@ -95,6 +109,11 @@ def finetune(
             "data": str(data),
             "split": str(split),
             "rows": len(rows),
+            **(
+                {"data_kind": "text", "chunks": len(dataset), "max_length": max_length}
+                if text
+                else {}
+            ),
             "epochs": epochs,
             "lr": lr,
             "batch_size": batch_size,

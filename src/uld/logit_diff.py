@@ -42,6 +42,7 @@ import json
 import math
 import os
 import sys
+import time
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
@@ -334,8 +335,15 @@ class ULDModel(nn.Module):
     # --- generation -----------------------------------------------------------------------
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, attention_mask=None, **kwargs) -> torch.Tensor:
-        """Like transformers' generate for decoder-only models (see `decode`)."""
-        return decode(self, input_ids, attention_mask, **kwargs)
+        """Like transformers' generate for decoder-only models (see `decode`), `streamer=` (a
+        `TextStreamer` or `TextIteratorStreamer`) and `stopping_criteria=` included. A streamer
+        is ended also when decoding fails, so a thread iterating over it is not left waiting."""
+        try:
+            return decode(self, input_ids, attention_mask, **kwargs)
+        except BaseException:
+            if kwargs.get("streamer") is not None:
+                kwargs["streamer"].end()
+            raise
 
     # --- persistence ----------------------------------------------------------------------
     def save_pretrained(
@@ -399,13 +407,47 @@ class ULDModel(nn.Module):
         return model.eval(), tokenizer
 
 
+# (out, in, rows, dtype) -> True where W @ h^T beat F.linear when first measured in this process
+_TRANSPOSED_FASTER: dict[tuple, bool] = {}
+
+
+def _seconds(f, repeats: int = 3) -> float:
+    f()  # warm-up
+    best = math.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        f()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def _transposed_faster(weight: torch.Tensor, rows: torch.Tensor) -> bool:
+    """Whether W @ h^T beats F.linear's h @ W^T for this weight and row count, measured once
+    per shape at first use. CPU BLAS libraries differ at a few rows: with one AMD EPYC build,
+    F.linear at 2 rows cost twice 1 row (5x on the 49k-row LM head) while W @ h^T did not; with
+    MKL on an Intel Xeon it is the reverse (LM head at 2 rows, one thread: F.linear 4.2 ms, W @
+    h^T 11.8 ms). Both give the same values up to float rounding."""
+    key = (*weight.shape, rows.shape[0], weight.dtype)
+    if key not in _TRANSPOSED_FASTER:
+        with torch.no_grad():
+            transposed = _seconds(lambda: weight @ rows.T)
+            plain = _seconds(lambda: nn.functional.linear(rows, weight))
+        _TRANSPOSED_FASTER[key] = transposed < plain
+    return _TRANSPOSED_FASTER[key]
+
+
 def _linear(layer: nn.Module, h: torch.Tensor) -> torch.Tensor:
-    """layer(h) for an nn.Linear, h [..., d]. For a few rows (decoding a doubled batch) as
-    W @ h^T: on this project's CPU BLAS, F.linear's h @ W^T at 2 rows costs twice 1 row (5x on
-    the 49k-row LM head: 16.5 ms against 3.2 ms), while W @ h^T does not; from ~32 rows on
-    F.linear is as good."""
+    """layer(h) for an nn.Linear, h [..., d], computed the faster way for a few rows on the CPU
+    (decoding a doubled batch: `_transposed_faster`). From ~32 rows on F.linear is as good."""
     rows = h.reshape(-1, h.shape[-1])
-    if not isinstance(layer, nn.Linear) or rows.shape[0] > 32:
+    if (
+        not isinstance(layer, nn.Linear)
+        or rows.shape[0] == 1
+        or rows.shape[0] > 32
+        or rows.device.type != "cpu"
+        or torch.is_grad_enabled()
+        or not _transposed_faster(layer.weight, rows)
+    ):
         return layer(h)
     out = (layer.weight @ rows.T).T
     if layer.bias is not None:
@@ -500,6 +542,8 @@ def decode(
     eos_token_id: int | list[int] | None = None,
     pad_token_id: int | None = None,
     generator: torch.Generator | None = None,
+    streamer=None,
+    stopping_criteria=None,
 ) -> torch.Tensor:
     """Greedy or sampled decoding with a KV cache for any model whose forward takes
     (input_ids, attention_mask, position_ids, cache or past_key_values (`CACHE_ARG`), use_cache)
@@ -507,6 +551,11 @@ def decode(
 
     input_ids [B, T] left-padded. Returns [B, T + n] (prompt + new tokens; rows that stopped at
     EOS are padded with `pad_token_id`), as transformers' generate does.
+
+    `streamer` (transformers' `TextStreamer`, `TextIteratorStreamer` or anything with `put` and
+    `end`) is fed as transformers' generate feeds it: `put(input_ids)`, then `put` of each step's
+    tokens [B], then `end()`. `stopping_criteria` (a transformers `StoppingCriteriaList` or any
+    callable (sequences, scores) -> bool or bool [B]): rows for which it is true stop.
     """
     config = base_lm(model.target if isinstance(model, ULDModel) else model).config
     gen_cfg = getattr(getattr(model, "target", model), "generation_config", None)
@@ -531,6 +580,8 @@ def decode(
     sequences, mask = input_ids, attention_mask
     done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
     step_ids = input_ids
+    if streamer is not None:
+        streamer.put(input_ids.cpu())
     # Only the last position's logits are needed: on the prompt (prefill) that saves the LM head
     # on every other position, which on a small model is a large part of the pass.
     if isinstance(model, ULDModel):
@@ -560,9 +611,15 @@ def decode(
         sequences = torch.cat([sequences, nxt[:, None]], dim=1)
         mask = torch.cat([mask, (~done).long()[:, None]], dim=1)
         done = done | torch.isin(nxt, eos)
+        if streamer is not None:
+            streamer.put(nxt.cpu())
+        if stopping_criteria is not None:
+            done = done | torch.as_tensor(stopping_criteria(sequences, scores), device=done.device)
         step_ids = nxt[:, None]
         if done.all():
             break
+    if streamer is not None:
+        streamer.end()
     return sequences
 
 
