@@ -335,3 +335,75 @@ def test_report_refuses_a_mix_of_tofu_and_muse(tmp_path, capsys):
     assert main(["report", str(muse), str(tmp_path / "t"), "--out", str(tmp_path / "rep")]) == 2
     assert "mix TOFU and MUSE" in capsys.readouterr().err
     assert not (tmp_path / "rep").exists()
+
+
+# ---------------------------------------------------------------- uld eval on text data
+
+
+def write_muse_folder(folder: Path, data: MuseData) -> Path:
+    """`data` as files in the hub's layout: <folder>/<config>/<split>.json."""
+    files = {
+        "raw": {s: getattr(data, s) for s in ("forget", "retain1", "retain2", "holdout")},
+        "verbmem": {"forget": data.verbmem},
+        "knowmem": {
+            s: getattr(data, s)
+            for s in ("forget_qa", "retain_qa", "forget_qa_icl", "retain_qa_icl")
+        },
+        "scal": {f"forget_{i}": docs for i, docs in enumerate(data.scal, 1)},
+    }
+    for config, splits in files.items():
+        (folder / config).mkdir(parents=True)
+        for split, rows in splits.items():
+            (folder / config / f"{split}.json").write_text(json.dumps(rows))
+    return folder
+
+
+def test_uld_eval_on_text_then_report(tiny_plain_model, other_tiny_model, tmp_path, capsys):
+    data = write_muse_folder(tmp_path / "muse", tiny_muse())
+    quick = ["--data", str(data), "--verbmem-tokens", "8", "--knowmem-tokens", "6"]
+    retrained = tmp_path / "eval-retrained"
+    args = ["eval", "--model", tiny_plain_model, *quick, "--name", "retrained"]
+    assert main(args + ["--out", str(retrained)]) == 0
+    out = capsys.readouterr().out
+    assert "PrivLeak needs --reference" in out and "VerbMem on D_f" in out
+    ref = json.loads((retrained / "eval.json").read_text())
+    assert ref["protocol"] == "muse" and ref["summary"]["privleak"] is None
+    assert ref["data"] == str(data) and len(ref["splits"]["verbmem_forget"]["items"]) == 2
+
+    unlearned = tmp_path / "eval-unlearned"
+    args = ["eval", "--model", other_tiny_model, *quick, "--reference", str(retrained)]
+    assert main(args + ["--series", "scal:2", "--name", "npo-scal2", "--out", str(unlearned)]) == 0
+    res = json.loads((unlearned / "eval.json").read_text())
+    auc, ref_auc = res["summary"]["privleak_auc"], ref["summary"]["privleak_auc"]
+    assert res["summary"]["privleak"] == pytest.approx((auc - ref_auc) / ref_auc * 100)
+    assert res["series"]["kind"] == "scal" and res["series"]["forget_docs"] == 2
+
+    rep = tmp_path / "rep"
+    assert main(["report", str(retrained), str(unlearned), "--out", str(rep)]) == 0
+    text = (rep / "report.md").read_text()
+    assert "| retrained |" in text and "| npo-scal2 |" in text
+    assert "| npo (scal 2) | 2 | 2 |" in text
+    assert (rep / "scalability.png").read_bytes()[:8] == PNG
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--forget", "forget01"], "--forget: QA split names"),
+        (["--temperature", "0.5"], "decodes greedily"),
+        (["--reference", "nowhere"], "--reference nowhere does not exist"),
+        (["--series", "scal:9"], "the data has 3 scal forget sets"),
+    ],
+)
+def test_uld_eval_on_text_refuses_bad_input(tiny_plain_model, tmp_path, capsys, extra, message):
+    data = write_muse_folder(tmp_path / "muse", tiny_muse())
+    out = tmp_path / "eval"
+    args = ["eval", "--model", tiny_plain_model, "--data", str(data), "--out", str(out)]
+    assert main(args + extra) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_series_is_for_text_data(tiny_plain_model, capsys):
+    assert main(["eval", "--model", tiny_plain_model, "--series", "scal:1"]) == 2
+    assert "--series places a MUSE evaluation" in capsys.readouterr().err

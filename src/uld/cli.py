@@ -8,6 +8,8 @@
     uld generate --model DIR "question"   answer with a plain or a ULD model
     uld chat --model DIR                  an interactive session
     uld eval --model DIR --reference RETAIN --out EVAL_DIR   the TOFU protocol, table in EVAL_DIR
+    uld eval --model DIR --data builtin-muse --reference RETRAINED --out EVAL_DIR   MUSE's
+                                          criteria on raw text (VerbMem, KnowMem, PrivLeak)
     uld calibrate --model DIR --write     ULD: choose alpha on held-out rows (no retain model)
     uld report EVAL_DIR... --out DIR      merge evaluations: one table, plots
     uld compare --config configs/compare.yaml   every method side by side (resumable)
@@ -33,22 +35,31 @@ from uld.config import COMBINES, MAX_ALPHA, EvalSplits
 from uld.data.augment import write_augmentation
 from uld.data.load import DataError, load_split, write_split
 from uld.data.synthetic import builtin_splits
+from uld.data.text import is_text_data, load_muse
 from uld.defaults import choose_alpha_on_rows
 from uld.demo import run_demo
 from uld.evaluate import answer_budget, generate_answers, load_reference, load_roles
+from uld.evaluate_muse import (
+    KNOWMEM_TOKENS,
+    VERBMEM_TOKENS,
+    evaluate_muse_model,
+    evaluate_muse_to,
+    privleak_reference,
+)
 from uld.finetune import finetune
 from uld.logit_diff import ULD_CONFIG, is_uld_folder, load_any, read_uld_config
 from uld.models import ModelLoadError, load_model, save_model
 from uld.moe import expert_attribution, plot_attribution, ranking_rows, top_experts
 from uld.outdir import check_out, locked, output_dir, write_json
 from uld.report import report, tables
+from uld.report_muse import muse_report, muse_tables, report_kind
+from uld.report_muse import summary_of as muse_summary
 from uld.runs import evaluate_model, evaluate_to, unlearn
 from uld.serve import serve
 from uld.streaming import AnswerStreamer
 from uld.upcycle import upcycle
 
 
-from uld.report_muse import muse_report, muse_tables, report_kind
 def cmd_data_export(args) -> None:
 
     if args.authors < 1:
@@ -200,6 +211,10 @@ def cmd_chat(args) -> None:
 def cmd_eval(args) -> None:
     from dataclasses import asdict
 
+    if is_text_data(args.data, args.data_kind):
+        return cmd_eval_text(args)
+    if args.series:
+        raise ValueError("--series places a MUSE evaluation (raw-text data) in a series")
     if args.out:
         check_out(args.out, args.overwrite, inputs=[args.model, args.reference])
     splits = EvalSplits.for_data(args.data, args.forget or "forget10")
@@ -242,6 +257,49 @@ def cmd_eval(args) -> None:
         print("(Forget Quality needs --reference RETAIN_MODEL_FOLDER or its eval.json)")
     if args.out:
         evaluate_to(args.out, results, "uld eval", args.overwrite)
+        print(f"[uld] wrote {args.out}/eval.json and eval.md")
+
+
+def cmd_eval_text(args) -> None:
+    """`uld eval` on raw text: MUSE's criteria (`uld.evaluate_muse`)."""
+    from dataclasses import asdict
+
+    qa = [f"--{r.replace('_', '-')}" for r in asdict(EvalSplits()) if getattr(args, r) is not None]
+    if qa:
+        raise ValueError(
+            f"{', '.join(qa)}: QA split names; {args.data} is raw text in MUSE's schema, whose "
+            "splits are fixed: leave them out"
+        )
+    if _sampling(args) or args.max_new_tokens:
+        raise ValueError(
+            "MUSE's protocol decodes greedily with its own budgets: leave out --temperature, "
+            "--top-p and --max-new-tokens (--verbmem-tokens, --knowmem-tokens set the budgets)"
+        )
+    if args.out:
+        check_out(args.out, args.overwrite, inputs=[args.model, args.reference, args.data])
+    data = load_muse(args.data)
+    reference = privleak_reference(args.reference, data) if args.reference else None
+    name = args.name or (Path(args.model).name if args.model else "default")
+    results = evaluate_muse_model(
+        args.model,
+        data,
+        name,
+        reference,
+        alpha=args.alpha,
+        filter=args.filter,
+        target=args.target,
+        combine=args.combine,
+        info={"data": args.data, "reference": args.reference or None},
+        series=args.series,
+        batch_size=args.batch_size,
+        verbmem_tokens=args.verbmem_tokens,
+        knowmem_tokens=args.knowmem_tokens,
+    )
+    print(muse_tables({name: muse_summary(results)}))
+    if reference is None:
+        print("(PrivLeak needs --reference RETRAINED_MODEL_FOLDER or its MUSE evaluation folder)")
+    if args.out:
+        evaluate_muse_to(args.out, results, "uld eval", args.overwrite)
         print(f"[uld] wrote {args.out}/eval.json and eval.md")
 
 
@@ -546,6 +604,31 @@ def parser() -> argparse.ArgumentParser:
         help="the reference model of the ref attack: a folder or hub id (default: the base the "
         "model was made from: a ULD model's target, an unlearned model's target, a fine-tuned "
         "model's base)",
+    )
+    ev.add_argument(
+        "--data-kind",
+        choices=("", "qa", "text"),
+        default="",
+        help="qa: TOFU's protocol; text: MUSE's (VerbMem, KnowMem, PrivLeak); default: detected "
+        "from --data (builtin-muse, a folder with raw/, a MUSE hub id are text)",
+    )
+    ev.add_argument(
+        "--series",
+        default="",
+        help="text data: the model's place in a MUSE series, scal:K (it unlearned the K-th of "
+        "the growing forget sets) or sust:K (it served requests 1..K); uld report draws them",
+    )
+    ev.add_argument(
+        "--verbmem-tokens",
+        type=_number(int, 1),
+        default=VERBMEM_TOKENS,
+        help=f"text data: VerbMem's continuation length (MUSE: {VERBMEM_TOKENS})",
+    )
+    ev.add_argument(
+        "--knowmem-tokens",
+        type=_number(int, 1),
+        default=KNOWMEM_TOKENS,
+        help=f"text data: KnowMem's answer budget (MUSE: {KNOWMEM_TOKENS})",
     )
     ev.add_argument("--out", default=None, help="folder for eval.json and eval.md")
     ev.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
