@@ -8,10 +8,18 @@ of the target. Nothing else in uld parses method names: adding a method is one o
 `uld.losses` and one entry here.
 
 Every input is checked before any model is loaded.
+
+On raw text (MUSE schema, `uld.data.text`; `text_config`) every method trains on document chunks
+(`uld.data.chunks`): D'_f is the forget chunks, D'_r the retain chunks, with no paraphrases,
+perturbed answers or general prompts (they rewrite question/answer rows). Two kinds of method
+need question/answer rows and are refused there: DPO (its preferred answer is a refusal of the
+forget row's question; a raw document asks nothing) and UOE (its expert attribution and anchor
+read answers).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable
@@ -41,10 +49,12 @@ from uld.data.augment import (
     report_duplicates,
     retain_set,
 )
+from uld.data.chunks import TextDataset
 from uld.data.format import PairedDataset, QADataset
 from uld.data.general import general_prompts, knowledge_prompts
 from uld.data.load import DataError, load_split
 from uld.data.rewrite import augment_without_model
+from uld.data.text import check_forget_unseen, is_text_data, load_muse, texts
 from uld.evaluate import generate_answers, load_reference
 from uld.losses import (
     FORGET_TERMS,
@@ -169,6 +179,67 @@ def augmentation(cfg: UnlearnConfig) -> tuple[bool, bool]:
     )
 
 
+# ULD's alpha on raw text when --alpha is not given: the paper's (its TOFU runs). The rule that
+# chooses it on QA data (`uld.defaults.choose_alpha_on_rows`) compares answers to questions.
+TEXT_ALPHA = 0.75
+TEXT_EPOCHS = 10  # MUSE's unlearning runs (muse_bench baselines/scripts/unlearn_bbc.sh)
+
+
+def text_config(cfg: UnlearnConfig) -> UnlearnConfig:
+    """`cfg` as it runs on raw text, or `cfg` itself on QA rows: MUSE's splits for the QA
+    defaults (forget10 -> forget, retain90 -> retain1, the retain set MUSE unlearns with), MUSE's
+    10 epochs for `--epochs 0`, ULD's alpha TEXT_ALPHA unless given, no QA augmentation and no
+    after-run check (both read question/answer rows); a flag or method that needs QA rows is an
+    error naming it."""
+    if not is_text_data(cfg.data, cfg.data_kind):
+        return cfg
+    spec = method(cfg.method)
+    why = ""
+    if spec.pairs_refusals:
+        why = (
+            f"--method {cfg.method} prefers a refusal of each forget question to its answer; a "
+            "raw document asks no question. Use npo, npo+kl, npo+gd, ga+kl, simnpo+gd or uld"
+        )
+    elif spec.moe:
+        why = f"--method {cfg.method} attributes forget answers to experts; use it on QA rows"
+    needs_qa = {
+        "--paraphrase": cfg.paraphrase,
+        "--perturbed": cfg.perturbed,
+        "--general": cfg.general,
+        "--calibrate": cfg.calibrate,
+        "--eval-metric": cfg.eval_metric,
+        "--distill": cfg.distill,
+        "--augment-from-eval": cfg.augment_from_eval,
+        "--strict": cfg.strict,
+    }
+    given = [flag for flag, value in needs_qa.items() if value]
+    if not why and given:
+        why = (
+            f"{given[0]} works on question/answer rows; drop it on raw text (evaluate the saved "
+            "model with uld eval)"
+        )
+    if why:
+        raise ValueError(f"{cfg.data} is raw text (MUSE schema): {why}")
+    new = {
+        "forget": "forget" if cfg.forget == "forget10" else cfg.forget,
+        "retain": "retain1" if cfg.retain == "retain90" else cfg.retain,
+        "paraphrase": False,
+        "perturbed": False,
+        "general": "",
+        "check": False,
+        "epochs": cfg.epochs or float(TEXT_EPOCHS),
+    }
+    if spec.has_alpha and cfg.alpha is None:
+        new["alpha"] = TEXT_ALPHA
+    print(
+        f"[uld] raw text from {cfg.data}: forget {new['forget']}, retain {new['retain']}, chunks "
+        f"of <= {cfg.max_length} tokens, {new['epochs']:g} epochs"
+        + (f", alpha {TEXT_ALPHA} (the paper's; --alpha sets it)" if "alpha" in new else "")
+        + "; no after-run check (uld eval measures the result)"
+    )
+    return dataclasses.replace(cfg, **new)
+
+
 def prepare(cfg: UnlearnConfig) -> Run:
     """Load and set up everything `cfg.method` trains (no training yet)."""
     spec = check(cfg)
@@ -196,11 +267,19 @@ def _first_layers(target: str, k: int):
         logging.set_verbosity(verbosity)
 
 
-def _training_sets(
-    cfg: UnlearnConfig, target: str
-) -> tuple[list[dict], list[dict], list[dict], list[dict]]:
+def _training_sets(cfg: UnlearnConfig, target: str) -> tuple[list, list, list, list]:
     """(forget, retain, D_f, D_r) rows: the splits, checked, with the augmentation the method
-    and flags ask for (`uld.data.augment`), and `--general` rows added to D_r."""
+    and flags ask for (`uld.data.augment`), and `--general` rows added to D_r. On raw text
+    (`text_config`): the forget and retain documents, D_f and D_r the same documents."""
+    if is_text_data(cfg.data, cfg.data_kind):
+        data = load_muse(cfg.data)
+        forget, retain = texts(data, cfg.forget), texts(data, cfg.retain)
+        check_forget_unseen(forget, f"--forget {cfg.forget}", {f"--retain {cfg.retain}": retain})
+        print(
+            f"[uld] forget set: {len(forget)} documents ({cfg.forget}); retain set: "
+            f"{len(retain)} documents ({cfg.retain})"
+        )
+        return forget, retain, forget, retain
     forget = load_split(cfg.forget, cfg.data)
     retain = load_split(cfg.retain, cfg.data)
     check_disjoint(forget, retain)
@@ -356,7 +435,9 @@ def prepare_uld(cfg: UnlearnConfig, spec: Method) -> Run:
     if cfg.distill:  # the target is the teacher of L_f
         frozen = Frozen(target=load_model(target)[0])
         extra["distill"] = True
-    dataset = PairedDataset(QADataset(d_f, tokenizer), QADataset(d_r, tokenizer), seed=cfg.seed)
+    dataset = PairedDataset(
+        encode(d_f, tokenizer, cfg.max_length), encode(d_r, tokenizer, cfg.max_length), cfg.seed
+    )
     rows = (forget, retain)
     return Run(
         target, assistant, tokenizer, dataset, spec, frozen, extra, k, None, calibration, rows
@@ -408,7 +489,7 @@ def prepare_offset(cfg: UnlearnConfig, spec: Method) -> Run:
         _target_params(model, k, n_layers),
     )
     model.config.use_cache = False
-    dataset = _loss_dataset(d_f, d_r, tokenizer, spec, cfg.seed)
+    dataset = _loss_dataset(d_f, d_r, tokenizer, spec, cfg)
     return Run(target, model, tokenizer, dataset, spec, frozen, extra, k, rows=(forget, retain))
 
 
@@ -434,7 +515,7 @@ def prepare_baseline(cfg: UnlearnConfig, spec: Method) -> Run:
         frozen = Frozen(ref=load_model(target)[0] if spec.needs_reference else None)
     extra |= _report_trainable(model, f"{cfg.method}, {'LoRA' if cfg.lora else 'full'}")
     model.config.use_cache = False
-    dataset = _loss_dataset(d_f, d_r, tokenizer, spec, cfg.seed)
+    dataset = _loss_dataset(d_f, d_r, tokenizer, spec, cfg)
     return Run(target, model, tokenizer, dataset, spec, frozen, extra, 0, rows=(forget, retain))
 
 
@@ -506,7 +587,7 @@ def prepare_rmu(cfg: UnlearnConfig, spec: Method) -> Run:
     what = f"RMU on layer {layer}, {proj} of layers {trained[0]}-{layer}"
     extra |= _report_trainable(model, f"{what}, {'LoRA' if cfg.lora else 'full'}")
     model.config.use_cache = False
-    dataset = _loss_dataset(d_f, d_r, tokenizer, spec, cfg.seed)
+    dataset = _loss_dataset(d_f, d_r, tokenizer, spec, cfg)
     return Run(target, model, tokenizer, dataset, spec, frozen, extra, 0, rows=(forget, retain))
 
 
@@ -541,7 +622,7 @@ def prepare_uoe(cfg: UnlearnConfig, spec: Method) -> Run:
         "trainable_params": selection.trainable,
         "trainable_share": selection.share,
     }
-    dataset = _loss_dataset(d_f, d_r, tokenizer, spec, cfg.seed)
+    dataset = _loss_dataset(d_f, d_r, tokenizer, spec, cfg)
     return Run(
         target,
         model,
@@ -556,13 +637,21 @@ def prepare_uoe(cfg: UnlearnConfig, spec: Method) -> Run:
     )
 
 
-def _loss_dataset(d_f, d_r, tokenizer, spec: Method, seed: int) -> PairedDataset:
+def encode(rows: list, tokenizer, max_length: int) -> QADataset | TextDataset:
+    """Training items: QA rows with answer-only labels, or documents (strings) as chunks of at
+    most `max_length` tokens with every token a label."""
+    if rows and isinstance(rows[0], str):
+        return TextDataset(rows, tokenizer, max_length)
+    return QADataset(rows, tokenizer)
+
+
+def _loss_dataset(d_f, d_r, tokenizer, spec: Method, cfg: UnlearnConfig) -> PairedDataset:
     """Forget items, paired with retain items if the method has a retain term (+gd, +kl) and
     with refusals of the same questions for DPO."""
     return PairedDataset(
-        QADataset(d_f, tokenizer),
-        QADataset(d_r, tokenizer) if spec.has_retain_term else None,
-        seed=seed,
+        encode(d_f, tokenizer, cfg.max_length),
+        encode(d_r, tokenizer, cfg.max_length) if spec.has_retain_term else None,
+        seed=cfg.seed,
         idk=QADataset(refusal_set(d_f), tokenizer) if spec.pairs_refusals else None,
     )
 

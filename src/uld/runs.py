@@ -45,6 +45,7 @@ from uld.methods import (
     learning_rate,
     prepare,
     retain_passes,
+    text_config,
 )
 from uld.mia import parse_attacks
 from uld.models import load_model, model_cache, save_model, source_fingerprint
@@ -145,7 +146,9 @@ def unlearn(cfg: UnlearnConfig) -> Path:
 
     `cfg.out` is checked before anything is loaded (`uld.outdir.check_out`: never an input,
     never a folder holding files uld did not write, an earlier result only with
-    `cfg.overwrite`) and locked while the run lasts."""
+    `cfg.overwrite`) and locked while the run lasts. On raw text, `cfg` is first resolved by
+    `uld.methods.text_config`."""
+    cfg = text_config(cfg)
     spec = check(cfg)
     if cfg.combine != "mass" and spec.composite != "uld":
         raise ValueError(
