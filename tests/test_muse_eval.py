@@ -23,6 +23,7 @@ from uld.evaluate_muse import (
     score_texts,
     series_point,
     text_ids,
+    verbmem,
 )
 from uld.logit_diff import ULDModel
 from uld.models import load_model
@@ -152,13 +153,20 @@ def test_evaluate_muse_reports_the_four_criteria(results):
 
 def test_verbmem_continues_the_raw_prompt_greedily_as_generate_does(plain, results):
     """Batched, left-padded continuations equal transformers' greedy generate one at a time,
-    on the raw prompt (no chat template), and `gt` is cut to the continuation's length."""
+    on the raw prompt (no chat template), as many new tokens as the true continuation has (at
+    most the budget, 8 here), and `gt` is cut to the budget."""
     model, tok = plain
-    for it in results["splits"]["verbmem_forget"]["items"]:
-        ids = torch.tensor([text_ids(tok, it["prompt"])])
-        out = model.generate(ids, max_new_tokens=8, do_sample=False, pad_token_id=tok.pad_token_id)
+    rows = tiny_muse().verbmem + [{"prompt": "Glass Harbour won", "gt": " a prize " * 20}]
+    got = verbmem(model, tok, rows, max_new_tokens=8)["items"]
+    assert got[:2] == results["splits"]["verbmem_forget"]["items"]
+    for it, row in zip(got, rows, strict=True):
+        n = min(8, len(tok(row["gt"], add_special_tokens=False).input_ids))
+        assert it["new_tokens"] == n
+        ids = torch.tensor([text_ids(tok, row["prompt"])])
+        out = model.generate(ids, max_new_tokens=n, do_sample=False, pad_token_id=tok.pad_token_id)
         assert it["generated"] == tok.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
-        assert len(tok(it["gt"], add_special_tokens=False).input_ids) <= 8
+    long_gt = tok(rows[2]["gt"], add_special_tokens=False).input_ids
+    assert len(long_gt) > 8 and got[2]["gt"] == tok.decode(long_gt[:8])
 
 
 def test_knowmem_asks_after_the_shots_and_cuts_the_answer(plain, results):
@@ -365,7 +373,7 @@ def test_uld_eval_on_text_then_report(tiny_plain_model, other_tiny_model, tmp_pa
     args = ["eval", "--model", tiny_plain_model, *quick, "--name", "retrained"]
     assert main(args + ["--out", str(retrained)]) == 0
     out = capsys.readouterr().out
-    assert "PrivLeak needs --reference" in out and "VerbMem on D_f" in out
+    assert "PrivLeak –: not computed" in out and "VerbMem on D_f" in out
     ref = json.loads((retrained / "eval.json").read_text())
     assert ref["protocol"] == "muse" and ref["summary"]["privleak"] is None
     assert ref["data"] == str(data) and len(ref["splits"]["verbmem_forget"]["items"]) == 2

@@ -296,8 +296,6 @@ def cmd_eval_text(args) -> None:
         knowmem_tokens=args.knowmem_tokens,
     )
     print(muse_tables({name: muse_summary(results)}))
-    if reference is None:
-        print("(PrivLeak needs --reference RETRAINED_MODEL_FOLDER or its MUSE evaluation folder)")
     if args.out:
         evaluate_muse_to(args.out, results, "uld eval", args.overwrite)
         print(f"[uld] wrote {args.out}/eval.json and eval.md")

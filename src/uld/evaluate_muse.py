@@ -9,8 +9,9 @@ Shi et al. 2024, "MUSE: Machine Unlearning Six-Way Evaluation for Language Model
 (arXiv:2407.06460), Sec. 3, and its code (github.com/swj0419/muse_bench: `eval.py`,
 `metrics/verbmem.py`, `metrics/knowmem.py`, `metrics/privleak.py`):
 
-- C1 VerbMem on D_f: each `verbmem` prompt is continued greedily for 128 new tokens; ROUGE-L F1
-  (`metrics.rouge_l_f1`) against the first 128 tokens of its true continuation `gt`; the mean.
+- C1 VerbMem on D_f: each `verbmem` prompt is continued greedily for 128 new tokens (fewer where
+  its true continuation `gt` is shorter); ROUGE-L F1 (`metrics.rouge_l_f1`) against the first 128
+  tokens of `gt`; the mean.
 - C2 KnowMem on D_f, C4 KnowMem on D_r: each question is asked after the split's few-shot
   demonstrations (`knowmem_prompt`), answered greedily in at most 32 new tokens, cut at MUSE's
   stop strings; ROUGE-L F1 against the answer; the mean.
@@ -26,11 +27,13 @@ Shi et al. 2024, "MUSE: Machine Unlearning Six-Way Evaluation for Language Model
 Prompts are raw text, tokenised as MUSE does (`tokenizer(text, add_special_tokens=True)`: a BOS
 where the tokenizer adds one), never a chat template: MUSE's target is a language model trained
 on the raw corpus. Where uld differs from muse_bench: MUSE cuts `gt` to 128 tokens counting
-its BOS (127 text tokens on Llama), uld to 128 text tokens; a verbmem prompt that would not leave
-room for the continuation in the model's context keeps its last tokens (counted in
-`prompts_cut`), where MUSE's 4,096-token Llama never needs to; a privleak text is scored on its
-first 2,048 tokens (or the context's length if shorter; open-unlearning's `max_length` 2048),
-MUSE scores it whole; Min-K% uses max(1, floor(0.4 n)) tokens, MUSE floor(0.4 n).
+its BOS (127 text tokens on Llama), uld to 128 text tokens, and generates as many tokens as that
+cut `gt` has, where MUSE always generates 128 (its gts are about 128 tokens long); a verbmem
+prompt that would not leave room for the continuation in the model's context keeps its last
+tokens (counted in `prompts_cut`), where MUSE's 4,096-token Llama never needs to; a privleak
+text is scored on its first 2,048 tokens (or the context's length if shorter; open-unlearning's
+`max_length` 2048), MUSE scores it whole; Min-K% uses max(1, floor(0.4 n)) tokens, MUSE
+floor(0.4 n).
 
 The maths lives in `uld.metrics`; this module runs models and bookkeeps.
 """
@@ -111,22 +114,31 @@ def verbmem(
             f"[uld] {cut} verbmem prompt(s) keep their last {room} tokens, to leave room for "
             f"{max_new_tokens} new ones in the model's context of {context}"
         )
-    gts = [
-        tokenizer.decode(
-            tokenizer(r["gt"], add_special_tokens=False).input_ids[:max_new_tokens],
-            skip_special_tokens=True,
+    gt_ids = [tokenizer(r["gt"], add_special_tokens=False).input_ids[:max_new_tokens] for r in rows]
+    gts = [tokenizer.decode(ids, skip_special_tokens=True) for ids in gt_ids]
+    # As many new tokens as the true continuation has, up to max_new_tokens: MUSE's gts are
+    # about 128 tokens long (MUSE-News: 69-98 words), so there this is MUSE's rule; a shorter
+    # gt would otherwise have its F1 cut by text the model was never asked to match.
+    budgets = [max(1, len(ids)) for ids in gt_ids]
+    out = [""] * len(rows)
+    for budget in sorted(set(budgets)):
+        idx = [i for i, b in enumerate(budgets) if b == budget]
+        texts = generate_from_ids(
+            model,
+            tokenizer,
+            [prompts[i] for i in idx],
+            batch_size,
+            budget,
+            False,
+            names=[f"verbmem prompt {i}" for i in idx],
+            strip=False,
         )
-        for r in rows
-    ]
-    names = [f"verbmem prompt {i}" for i in range(len(rows))]
-    out = generate_from_ids(
-        model, tokenizer, prompts, batch_size, max_new_tokens, False, names=names, strip=False
-    )
+        for i, text in zip(idx, texts, strict=True):
+            out[i] = text
     f1 = metrics.rouge_l_f1(out, gts)
-    recall = metrics.rouge_l_recall(out, gts)
     items = [
-        {"index": i, "prompt": r["prompt"], "gt": g, "generated": o, "rouge_l": f, "recall": rc}
-        for i, (r, g, o, f, rc) in enumerate(zip(rows, gts, out, f1, recall, strict=True))
+        {"index": i, "prompt": r["prompt"], "gt": g, "new_tokens": b, "generated": o, "rouge_l": f}
+        for i, (r, g, b, o, f) in enumerate(zip(rows, gts, budgets, out, f1, strict=True))
     ]
     return {"rows": len(rows), "items": items, "rouge_l": _mean(f1), "prompts_cut": cut}
 
