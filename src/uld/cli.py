@@ -17,6 +17,7 @@
     uld upcycle --out runs/moe/base       the embedded model as a 4-expert top-2 Mixtral
     uld demo                              the whole main job on the embedded default model
     uld serve --model DIR [--port 8000]   an OpenAI-compatible server (docs/serve.md)
+    uld lm-eval --model DIR --tasks wmdp_bio --out DIR   lm-evaluation-harness tasks (uld[eval])
 
 Errors in the input end the command with a one-line message and exit status 2.
 """
@@ -47,6 +48,7 @@ from uld.evaluate_muse import (
     privleak_reference,
 )
 from uld.finetune import finetune
+from uld.harness import lm_eval_to
 from uld.logit_diff import ULD_CONFIG, is_uld_folder, load_any, read_uld_config
 from uld.models import ModelLoadError, load_model, save_model
 from uld.moe import expert_attribution, plot_attribution, ranking_rows, top_experts
@@ -434,6 +436,27 @@ def cmd_serve(args) -> None:
     )
 
 
+def cmd_lm_eval(args) -> None:
+    lm_eval_to(
+        args.model,
+        [t.strip() for t in args.tasks.split(",") if t.strip()],
+        args.out,
+        args.limit,
+        args.num_fewshot,
+        args.batch_size,
+        args.include_path,
+        args.alpha,
+        args.filter,
+        args.target,
+        args.combine,
+        args.apply_chat_template,
+        args.seed,
+        args.overwrite,
+    )
+    print(Path(args.out, "results.md").read_text())
+    print(f"[uld] wrote {args.out}/results.json, results.md and the samples")
+
+
 def _sampling(args) -> dict:
     if args.temperature and args.temperature > 0:
         return {"do_sample": True, "temperature": args.temperature, "top_p": args.top_p}
@@ -728,6 +751,28 @@ def parser() -> argparse.ArgumentParser:
         "--max-batch", type=_number(int, 1), default=32, help="most requests decoded together"
     )
     srv.set_defaults(func=cmd_serve)
+
+    lme = sub.add_parser("lm-eval", help="lm-evaluation-harness tasks on a model (docs/serve.md)")
+    lme.add_argument("--model", default=None, help="model folder (plain or ULD) or hub id")
+    lme.add_argument("--target", default=None, help="ULD: load the adapter on this target")
+    lme.add_argument("--alpha", type=_number(float, 0, MAX_ALPHA), default=None)
+    lme.add_argument("--filter", type=_number(float, None, 1, above=0), default=None)
+    lme.add_argument("--combine", choices=COMBINES, default=None, help=COMBINE_HELP)
+    lme.add_argument("--tasks", required=True, help="lm-eval task names, comma-separated")
+    lme.add_argument("--out", required=True, help="folder for results.json, results.md, samples")
+    lme.add_argument(
+        "--limit",
+        type=_number(float, above=0),
+        default=None,
+        help="at most N documents per task (below 1: that share of them)",
+    )
+    lme.add_argument("--num-fewshot", type=_number(int, 0), default=None)
+    lme.add_argument("--batch-size", type=_number(int, 1), default=1)
+    lme.add_argument("--include-path", default=None, help="a folder of your own task YAML files")
+    lme.add_argument("--apply-chat-template", action="store_true")
+    lme.add_argument("--seed", type=int, default=0)
+    lme.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
+    lme.set_defaults(func=cmd_lm_eval)
     return top
 
 

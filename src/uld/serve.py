@@ -24,6 +24,7 @@ from contextlib import asynccontextmanager, suppress
 
 from uld.batching import Batcher, Event, Job
 from uld.evaluate import context_length
+from uld.extras import require
 from uld.logit_diff import ULDModel
 from uld.openai_api import (
     APIError,
@@ -52,6 +53,7 @@ def create_app(
 ):
     """A FastAPI app serving `model` (plain or ULDModel) as the model `name`. Its decode worker
     (`app.state.batcher`) starts and stops with the app's lifespan."""
+    require("fastapi", "serve", "uld serve")
     from fastapi import APIRouter, Depends, FastAPI, Request
     from fastapi.responses import JSONResponse, StreamingResponse
     from starlette.exceptions import HTTPException
@@ -237,6 +239,8 @@ def serve(
     """Load any model folder (`uld.runs.load_any`; `alpha`, `filter`, `target`, `combine` as
     there) and serve it with uvicorn until SIGINT or SIGTERM; shutdown is graceful: the requests
     in flight finish first. `name`: the model name clients ask for (default `model_path`)."""
+    for module in ("fastapi", "uvicorn"):  # before the model is loaded
+        require(module, "serve", "uld serve")
     import uvicorn
 
     if max_tokens_cap < 1 or max_batch < 1:
