@@ -1,6 +1,7 @@
 """The `uld` command.
 
     uld data export --out DIR             the built-in benchmark as TOFU-schema JSON files
+    uld data export --kind muse --out DIR the built-in raw-text corpus in MUSE's schema
     uld data augment --data locuslab/TOFU --forget forget10 --out F.json   ULD's training
                                           paraphrases and wrong answers, written by an LM
     uld finetune --split full --out DIR   make a target (or --split retain90: the retain model)
@@ -25,18 +26,21 @@ Errors in the input end the command with a one-line message and exit status 2.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
 from uld import config as cfgmod
+from uld import dist
 from uld.assistant import UnsupportedModelError
 from uld.calibrate import ALPHAS, check_held_out, choose_alpha, format_grid, format_safe_grid
 from uld.compare import compare, status
 from uld.config import COMBINES, MAX_ALPHA, EvalSplits
 from uld.data.augment import write_augmentation
+from uld.data.corpus import builtin_corpus
 from uld.data.load import DataError, load_split, write_split
 from uld.data.synthetic import builtin_splits
-from uld.data.text import is_text_data, load_muse
+from uld.data.text import is_text_data, load_muse, write_muse
 from uld.defaults import choose_alpha_on_rows
 from uld.demo import run_demo
 from uld.evaluate import answer_budget, generate_answers, load_reference, load_roles
@@ -63,7 +67,16 @@ from uld.upcycle import upcycle
 
 
 def cmd_data_export(args) -> None:
-
+    if args.kind == "muse":
+        data = builtin_corpus(size=args.size, seed=args.seed)  # checked before anything is written
+        check_out(args.out, args.overwrite)
+        with locked(args.out), output_dir(args.out, "uld data export", args.overwrite) as tmp:
+            counts = write_muse(data, tmp)
+        parts = [
+            f"{c}: " + ", ".join(f"{s} ({n})" for s, n in v.items()) for c, v in counts.items()
+        ]
+        print(f"wrote the built-in MUSE-schema corpus to {args.out}: " + "; ".join(parts))
+        return
     if args.authors < 1:
         raise ValueError(f"--authors={args.authors} must be >= 1")
     check_out(args.out, args.overwrite)
@@ -167,6 +180,10 @@ def cmd_finetune(args) -> None:
         seed=cfg.seed,
         max_steps=cfg.max_steps,
         overwrite=cfg.overwrite,
+        precision=cfgmod.precision(cfg),
+        gradient_checkpointing=cfg.gradient_checkpointing,
+        data_kind=cfg.data_kind,
+        max_length=cfg.max_length,
     )
     print(f"saved {out}")
 
@@ -257,7 +274,7 @@ def cmd_eval(args) -> None:
     print(tables({name: results["summary"]}))
     if reference is None and "forget" in roles:
         print("(Forget Quality needs --reference RETAIN_MODEL_FOLDER or its eval.json)")
-    if args.out:
+    if args.out and dist.is_main():
         evaluate_to(args.out, results, "uld eval", args.overwrite)
         print(f"[uld] wrote {args.out}/eval.json and eval.md")
 
@@ -544,7 +561,14 @@ def parser() -> argparse.ArgumentParser:
     )
     export = data.add_parser("export", help="write the built-in benchmark as JSON files")
     export.add_argument("--out", required=True)
+    export.add_argument(
+        "--kind",
+        choices=("tofu", "muse"),
+        default="tofu",
+        help="tofu: question/answer rows; muse: the raw-text corpus as <out>/<config>/<split>.json",
+    )
     export.add_argument("--authors", type=int, default=100)
+    export.add_argument("--size", type=int, default=12, help="muse: articles per raw split")
     export.add_argument("--seed", type=int, default=0)
     export.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     export.set_defaults(func=cmd_data_export)
@@ -778,6 +802,8 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if not dist.is_main():  # several processes (accelerate launch): the main one reports
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (for the life of the process)
 
     try:
         args.func(args)

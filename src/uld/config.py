@@ -42,6 +42,17 @@ class FinetuneConfig:
     lora_rank: int = _f(32, "LoRA rank when --lora")
     seed: int = _f(0, "random seed")
     max_steps: int = _f(-1, "stop after this many steps (for smoke tests)")
+    bf16: bool = _f(
+        False,
+        "bf16 mixed precision (default: on a GPU that has bf16; fp32 elsewhere); an error on a "
+        "GPU without it",
+    )
+    fp16: bool = _f(False, "fp16 mixed precision (GPUs only; for GPUs without bf16)")
+    gradient_checkpointing: bool = _f(
+        False,
+        "recompute each layer's activations in the backward pass instead of keeping them: less "
+        "memory for full-parameter training, about a third more compute",
+    )
     overwrite: bool = _f(
         False,
         "replace an earlier result in --out and discard checkpoints of another run there (files "
@@ -50,6 +61,7 @@ class FinetuneConfig:
 
     def validate(self) -> None:
         _positive(epochs=self.epochs, lr=self.lr, batch_size=self.batch_size)
+        check_precision_flags(self.bf16, self.fp16)
         _steps(self.max_steps)
         _text_flags(self.data_kind, self.max_length)
         if self.lora_rank < 1:
@@ -198,6 +210,17 @@ class UnlearnConfig:
     batch_size: int = _f(8, "batch size (forget items; each is paired with a retain item)")
     seed: int = _f(0, "random seed")
     max_steps: int = _f(-1, "stop after this many steps (for smoke tests)")
+    bf16: bool = _f(
+        False,
+        "bf16 mixed precision (default: on a GPU that has bf16; fp32 elsewhere); an error on a "
+        "GPU without it",
+    )
+    fp16: bool = _f(False, "fp16 mixed precision (GPUs only; for GPUs without bf16)")
+    gradient_checkpointing: bool = _f(
+        False,
+        "recompute each layer's activations in the backward pass instead of keeping them: less "
+        "memory for full-parameter training, about a third more compute",
+    )
     ema: float = _f(
         0.0,
         "decay of an exponential moving average of the trained weights, updated every step; "
@@ -256,6 +279,7 @@ class UnlearnConfig:
 
     def validate(self) -> None:
         _positive(batch_size=self.batch_size)
+        check_precision_flags(self.bf16, self.fp16)
         if not (math.isfinite(self.epochs) and self.epochs >= 0):
             raise ValueError(f"--epochs={self.epochs} must be >= 0 (0: from the data)")
         if self.strict and not self.check:
@@ -369,6 +393,16 @@ class EvalSplits:
                 holdout=f"holdout{pct}",
             )
         return cls(forget=forget, holdout="holdout10")
+
+
+def check_precision_flags(bf16: bool, fp16: bool) -> None:
+    if bf16 and fp16:
+        raise ValueError("--bf16 and --fp16 are two mixed precisions: give one of them")
+
+
+def precision(cfg) -> str:
+    """A config's training precision for `uld.trainer.train`: bf16, fp16 or auto."""
+    return "bf16" if cfg.bf16 else "fp16" if cfg.fp16 else "auto"
 
 
 def _positive(**values: float) -> None:

@@ -486,6 +486,56 @@ def evaluate(
     }
 
 
+def shard_roles(roles: dict[str, list[dict]], share) -> dict[str, list[dict]]:
+    """Each role's rows `share(n)` (a range of row indices), for one of several processes to
+    evaluate (`uld.dist`). Perturbed answers are cut to the fewest any usable row of the whole
+    split has, the k that `perturbed_pairs` takes on the whole split, so each process's truth
+    ratios are those of one process on all the rows."""
+    out = {}
+    for role, rows in roles.items():
+        ok = _usable(rows, role, [])
+        k = min((len(rows[i]["perturbed_answer"]) for i in ok), default=0)
+        part = [rows[i] for i in share(len(rows))]
+        if ok:
+            part = [r | {"perturbed_answer": r["perturbed_answer"][:k]} for r in part]
+        out[role] = part
+    return out
+
+
+def merge_shards(shards: list[dict[str, dict]]) -> dict[str, dict]:
+    """One `evaluate(...)["splits"]` out of those of consecutive shares of every role's rows
+    (`shard_roles`, in process order): the items and errors joined, their indices those of the
+    whole split, and each aggregate (a mean over rows, usable rows or fluency-scored answers)
+    the mean of the shares' weighted by what each mean is over, which is the mean over all."""
+    merged: dict[str, dict] = {}
+    for role in shards[0]:
+        parts = [s[role] for s in shards]
+        items, errors, start = [], [], 0
+        for p in parts:
+            items += [it | {"index": it["index"] + start} for it in p["items"]]
+            errors += [e | {"index": e["index"] + start} for e in p["errors"]]
+            start += p["rows"]
+        out = {"rows": start, "items": items, "errors": errors}
+        for key in ("rouge_l", "degenerate", "fluency_logp", "prob", "truth_ratio"):
+            have = [(p[key], _weight(key, role, p)) for p in parts if p.get(key) is not None]
+            have = [(v, w) for v, w in have if w]
+            if any(key in p for p in parts):
+                total = sum(w for _, w in have)
+                out[key] = sum(v * w for v, w in have) / total if total else None
+        merged[role] = out
+    return merged
+
+
+def _weight(key: str, role: str, part: dict) -> int:
+    """How many values a role's aggregate `key` is the mean of (see `evaluate_role`)."""
+    usable = sum("truth_ratio" in it for it in part["items"])
+    if key == "truth_ratio" or (key == "prob" and role not in ("forget", "retain")):
+        return usable
+    if key == "fluency_logp":
+        return sum(it.get("fluency_logp") is not None for it in part["items"])
+    return part["rows"]
+
+
 SUMMARY_KEYS = (
     "forget_quality",
     "forget_rouge",

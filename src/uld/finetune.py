@@ -18,6 +18,7 @@ from pathlib import Path
 
 from transformers import set_seed
 
+from uld import dist
 from uld.assistant import lora_config
 from uld.data.chunks import MAX_LENGTH, TextDataset
 from uld.data.format import Collator, QADataset
@@ -26,7 +27,7 @@ from uld.data.text import is_text_data, load_muse, texts
 from uld.losses import finetune_objective
 from uld.models import load_model, resolve, save_model, source_fingerprint
 from uld.outdir import check_out, locked
-from uld.trainer import remove_checkpoints, train
+from uld.trainer import check_precision, remove_checkpoints, train
 
 
 def finetune(
@@ -42,6 +43,8 @@ def finetune(
     seed: int = 0,
     max_steps: int = -1,
     overwrite: bool = False,
+    precision: str = "auto",
+    gradient_checkpointing: bool = False,
     data_kind: str = "",
     max_length: int = MAX_LENGTH,
 ) -> Path:
@@ -52,6 +55,7 @@ def finetune(
     detected, `uld.data.text.is_text_data`) trains on raw documents in chunks of `max_length`."""
     text = is_text_data(data, data_kind)
     rows = texts(load_muse(data), split) if text else load_split(split, data)
+    check_precision(precision)
     check_out(out, overwrite, inputs=[model, *local_paths(data, split)])
     source = resolve(model)
     with locked(out):
@@ -86,6 +90,8 @@ def finetune(
             "max_steps": max_steps,
             **({"max_length": max_length} if text else {}),
         }
+        if precision != "auto":  # (recorded only when asked for: earlier runs resume as before)
+            settings["precision"] = precision
         watch = train(
             net,
             dataset,
@@ -99,7 +105,11 @@ def finetune(
             max_steps=max_steps,
             settings=settings,
             overwrite=overwrite,
+            precision=precision,
+            gradient_checkpointing=gradient_checkpointing,
         ).stopwatch
+        if not dist.is_main():  # the main process saves
+            return Path(out)
         seconds = watch.seconds()  # all resumes together
         if lora:
             net = net.merge_and_unload()

@@ -26,10 +26,36 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from uld import dist
 from uld.assistant import base_lm, decoder_layers, decoder_of
 from uld.moe import anchor_loss, moe_layer, record_routing, router_probs
 
 IGNORE = -100
+
+_ACROSS = [False]  # inside `across_processes`: means are over every process's batch
+
+
+@contextmanager
+def across_processes():
+    """Within this block, every mean an objective takes over its batch's tokens or rows
+    (`batch_mean`) is the mean over the whole batch of all processes, times the number of
+    processes. Data-parallel training averages the processes' gradients, so each step is then
+    the one process's step on the whole batch, whatever the share of answer tokens each process
+    got. Every process must compute the same terms in the same order (one sum per mean)."""
+    _ACROSS[0] = dist.world_size() > 1
+    try:
+        yield
+    finally:
+        _ACROSS[0] = False
+
+
+def batch_mean(x: torch.Tensor) -> torch.Tensor:
+    """x.mean() over all its elements (tokens or rows); within `across_processes`, the sum over
+    this process's x times the number of processes over the count of all processes' x."""
+    if not _ACROSS[0]:
+        return x.mean()
+    n = dist.all_sum(x.numel(), x.device)
+    return x.sum() * (dist.world_size() / n).to(x.dtype)
 
 
 @dataclass
@@ -88,7 +114,9 @@ def answer_positions(batch: dict) -> torch.Tensor:
 
 def nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Mean negative log-likelihood of the answer tokens. logits [N, V], targets [N] -> scalar."""
-    return F.cross_entropy(logits, targets)
+    if not _ACROSS[0]:
+        return F.cross_entropy(logits, targets)
+    return batch_mean(F.cross_entropy(logits, targets, reduction="none"))
 
 
 def soft_nll(logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
@@ -99,7 +127,7 @@ def soft_nll(logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor
     ULD with `--distill` (our variant): L_f with the target's soft labels on D'_f.
     """
     teacher = F.softmax(teacher_logits.float(), dim=-1)
-    return -(teacher * F.log_softmax(logits, dim=-1)).sum(dim=-1).mean()
+    return -batch_mean((teacher * F.log_softmax(logits, dim=-1)).sum(dim=-1))
 
 
 def uniform_kl(logits: torch.Tensor) -> torch.Tensor:
@@ -109,7 +137,7 @@ def uniform_kl(logits: torch.Tensor) -> torch.Tensor:
     ULD paper, Eq. 4 (the retain term L_r of the assistant: "know nothing" of D'_r).
     """
     logp = F.log_softmax(logits, dim=-1)
-    return -logp.mean(dim=-1).mean() - math.log(logits.shape[-1])
+    return -batch_mean(logp.mean(dim=-1)) - math.log(logits.shape[-1])
 
 
 def sequence_logprob(
@@ -131,7 +159,7 @@ def npo_loss(logp: torch.Tensor, logp_ref: torch.Tensor, beta: float = 0.1) -> t
     scalar. Equals (2/beta) log 2 when the model is the reference; tends to 0 as p_theta -> 0,
     so unlike GA it stops pushing once an answer is unlikely.
     """
-    return -(2 / beta) * F.logsigmoid(-beta * (logp - logp_ref)).mean()
+    return -(2 / beta) * batch_mean(F.logsigmoid(-beta * (logp - logp_ref)))
 
 
 def dpo_loss(
@@ -148,7 +176,7 @@ def dpo_loss(
     All [B] sequence log-likelihoods -> scalar; (2/beta) log 2 when the model is the reference
     (the 2/beta scale is the ULD code's, so DPO and NPO losses read alike).
     """
-    return -(2 / beta) * F.logsigmoid(beta * ((logp_w - ref_w) - (logp_l - ref_l))).mean()
+    return -(2 / beta) * batch_mean(F.logsigmoid(beta * ((logp_w - ref_w) - (logp_l - ref_l))))
 
 
 def kl_to_reference(logits: torch.Tensor, ref_logits: torch.Tensor) -> torch.Tensor:
@@ -156,12 +184,15 @@ def kl_to_reference(logits: torch.Tensor, ref_logits: torch.Tensor) -> torch.Ten
     2024, Sec. 4: "minimise the KL divergence between the predictions on the retain set of the
     original and the new model"). logits, ref_logits [N, V] -> scalar, 0 when they agree.
     """
-    return F.kl_div(
-        F.log_softmax(logits, -1),
-        F.log_softmax(ref_logits, -1),
-        reduction="batchmean",
-        log_target=True,
-    )
+    if not _ACROSS[0]:
+        return F.kl_div(
+            F.log_softmax(logits, -1),
+            F.log_softmax(ref_logits, -1),
+            reduction="batchmean",
+            log_target=True,
+        )
+    logp, logq = F.log_softmax(logits, -1), F.log_softmax(ref_logits, -1)
+    return batch_mean((logq.exp() * (logq - logp)).sum(-1))
 
 
 def simnpo_loss(mean_nll: torch.Tensor, beta: float = 4.5, delta: float = 0.0) -> torch.Tensor:
@@ -174,7 +205,7 @@ def simnpo_loss(mean_nll: torch.Tensor, beta: float = 4.5, delta: float = 0.0) -
     Simple, `simnpo` loss) and open-unlearning; the paper's margin gamma is beta * delta.
     Equals (2/beta) log 2 at mean NLL = delta and tends to 0 as the answers become unlikely.
     """
-    return -(2 / beta) * F.logsigmoid(beta * (mean_nll - delta)).mean()
+    return -(2 / beta) * batch_mean(F.logsigmoid(beta * (mean_nll - delta)))
 
 
 def weighted_ga_loss(
@@ -192,7 +223,7 @@ def weighted_ga_loss(
     token_nll = F.cross_entropy(logits, targets, reduction="none")
     p = torch.exp(-token_nll.detach())
     w = p.pow(beta1) * (1 - p).pow(beta2)
-    return -(w * token_nll).mean()
+    return -batch_mean(w * token_nll)
 
 
 def undial_loss(
@@ -244,7 +275,7 @@ def activation_mse(h: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) ->
     compute_activation_loss). h [B, T, D], target [B, T, D] or [D], mask [B, T] -> scalar."""
     sq = (h.float() - target.float()).pow(2).mean(dim=-1)
     m = mask.float()
-    return ((sq * m).sum(dim=1) / m.sum(dim=1).clamp(min=1)).mean()
+    return batch_mean((sq * m).sum(dim=1) / m.sum(dim=1).clamp(min=1))
 
 
 # --- objectives: (model, batch, hp, frozen) -> (loss, logs) -------------------------------

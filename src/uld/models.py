@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
+from uld import dist
 from uld.config import save as save_config
 from uld.outdir import output_dir
 
@@ -57,7 +58,8 @@ def default_dtype(device: str | torch.device) -> torch.dtype:
 
 
 def default_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    """The GPU of this process (`uld.dist.local_rank`: one per process of a launch), else CPU."""
+    return f"cuda:{dist.local_rank()}" if torch.cuda.is_available() else "cpu"
 
 
 def packaged_gguf() -> Path:

@@ -28,6 +28,8 @@ import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from uld import dist
+
 MARKER = ".uld.json"
 TMP_TAG = "uldtmp"
 
@@ -209,9 +211,13 @@ class output_dir:
 @contextlib.contextmanager
 def locked(out: str | Path, what: str = "output") -> Iterator[None]:
     """Hold the lock of `out` (`.<name>.lock` beside it) for the block; refuse at once if
-    another process holds it. The OS frees the lock when its holder dies."""
+    another process holds it. The OS frees the lock when its holder dies. Of the processes of
+    one launch (`uld.dist`), the main one holds it: the others write nothing."""
     from filelock import FileLock, Timeout
 
+    if not dist.is_main():
+        yield
+        return
     out = Path(out).expanduser().resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
     path = out.parent / f".{out.name}.lock"

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from uld import config as cfgmod
+from uld import dist
 from uld.calibrate import choose_alpha, format_grid, format_safe_grid
 from uld.config import UTILITY_ROLES, EvalSplits, UnlearnConfig
 from uld.data.format import Collator
@@ -33,6 +34,9 @@ from uld.evaluate import (
     generate_answers,
     load_reference,
     load_roles,
+    merge_shards,
+    shard_roles,
+    summarise,
 )
 from uld.logit_diff import ULDModel, load_any, write_uld_config
 from uld.losses import Hyper
@@ -54,6 +58,7 @@ from uld.report import model_info, write_eval
 from uld.trainer import (
     EpochEval,
     WeightAverage,
+    check_precision,
     checkpoint_dir,
     claim_checkpoints,
     load_trainable,
@@ -89,8 +94,12 @@ def evaluate_model(
     `mia`: the membership attacks (`uld.mia.parse_attacks`: "all", "none" or a list); the
     reference-model attack compares with `mia_reference` (a model folder or hub id; "": the base
     the model was made from, `uld.evaluate.base_model`), and is left out, with a message, where
-    there is none unless `mia` names it. `kwargs` go to `evaluate`."""
+    there is none unless `mia` names it. `kwargs` go to `evaluate`.
+
+    On several processes (`uld.dist`) each evaluates a share of every split's rows and every
+    process returns the whole evaluation (`uld.evaluate.merge_shards`)."""
     attacks = parse_attacks(mia)
+    dist.check_rows({r: len(v) for r, v in roles.items()})
     if loaded is None:
         path = None if model_path is None else str(model_path)
         loaded = load_any(path, alpha, filter, target, combine)
@@ -128,10 +137,21 @@ def evaluate_model(
                 "base or target model to compare with (--mia-reference MODEL gives one)"
             )
             attacks = tuple(a for a in attacks if a != "ref")
-    res |= evaluate(
-        model, tok, roles, reference, scorer=scorer, mia=attacks, mia_reference=ref, **kwargs
-    )
-    return res
+    if dist.world_size() == 1:
+        return res | evaluate(
+            model, tok, roles, reference, scorer=scorer, mia=attacks, mia_reference=ref, **kwargs
+        )
+    share = shard_roles(roles, dist.share)
+    part = evaluate(model, tok, share, scorer=scorer, mia=attacks, mia_reference=ref, **kwargs)
+    parts = dist.gather(part)
+    splits = merge_shards([p["splits"] for p in parts])
+    return res | {
+        "splits": splits,
+        "summary": summarise(splits, reference),
+        "reference": reference["source"] if reference else None,
+        "eval_seconds": max(p["eval_seconds"] for p in parts),
+        "processes": dist.world_size(),
+    }
 
 
 def evaluate_to(folder: str | Path, results: dict, command: str, overwrite: bool = False):
@@ -150,6 +170,7 @@ def unlearn(cfg: UnlearnConfig) -> Path:
     `uld.methods.text_config`."""
     cfg = text_config(cfg)
     spec = check(cfg)
+    check_precision(cfgmod.precision(cfg))  # before anything is loaded or written
     if cfg.combine != "mass" and spec.composite != "uld":
         raise ValueError(
             f"--combine {cfg.combine} is how ULD combines its logits; --method {cfg.method} has "
@@ -170,6 +191,8 @@ def run_settings(cfg: UnlearnConfig, run: Run) -> dict:
     every setting but where it is written, the target's fingerprint and a hash of every
     training token."""
     after = ("out", "overwrite", "check", "strict")  # where and how the result is written
+    # (how it is computed: the same run; a precision only when asked for)
+    after += ("gradient_checkpointing",) + tuple(k for k in ("bf16", "fp16") if not getattr(cfg, k))
     settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in after}
     return settings | {
         "made_by": "uld unlearn",
@@ -246,7 +269,11 @@ def train_and_save(cfg: UnlearnConfig, run: Run) -> Path:
         callbacks=callbacks,
         settings=settings,
         overwrite=cfg.overwrite,
+        precision=cfgmod.precision(cfg),
+        gradient_checkpointing=cfg.gradient_checkpointing,
     ).stopwatch
+    if not dist.is_main():  # the main process chooses alpha, checks and saves
+        return Path(cfg.out)
     if average is not None:
         average.finish(model)  # the averaged weights are the model (or the best epoch's below)
         extra["ema"] = cfg.ema

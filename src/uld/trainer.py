@@ -25,10 +25,17 @@ import torch
 from torch.optim.lr_scheduler import LambdaLR
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
-from uld.losses import Frozen, Hyper, Objective
+from uld import dist
+from uld.losses import Frozen, Hyper, Objective, across_processes
+from uld.memory import format_memory, run_memory
 from uld.outdir import OutputError, write_json
 
 RUN_FILE = "run.json"
+CHECKPOINTING = (
+    "activation_checkpointing"
+    if "activation_checkpointing" in TrainingArguments.__dataclass_fields__
+    else "gradient_checkpointing"
+)
 MAX_CHECKPOINTS = 20
 
 
@@ -50,7 +57,15 @@ class UnlearnTrainer(Trainer):
         self._parts: dict[str, list[float]] = {}
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        loss, parts = self.objective(model, inputs, self.hp, self.frozen)
+        inner = self.accelerator.unwrap_model(model)
+        # (the accelerator puts autocast around the model's forward; objectives call its parts)
+        with across_processes(), self.accelerator.autocast():
+            if inner is model:
+                loss, parts = self.objective(model, inputs, self.hp, self.frozen)
+            else:  # DDP / DeepSpeed: through the wrapper's forward, which syncs the gradients
+                loss, parts = _through_wrapper(
+                    model, inner, lambda: self.objective(inner, inputs, self.hp, self.frozen)
+                )
         if not torch.isfinite(loss.detach()).all():
             step = self.state.global_step + 1  # the step being computed
             raise _diverged(self.args, step, f"the loss became {loss.item()}")
@@ -75,11 +90,27 @@ class UnlearnTrainer(Trainer):
         return self.lr_scheduler
 
     def log(self, logs: dict, *args, **kwargs) -> None:
-        for k, v in self._parts.items():
-            if v:
-                logs[k] = round(sum(v) / len(v), 4)
+        # (every process logs at the same steps: each part is averaged over the processes,
+        # whose values `across_processes` scaled so that their mean is the whole batch's)
+        names = sorted(k for k, v in self._parts.items() if v)
+        means = [sum(self._parts[k]) / len(self._parts[k]) for k in names]
+        if dist.world_size() > 1:
+            means = [sum(m) / len(m) for m in zip(*dist.gather(means), strict=True)]
+        for k, v in zip(names, means, strict=True):
+            logs[k] = round(v, 4)
         self._parts = {}
         super().log(logs, *args, **kwargs)
+
+
+def _through_wrapper(wrapper, inner: torch.nn.Module, run: Callable):
+    """`run()` (an objective on `inner`) called from within `wrapper`'s forward: a
+    DistributedDataParallel or DeepSpeed wrapper syncs gradients only for what its forward
+    computed, and the objectives call the model's parts (decoder, LM head) themselves."""
+    inner.forward = lambda *a, **k: run()
+    try:
+        return wrapper()
+    finally:
+        del inner.forward  # the class's forward again
 
 
 def _diverged(args, step: int, what: str) -> TrainingDiverged:
@@ -185,6 +216,8 @@ class WeightAverage(TrainerCallback):
     def on_save(self, args, state, control, **kwargs):
         from safetensors.torch import save_file
 
+        if not state.is_world_process_zero:
+            return
         path = _in_checkpoint(args, state, self.FILE)
         tmp = path.with_name(f"{self.FILE}.tmp")  # whole or absent: a resume never reads half of it
         save_file({n: v.contiguous() for n, v in self.avg.items()}, str(tmp))
@@ -238,7 +271,10 @@ class Stopwatch(TrainerCallback):
             self.before = json.loads(saved.read_text())["seconds"]
 
     def on_save(self, args, state, control, **kwargs):
-        write_json({"seconds": round(self.seconds(), 3)}, _in_checkpoint(args, state, self.FILE))
+        if state.is_world_process_zero:
+            write_json(
+                {"seconds": round(self.seconds(), 3)}, _in_checkpoint(args, state, self.FILE)
+            )
 
     def seconds(self) -> float:
         return self.before + time.time() - self.start
@@ -319,12 +355,15 @@ class EpochEval(TrainerCallback):
         if not self.meets_floor(scores):
             key, least = self.floor
             print(f"[uld] epoch {epoch}: {key} below {least:.4g}, not a candidate for best")
+        # every process evaluates the same weights; the main one writes
+        main = state.is_world_process_zero
         if kept is None or self._rank(scores) > self._rank(kept):
             self.best, self.best_epoch = scores[self.metric], epoch
-            save_trainable(model, self.best_dir)
-            if self.on_best is not None:
+            if main:
+                save_trainable(model, self.best_dir)
+            if self.on_best is not None and main:
                 self.on_best(model, epoch, scores)
-        if self.state:
+        if self.state and main:
             write_json(
                 {"history": self.history, "best": self.best, "epoch": self.best_epoch}, self.state
             )
@@ -419,6 +458,7 @@ def claim_checkpoints(out: str | Path, settings: dict, overwrite: bool = False) 
     ckpt = checkpoint_dir(out)
     record = ckpt / RUN_FILE
     settings = json.loads(json.dumps(settings, default=str))  # as it reads back from the file
+    remove = False
     if ckpt.exists() and any(ckpt.iterdir()):
         try:
             saved = json.loads(record.read_text())
@@ -426,12 +466,16 @@ def claim_checkpoints(out: str | Path, settings: dict, overwrite: bool = False) 
             saved = None
         if saved != settings:
             ours = record.exists() or any(ckpt.glob("checkpoint-*"))
-            if overwrite and ours:
-                shutil.rmtree(ckpt)
-                print(f"[uld] --overwrite: removed the checkpoints of another run in {ckpt}")
-            else:
+            if not (overwrite and ours):
                 raise OutputError(_mismatch(ckpt, saved, settings, ours))
-    write_json(settings, record)
+            remove = True
+    dist.barrier()  # every process has read the record before the main one changes it
+    if dist.is_main():
+        if remove:
+            shutil.rmtree(ckpt)
+            print(f"[uld] --overwrite: removed the checkpoints of another run in {ckpt}")
+        write_json(settings, record)
+    dist.barrier()
 
 
 def _mismatch(ckpt: Path, saved: dict | None, settings: dict, ours: bool) -> str:
@@ -476,12 +520,31 @@ def train(
     max_steps: int = -1,
     settings: dict | None = None,
     overwrite: bool = False,
+    precision: str = "auto",
+    gradient_checkpointing: bool = False,
 ) -> UnlearnTrainer:
     """Train `model` in place with `objective`; resumes from `<out>.ckpt` if its recorded
     `settings` are these (`claim_checkpoints`). The returned trainer's `stopwatch.seconds()` is
-    the run's wall time over all its resumes."""
+    the run's wall time over all its resumes.
+
+    `batch_size` is the batch of one optimizer step over all processes (`uld.dist`): each of W
+    processes takes batch_size / W rows of it, so a run on W processes takes the same steps as
+    on one. `precision`: "auto" (bf16 mixed precision on a GPU that has bf16, else fp32), "bf16",
+    "fp16" or "fp32" (`check_precision`). `gradient_checkpointing`: recompute each layer's
+    activations in the backward pass instead of keeping them (less memory, about a third more
+    compute)."""
     ckpt = checkpoint_dir(out)
+    world = dist.world_size()
+    if batch_size % world:
+        raise ValueError(
+            f"--batch-size {batch_size} is the batch over all {world} processes and must split "
+            f"evenly among them: choose a multiple of {world}"
+        )
+    mixed = check_precision(precision)
     claim_checkpoints(out, settings or {}, overwrite)
+    held = frozen or Frozen()
+    mem = run_memory(model, [held.ref, held.target, held.offset_start])
+    print(f"[uld] expected training memory per process: {format_memory(mem)}")
     steps_per_epoch = math.ceil(len(dataset) / (batch_size * grad_accum))
     total = max_steps if max_steps > 0 else math.ceil(steps_per_epoch * epochs)
     # a checkpoint every epoch, or every `every` epochs when there are many: at most about
@@ -490,7 +553,7 @@ def train(
     every = max(1, int(epochs // MAX_CHECKPOINTS))
     args = TrainingArguments(
         output_dir=str(ckpt),
-        per_device_train_batch_size=batch_size,
+        per_device_train_batch_size=batch_size // world,
         gradient_accumulation_steps=grad_accum,
         num_train_epochs=epochs,
         max_steps=max_steps,
@@ -506,7 +569,13 @@ def train(
         seed=seed,
         data_seed=seed,
         use_cpu=not torch.cuda.is_available(),
-        bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
+        bf16=mixed == "bf16",
+        fp16=mixed == "fp16",
+        **{  # (transformers >= 5.20 calls it activation checkpointing)
+            CHECKPOINTING: gradient_checkpointing,
+            f"{CHECKPOINTING}_kwargs": {"use_reentrant": False} if gradient_checkpointing else None,
+        },
+        ddp_backend=None if torch.cuda.is_available() or world == 1 else "gloo",
         remove_unused_columns=False,
         dataloader_num_workers=0,
         disable_tqdm=False,
@@ -522,11 +591,41 @@ def train(
         callbacks=[watch := Stopwatch(), FiniteCheck(), PairingEpoch(dataset), *(callbacks or [])],
     )
     trainer.stopwatch = watch
-    resume = last_checkpoint(out, set_aside=True)
+    if dist.is_main():  # sets incomplete checkpoints aside before the others look
+        last_checkpoint(out, set_aside=True)
+    dist.barrier()
+    resume = last_checkpoint(out)
     if resume:
         print(f"[uld] resuming from the last checkpoint, {resume}")
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     return trainer
+
+
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+
+
+def check_precision(precision: str) -> str:
+    """The mixed precision `precision` resolves to here ("bf16", "fp16" or "" for none), or a
+    clear error where this machine cannot run it: "auto" is bf16 on a GPU that has it, else
+    fp32; bf16 needs a GPU with bf16 (Ampere or newer) or a CPU (torch runs bf16 there, slowly);
+    fp16 needs a GPU."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
+    cuda = torch.cuda.is_available()
+    if precision == "auto":
+        return "bf16" if cuda and torch.cuda.is_bf16_supported() else ""
+    if precision == "bf16" and cuda and not torch.cuda.is_bf16_supported():
+        name = torch.cuda.get_device_name()
+        raise ValueError(
+            f"--bf16: this GPU ({name}) has no bfloat16 (it needs compute capability 8.0, "
+            "Ampere, or newer); use --fp16 instead"
+        )
+    if precision == "fp16" and not cuda:
+        raise ValueError(
+            "--fp16 mixed precision needs a GPU (no CUDA device here); use --bf16 on a CPU, or "
+            "leave both out for fp32"
+        )
+    return "" if precision == "fp32" else precision
 
 
 def remove_checkpoints(out: str | Path) -> None:
