@@ -10,12 +10,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from uld.calibrate import SAFE_ALPHAS
 from uld.cli import main
 from uld.config import UnlearnConfig
 from uld.data.chunks import TextDataset
 from uld.data.text import load_muse, texts
 from uld.logit_diff import load_any
-from uld.methods import TEXT_ALPHA, prepare, text_config
+from uld.methods import prepare, text_config
 from uld.models import load_model, read_card
 
 
@@ -54,17 +55,33 @@ def test_finetune_on_text_trains_on_every_chunk(tiny_plain_model, corpus, text_t
     assert changed and all("embed_tokens" not in n for n in changed)
 
 
-@pytest.mark.parametrize("method", ["uld", "npo+kl", "ga+kl"])
+METHODS = ["uld", "npo+kl", "ga+kl", "npo", "offset-npo+kl", "simnpo+gd", "wga", "satimp+gd"]
+METHODS += ["undial", "ceu+kl", "rmu", "npo+kl --lora"]
+
+
+@pytest.mark.parametrize("method", METHODS)
 def test_unlearn_on_text(method, corpus, text_target, tmp_path):
-    out = tmp_path / method
-    argv = ["unlearn", "--method", method, "--model", text_target, "--data", corpus]
+    out = tmp_path / "out"
+    method, *flags = method.split()
+    argv = ["unlearn", "--method", method, "--model", text_target, "--data", corpus, *flags]
     argv += ["--out", str(out), "--max-length", "64", "--epochs", "1", "--batch-size", "4"]
-    argv += ["--lr", "1e-2"] if method != "uld" else ["--layers", "2", "--lora-rank", "4"]
+    if method in ("uld", "offset-npo+kl"):
+        argv += ["--layers", "2", "--lora-rank", "4"]
+    if method != "uld":
+        argv += ["--lr", "1e-2"]
     assert main(argv) == 0
     target, _ = load_model(text_target)
-    if method == "uld":
+    if method == "offset-npo+kl":
+        weights = load_file(out / "adapter_model.safetensors")
+        assert any(w.abs().sum() > 0 for n, w in weights.items() if "lora_B" in n)
+    elif method == "uld":
         uld_cfg = json.loads((out / "uld_config.json").read_text())
-        assert uld_cfg["alpha"] == TEXT_ALPHA and uld_cfg["assistant_layers"] == 2
+        assert uld_cfg["assistant_layers"] == 2
+        # alpha chosen on the run's own documents: every grid alpha scored on the retain text
+        choice = uld_cfg["alpha_choice"]
+        assert uld_cfg["alpha"] == choice["alpha"] in (0.0, *SAFE_ALPHAS)
+        assert [g["alpha"] for g in choice["grid"]] == list(SAFE_ALPHAS)
+        assert all(0 <= g["keep_agreement"] <= 1 for g in choice["grid"])
         weights = load_file(out / "adapter_model.safetensors")
         lora_b = [w for n, w in weights.items() if "lora_B" in n]
         assert lora_b and all(w.abs().sum() > 0 for w in lora_b)  # trained: B starts at zero

@@ -28,8 +28,9 @@ from collections.abc import Sequence
 import torch
 
 from uld import metrics
+from uld.data.chunks import MAX_LENGTH, TextDataset
 from uld.data.format import encode_qa, pad
-from uld.evaluate import fluency, generate_answers, perturbed_pairs
+from uld.evaluate import fluency, generate_answers, generate_from_ids, perturbed_pairs
 from uld.logit_diff import ULDModel, plausible_set
 
 ALPHAS = tuple(round(0.1 * i, 1) for i in range(21))  # 0, 0.1, ..., 2.0
@@ -116,11 +117,26 @@ def grid_scores(
 
     Returns, per setting: (sum of the answer's log-probs [N], answer tokens [N], answer tokens
     where the combined model's most likely token is the target's [N])."""
+    items = [encode_qa(tokenizer, q, a) for q, a in zip(questions, answers, strict=True)]
+    return grid_scores_on(model, tokenizer, items, settings, batch_size, keep_mass, argmax_in_s)
+
+
+@torch.no_grad()
+def grid_scores_on(
+    model: ULDModel,
+    tokenizer,
+    all_items: Sequence[dict],
+    settings: Sequence[tuple[float, float]],
+    batch_size: int = 16,
+    keep_mass: bool = True,
+    argmax_in_s: bool = False,
+) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """`grid_scores` on tokenised items ({input_ids, labels}: QA items, or raw-text chunks of
+    `uld.data.chunks` whose every token is scored)."""
     out: list[list] = [[] for _ in settings]
     n_tokens = []
-    for s in range(0, len(questions), batch_size):
-        chunk = zip(questions[s : s + batch_size], answers[s : s + batch_size], strict=True)
-        items = [encode_qa(tokenizer, q, a) for q, a in chunk]
+    for s in range(0, len(all_items), batch_size):
+        items = all_items[s : s + batch_size]
         batch = {k: v.to(model.device) for k, v in pad(items, tokenizer.pad_token_id).items()}
         targets = batch["labels"][:, 1:]
         keep = targets != -100
@@ -296,6 +312,7 @@ def format_grid(result: dict) -> str:
 # and the forget answers fluent.
 
 SAFE_ALPHAS = (2.0, 1.5, 1.0, 0.75, 0.5, 0.25, 0.1)  # tried from the largest down
+TEXT_PROMPT = 32  # raw text: tokens of each forget document's start that are continued
 
 
 def choose_alpha_safely(
@@ -313,7 +330,10 @@ def choose_alpha_safely(
     reported.
 
     keep: rows whose answer is the target's own greedy answer (retain rows and general prompts,
-    `uld.defaults.keep_rows`). Their agreement at an alpha is the share of answer tokens at which
+    `uld.defaults.keep_rows`). On raw text `forget` and `keep` are documents (strings): the
+    agreement is over every token of their chunks (`uld.data.chunks`), and the forget check
+    continues each forget document's first TEXT_PROMPT tokens for TEXT_PROMPT tokens, judged by
+    repetition. Their agreement at an alpha is the share of answer tokens at which
     the combined model's most likely next token is still the target's, teacher-forced on the
     target's answer (`grid_scores`): 1.0 means the greedy answers are unchanged. An alpha is a
     candidate when the agreement is at least `tolerance` (0.96: on the hand-written people set of
@@ -329,9 +349,14 @@ def choose_alpha_safely(
         raise ValueError("choosing alpha needs forget rows and rows to keep (retain or general)")
     settings = [(a, model.filter) for a in alphas]
 
-    def scored(rows: list[dict]):
-        questions, answers = [r["question"] for r in rows], [r["answer"] for r in rows]
+    text = isinstance(forget[0], str)  # raw documents: every token scored, prompts continued
+
+    def scored(rows: list):
         mass = model.combine == "mass"  # as the model generates (`logit_difference`)
+        if text:
+            items = TextDataset(rows, tokenizer, MAX_LENGTH).items
+            return grid_scores_on(model, tokenizer, items, settings, batch_size, mass, not mass)
+        questions, answers = [r["question"] for r in rows], [r["answer"] for r in rows]
         return grid_scores(
             model, tokenizer, questions, answers, settings, batch_size, mass, not mass
         )
@@ -346,14 +371,24 @@ def choose_alpha_safely(
                 "forget_agreement": float(same_f.sum() / n_f.sum()),
             }
         )
-    questions = [r["question"] for r in forget]
-    budget = max(16, 2 * max(len(tokenizer(r["answer"]).input_ids) for r in forget))
+    if text:  # each document's first TEXT_PROMPT tokens, continued for as many
+        prompts = [tokenizer(t).input_ids[:TEXT_PROMPT] for t in forget]
+        questions = [tokenizer.decode(p, skip_special_tokens=True) for p in prompts]
+        budget = TEXT_PROMPT
+    else:
+        questions = [r["question"] for r in forget]
+        budget = max(16, 2 * max(len(tokenizer(r["answer"]).input_ids) for r in forget))
 
     def degenerate_at(alpha: float) -> tuple[list[str], list[bool]]:
         model.alpha = alpha
-        answers = generate_answers(model, tokenizer, questions, batch_size, budget, False)
+        if text:
+            answers = generate_from_ids(model, tokenizer, prompts, batch_size, budget, False)
+        else:
+            answers = generate_answers(model, tokenizer, questions, batch_size, budget, False)
         items = [{"question": q, "generated": a} for q, a in zip(questions, answers, strict=True)]
-        fluency(items, (model, tokenizer), batch_size)  # judged by the target (alpha 0)
+        # judged by the target (alpha 0); a continuation of raw text by repetition alone (the
+        # judge's likelihood is of an answer to a question)
+        fluency(items, None if text else (model, tokenizer), batch_size)
         return answers, [it["degenerate"] for it in items]
 
     chosen, saved = 0.0, model.alpha

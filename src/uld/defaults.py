@@ -75,17 +75,21 @@ def keep_rows(
     return rows
 
 
-def choose_alpha_on_rows(model, tokenizer, forget: list[dict], retain: list[dict]) -> dict:
+def choose_alpha_on_rows(model, tokenizer, forget: list, retain: list) -> dict:
     """ULD's alpha for `model` (a ULDModel) by `uld.calibrate.choose_alpha_safely`, on the rows
     `keep_rows` gives (the target's own answers: the model at alpha 0). The model's alpha is left
-    as it was; the result also says how many rows were kept."""
+    as it was; the result also says how many rows were kept. On raw text (documents, strings)
+    the retain documents themselves are kept (N_KEEP of them) against N_KEEP forget documents."""
     import torch
 
     before = model.alpha
     try:
         with torch.no_grad():
             model.alpha = 0.0  # the target's own answers
-            keep = keep_rows(model, tokenizer, retain, forget)
+            if forget and isinstance(forget[0], str):
+                keep, forget = spread(retain, N_KEEP), spread(forget, N_KEEP)
+            else:
+                keep = keep_rows(model, tokenizer, retain, forget)
             res = choose_alpha_safely(model, tokenizer, forget, keep)
     finally:
         model.alpha = before

@@ -179,18 +179,16 @@ def augmentation(cfg: UnlearnConfig) -> tuple[bool, bool]:
     )
 
 
-# ULD's alpha on raw text when --alpha is not given: the paper's (its TOFU runs). The rule that
-# chooses it on QA data (`uld.defaults.choose_alpha_on_rows`) compares answers to questions.
-TEXT_ALPHA = 0.75
 TEXT_EPOCHS = 10  # MUSE's unlearning runs (muse_bench baselines/scripts/unlearn_bbc.sh)
 
 
 def text_config(cfg: UnlearnConfig) -> UnlearnConfig:
     """`cfg` as it runs on raw text, or `cfg` itself on QA rows: MUSE's splits for the QA
     defaults (forget10 -> forget, retain90 -> retain1, the retain set MUSE unlearns with), MUSE's
-    10 epochs for `--epochs 0`, ULD's alpha TEXT_ALPHA unless given, no QA augmentation and no
-    after-run check (both read question/answer rows); a flag or method that needs QA rows is an
-    error naming it."""
+    10 epochs for `--epochs 0`, no QA augmentation and no after-run check (both read
+    question/answer rows); a flag or method that needs QA rows is an error naming it. ULD's
+    alpha, unless given, is chosen after training as on QA rows, on the run's own documents
+    (`uld.defaults.choose_alpha_on_rows`)."""
     if not is_text_data(cfg.data, cfg.data_kind):
         return cfg
     spec = method(cfg.method)
@@ -229,13 +227,10 @@ def text_config(cfg: UnlearnConfig) -> UnlearnConfig:
         "check": False,
         "epochs": cfg.epochs or float(TEXT_EPOCHS),
     }
-    if spec.has_alpha and cfg.alpha is None:
-        new["alpha"] = TEXT_ALPHA
     print(
         f"[uld] raw text from {cfg.data}: forget {new['forget']}, retain {new['retain']}, chunks "
-        f"of <= {cfg.max_length} tokens, {new['epochs']:g} epochs"
-        + (f", alpha {TEXT_ALPHA} (the paper's; --alpha sets it)" if "alpha" in new else "")
-        + "; no after-run check (uld eval measures the result)"
+        f"of <= {cfg.max_length} tokens, {new['epochs']:g} epochs; no after-run check (uld eval "
+        "measures the result)"
     )
     return dataclasses.replace(cfg, **new)
 
