@@ -16,7 +16,7 @@ import pytest
 import torch
 from peft import get_peft_model
 from safetensors.torch import load_file
-from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig
+from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, LlamaPreTrainedModel
 
 from uld import dist
 from uld.assistant import decoder_layers, lora_config
@@ -331,3 +331,32 @@ def test_uld_training_loads_only_the_assistants_layers(tiny_model, tmp_path, mon
     assert main([*_unlearn(tiny_model, data, tmp_path / "out"), "--max-steps", "2"]) == 0
     assert loaded == [2]  # K = 2 of the target's 4
     assert "expected training memory per process: 0.00 GB" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------- targets split across devices
+
+
+def test_device_map_auto_answers_as_one_device(tiny_model, trained_assistant, tmp_path, capsys):
+    """On this CPU machine `auto` puts every layer on the CPU: the answers are the same."""
+    assistant, _ = trained_assistant
+    target, _ = load_model(tiny_model)
+    folder = tmp_path / "uld"
+    ULDModel(target, assistant, alpha=0.5, filter=0.1).save_pretrained(folder, tiny_model)
+    for model in (tiny_model, str(folder)):
+        ask = ["generate", "--model", model, "--max-new-tokens", "8", "Where was he born?"]
+        assert main(ask) == 0
+        one = capsys.readouterr().out
+        assert main([*ask, "--device-map", "auto"]) == 0
+        assert capsys.readouterr().out == one
+
+
+def test_device_map_refuses_a_model_that_cannot_be_split(tiny_model, tmp_path, monkeypatch, capsys):
+    data = _data(tmp_path)
+    monkeypatch.setattr(LlamaPreTrainedModel, "_no_split_modules", None)
+    ask = [*_eval(Path(tiny_model), data, tmp_path / "eval"), "--device-map", "auto"]
+    assert main(ask) == 2
+    assert "cannot be split across devices" in capsys.readouterr().err
+    assert not (tmp_path / "eval").exists()
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["generate", "--model", tiny_model, "--device-map", "auto", "Who?"]) == 2
+    assert "launch one process" in capsys.readouterr().err

@@ -54,7 +54,7 @@ from uld.evaluate_muse import (
 from uld.finetune import finetune
 from uld.harness import lm_eval_to
 from uld.logit_diff import ULD_CONFIG, is_uld_folder, load_any, read_uld_config
-from uld.models import ModelLoadError, load_model, save_model
+from uld.models import DEVICE_MAPS, ModelLoadError, device_map, load_model, save_model
 from uld.moe import expert_attribution, plot_attribution, ranking_rows, top_experts
 from uld.outdir import check_out, locked, output_dir, write_json
 from uld.report import report, tables
@@ -525,6 +525,7 @@ def _model_flags(p: argparse.ArgumentParser, max_new_tokens: int | None = 64) ->
         "--filter", type=_number(float, None, 1, above=0), default=None, help="ULD: override filter"
     )
     p.add_argument("--combine", choices=COMBINES, default=None, help=COMBINE_HELP)
+    p.add_argument("--device-map", choices=DEVICE_MAPS, default=None, help=DEVICE_MAP_HELP)
     p.add_argument(
         "--max-new-tokens",
         type=_number(int, 1),
@@ -542,6 +543,12 @@ COMBINE_HELP = (
     "ULD: how the target's and the assistant's logits combine on the plausible set: mass (uld's: "
     "l_t - alpha * l_a rescaled to keep the target's mass there) or authors (the ULD authors' "
     "raw l_t - alpha * l_a); default: the model's own (uld_config.json), else mass"
+)
+
+
+DEVICE_MAP_HELP = (
+    "split the model (a ULD model's target) across this machine's GPUs with accelerate's device "
+    "map (auto fills them in order) for a target larger than one GPU; default: one device"
 )
 
 
@@ -764,6 +771,7 @@ def parser() -> argparse.ArgumentParser:
     srv.add_argument("--alpha", type=_number(float, 0, MAX_ALPHA), default=None)
     srv.add_argument("--filter", type=_number(float, None, 1, above=0), default=None)
     srv.add_argument("--combine", choices=COMBINES, default=None, help=COMBINE_HELP)
+    srv.add_argument("--device-map", choices=DEVICE_MAPS, default=None, help=DEVICE_MAP_HELP)
     srv.add_argument("--name", default=None, help="the model name clients use (default: --model)")
     srv.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     srv.add_argument("--port", type=_number(int, 0, 65535), default=8000)
@@ -806,7 +814,8 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (for the life of the process)
 
     try:
-        args.func(args)
+        with device_map(getattr(args, "device_map", None)):
+            args.func(args)
     except (ValueError, DataError, ModelLoadError, UnsupportedModelError) as e:
         print(f"uld: error: {e}", file=sys.stderr)
         return 2

@@ -13,6 +13,7 @@ import hashlib
 import importlib.util
 import json
 import os
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -136,6 +137,44 @@ def load_tokenizer(name_or_path: str | os.PathLike | None = None):
     return tokenizer
 
 
+DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
+_DEVICE_MAP: list[str | None] = [None]  # what `device_map(...)` set for this process
+
+
+@contextmanager
+def device_map(spec: str | None):
+    """Within this block `load_model` splits every model it loads across the visible devices
+    with accelerate's device map `spec` (auto, balanced, balanced_low_0 or sequential; None:
+    one device). For a target larger than one GPU: `uld eval|generate|chat|serve --device-map
+    auto`."""
+    if spec is not None and spec not in DEVICE_MAPS:
+        raise ValueError(f"--device-map {spec!r}: choose one of {', '.join(DEVICE_MAPS)}")
+    if spec is not None and dist.world_size() > 1:
+        raise ValueError(
+            f"--device-map splits one model across this machine's devices; with "
+            f"{dist.world_size()} processes each process has its own device: launch one process"
+        )
+    saved, _DEVICE_MAP[0] = _DEVICE_MAP[0], spec
+    try:
+        yield
+    finally:
+        _DEVICE_MAP[0] = saved
+
+
+def check_splittable(config, source: str) -> None:
+    """A model can be split across devices only if its class says which of its modules must
+    stay whole on one device (`_no_split_modules`, e.g. a decoder layer); checked on the meta
+    device, nothing loaded."""
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    if not getattr(model, "_no_split_modules", None):
+        raise ModelLoadError(
+            f"{source} ({type(model).__name__}) cannot be split across devices: its class names "
+            "no modules that must stay whole (_no_split_modules). Load it without --device-map, "
+            "on one device"
+        )
+
+
 def load_model(
     name_or_path: str | os.PathLike | None = None,
     device: str | None = None,
@@ -143,12 +182,20 @@ def load_model(
     **overrides: Any,
 ) -> tuple[PreTrainedModel, Any]:
     """Load a causal LM and its tokenizer. `overrides` go to the config (e.g. num_hidden_layers
-    to load only the first K layers)."""
+    to load only the first K layers). Within `device_map(spec)` the model is split across the
+    devices instead of put on `device`."""
     source = resolve(name_or_path)
+    spread = _DEVICE_MAP[0]
     device = device or default_device()
     dtype = dtype or default_dtype(device)
     try:
         config = AutoConfig.from_pretrained(source, **overrides)
+        if spread:
+            check_splittable(config, source)
+            model = AutoModelForCausalLM.from_pretrained(
+                source, config=config, dtype=dtype, device_map=spread
+            )
+            return model, load_tokenizer(source)
         model = AutoModelForCausalLM.from_pretrained(source, config=config, dtype=dtype)
     except OSError as e:
         raise ModelLoadError(
