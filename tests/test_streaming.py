@@ -246,3 +246,25 @@ def test_the_server_streams_what_a_text_iterator_streamer_gets(folder):
             text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
             assert text == expected
             assert chunks[-1].usage.completion_tokens == len(counter.puts) - 1  # less the prompt
+
+
+def test_the_docs_streaming_example_runs_as_written(uld_folder, capsys):
+    """docs/serve.md's example, on the tiny ULD model: it prints the greedy answer."""
+    import re
+    from pathlib import Path
+
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "serve.md").read_text()
+    section = docs[docs.index("## Streaming in your own code") :]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    assert '"runs/uld"' in code and "streamer=streamer" in code
+    exec(
+        code.replace('"runs/uld"', repr(uld_folder)).replace(
+            "max_new_tokens=64", f"max_new_tokens={N}"
+        ),
+        {},
+    )
+    model, tok = load_any(uld_folder)
+    answer = generate_answers(
+        model, tok, ["Where was Yasmin Farahvand born?"], 1, N, progress=False
+    )
+    assert answer[0] and capsys.readouterr().out.strip() == answer[0]
