@@ -21,7 +21,7 @@ is stated in another):
   prompt and a 128-token continuation (`verbmem/get_rouge.py`, `max_new_tokens=128`), about 674
   and 83 words, from a model trained on 2048-token chunks: the prompt half the context. Ours
   keep the prompt at half of our 256-token training chunk (`uld.data.chunks.MAX_LENGTH`), 76
-  words (about 130 SmolLM2 tokens), and take a 20-word (about 32-token) continuation: MUSE's
+  words (118-138 SmolLM2 tokens), and take a 20-word (24-38-token) continuation: MUSE's
   8:1 ratio would leave 16 tokens, too few words for ROUGE-L to tell recall from chance.
 - knowmem: 2 questions per forget article (`forget_qa`) and per retain2 article (`retain_qa`),
   each answered by a few words stated in the article (MUSE's answers are 1-9 words), and 3
