@@ -315,7 +315,7 @@ def cmd_eval_text(args) -> None:
         knowmem_tokens=args.knowmem_tokens,
     )
     print(muse_tables({name: muse_summary(results)}))
-    if args.out:
+    if args.out and dist.is_main():  # several processes each evaluate all; the main one writes
         evaluate_muse_to(args.out, results, "uld eval", args.overwrite)
         print(f"[uld] wrote {args.out}/eval.json and eval.md")
 
