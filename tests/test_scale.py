@@ -21,6 +21,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, LlamaPre
 from uld import dist
 from uld.assistant import decoder_layers, lora_config
 from uld.cli import main
+from uld.config import FinetuneConfig, UnlearnConfig, read_yaml
 from uld.data.format import Collator, QADataset
 from uld.data.synthetic import builtin_splits
 from uld.evaluate import merge_shards, shard_roles
@@ -360,3 +361,36 @@ def test_device_map_refuses_a_model_that_cannot_be_split(tiny_model, tmp_path, m
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert main(["generate", "--model", tiny_model, "--device-map", "auto", "Who?"]) == 2
     assert "launch one process" in capsys.readouterr().err
+
+
+def test_the_zero3_recipe_loads_through_accelerates_config_machinery():
+    """configs/accelerate_zero3.yaml as `accelerate launch --config_file` reads it, and the
+    DeepSpeed file it names as accelerate's DeepSpeed plugin reads that (DeepSpeed itself is
+    not installed here): ZeRO stage 3, whole 16-bit weights gathered when saving, and every
+    size and precision left to the Trainer ("auto"), which fills them from uld's flags."""
+    from accelerate.commands.config.config_args import load_config_from_file
+    from accelerate.utils import DistributedType
+    from accelerate.utils.deepspeed import HfDeepSpeedConfig
+
+    cluster = load_config_from_file(str(REPO / "configs" / "accelerate_zero3.yaml"))
+    assert cluster.distributed_type == DistributedType.DEEPSPEED and not cluster.use_cpu
+    ds = HfDeepSpeedConfig(str(REPO / cluster.deepspeed_config["deepspeed_config_file"]))
+    assert ds.is_zero3() and not ds.is_offload()
+    assert ds.get_value("zero_optimization.stage3_gather_16bit_weights_on_model_save") is True
+    for key in ("train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "bf16.enabled"):
+        assert ds.get_value(key) == "auto", key
+
+
+@pytest.mark.parametrize(
+    "name, cls",
+    [
+        ("tofu_llama2_7b_target.yaml", FinetuneConfig),
+        ("tofu_llama2_7b_npo_kl.yaml", UnlearnConfig),
+        ("tofu_llama32_1b_target.yaml", FinetuneConfig),
+        ("tofu_llama32_1b.yaml", UnlearnConfig),
+    ],
+)
+def test_the_tofu_recipes_are_valid_configs(name, cls):
+    values = read_yaml(cls, REPO / "configs" / name)
+    cls(**values, out="runs/x").validate()
+    assert values["data"] == "locuslab/TOFU"
