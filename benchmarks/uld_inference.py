@@ -26,6 +26,26 @@ from uld.logit_diff import ULDModel, decode
 from uld.models import load_model
 
 
+def cpu_name() -> str:
+    """The CPU's model name (Intel and AMD machines differ in which matmul shapes are fast)."""
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def decode_flops(config, k: int) -> float:
+    """Target / ULD multiply-adds per decoded token (the compute-bound limit of ULD / target
+    throughput): the target runs its L layers and LM head; ULD also runs the assistant's rows
+    through the first K layers and the LM head (LoRA and attention scores left out, both small
+    at short contexts). Llama-family shapes: q, o d x d; k, v d x d_kv; gate, up, down d x f."""
+    d, f, n = config.hidden_size, config.intermediate_size, config.num_hidden_layers
+    d_kv = d // config.num_attention_heads * config.num_key_value_heads
+    layer = 2 * d * d + 2 * d * d_kv + 3 * d * f
+    head = d * config.vocab_size
+    return (n * layer + head) / ((n + k) * layer + 2 * head)
+
+
 def rss_bytes() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
@@ -119,13 +139,15 @@ def main() -> None:
             }
         )
 
+    bound = decode_flops(target.config, model.k)
     result = {
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+        "machine": f"{cpu_name()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads",
         "target": str(target_path or "embedded default"),
         "adapter": adapter,
         "new_tokens": args.new_tokens,
         "decoding": rows,
+        "flop_ratio_target_over_uld": round(bound, 3),
         "target_param_bytes": target_bytes,
         "lora_param_bytes": lora_bytes,
         "extra_memory_fraction": round(lora_bytes / target_bytes, 5),
@@ -133,9 +155,16 @@ def main() -> None:
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
-    print("| batch | target tok/s | ULD tok/s | ULD / target |\n|---|---|---|---|")
+    print("| batch | target tok/s | ULD tok/s | ULD / target | FLOP bound |\n|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['batch']} | {r['target_tok_s']} | {r['uld_tok_s']} | {r['ratio']} |")
+        print(
+            f"| {r['batch']} | {r['target_tok_s']} | {r['uld_tok_s']} | {r['ratio']} | "
+            f"{bound:.3f} |"
+        )
+    print(
+        "FLOP bound: target / ULD multiply-adds per token, the limit once decoding is "
+        "compute-bound (large batches); at batch 1 decoding reads the same weights, limit ~1.0"
+    )
     print(
         f"\nextra memory: LoRA weights {lora_bytes:,} bytes = "
         f"{100 * lora_bytes / target_bytes:.2f}% of the target's {target_bytes:,}; "

@@ -16,7 +16,16 @@ from uld.config import UnlearnConfig
 from uld.data.augment import drop_forget_overlap, forget_set, retain_set
 from uld.data.format import Collator, PairedDataset, QADataset
 from uld.data.load import DataError, load_split
-from uld.logit_diff import ADAPTER, ULDModel, decode, load_any, logit_difference
+from uld.logit_diff import (
+    _TRANSPOSED_FASTER,
+    ADAPTER,
+    ULDModel,
+    _linear,
+    decode,
+    load_any,
+    logit_difference,
+    plausible_set,
+)
 from uld.losses import Frozen, Hyper, nll, soft_nll, uld_objective, uniform_kl
 from uld.methods import build_assistant
 from uld.models import load_model
@@ -70,6 +79,37 @@ def test_logit_difference_filter_and_alpha_zero():
     # the assistant's offset does not matter; alpha = 0 is the target bit for bit
     torch.testing.assert_close(logit_difference(l_t, l_a + 7.0, 0.5, 0.1), out)
     assert torch.equal(logit_difference(l_t, l_a, alpha=0.0, filter=0.1), l_t)
+
+
+def test_logit_difference_with_far_negative_logits_equals_the_masked_logsumexp_form():
+    # a realistic spread: most logits 100+ below the top (their exps are below float32's normal
+    # range), where the mass on S is computed without exponentiating outside S
+    g = torch.Generator().manual_seed(0)
+    l_t = torch.randn(3, 5000, generator=g) * 40
+    l_a = torch.randn(3, 5000, generator=g) * 40
+    out = logit_difference(l_t, l_a, alpha=0.75, filter=0.01)
+    s = plausible_set(torch.log_softmax(l_t, -1), 0.01)
+    diff = l_t - 0.75 * l_a
+    lse = lambda x: torch.logsumexp(x.double().masked_fill(~s, -math.inf), -1, keepdim=True)  # noqa: E731
+    expected = torch.where(s, diff + (lse(l_t) - lse(diff)).float(), l_t)
+    torch.testing.assert_close(out, expected)
+    torch.testing.assert_close(torch.logsumexp(out, -1), torch.logsumexp(l_t, -1))  # mass kept
+
+
+@pytest.mark.parametrize("transposed", [True, False])
+def test_linear_for_a_few_rows_equals_the_layer_either_way(transposed):
+    layer = torch.nn.Linear(6, 5)
+    h = torch.randn(2, 1, 6)
+    key = (*layer.weight.shape, 2, layer.weight.dtype)
+    saved = _TRANSPOSED_FASTER.get(key)
+    _TRANSPOSED_FASTER[key] = transposed  # as if measured faster (or slower) on this machine
+    try:
+        with torch.no_grad():
+            torch.testing.assert_close(_linear(layer, h), layer(h))
+    finally:
+        _TRANSPOSED_FASTER.pop(key)
+        if saved is not None:
+            _TRANSPOSED_FASTER[key] = saved
 
 
 def test_logit_difference_keeps_at_least_filter_times_vocab_tokens():
