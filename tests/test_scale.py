@@ -97,15 +97,19 @@ def test_two_processes_train_and_evaluate_as_one(tiny_model, tmp_path, capsys):
     the last) and the same
     adapter (float32 tolerance 1e-5; the processes' sums meet in another order), although the
     two halves of a batch hold different numbers of answer tokens. `uld eval` on 2 processes
-    gives each per-item value and aggregate of 1 process (relative tolerance 1e-5, Min-K%++
+    gives each per-item value and aggregate of 1 process, and so does each epoch's evaluation
+    during training, sharded alike (the same epoch is kept) (relative tolerance 1e-5, Min-K%++
     1e-4: the rows are batched differently). Only the main process prints and writes."""
     data = _data(tmp_path)
     one, two = tmp_path / "one", tmp_path / "two"
-    assert main(_unlearn(tiny_model, data, one)) == 0
+    best = ["--eval-metric", "forget_rouge"]  # each epoch evaluated, the best kept
+    assert main([*_unlearn(tiny_model, data, one), *best]) == 0
     logged_one = _logged(capsys.readouterr().out)
     assert main(_eval(one, data, tmp_path / "eval-one")) == 0
     capsys.readouterr()
-    run = _launch(2, _unlearn(tiny_model, data, two), _eval(one, data, tmp_path / "eval-two"))
+    run = _launch(
+        2, [*_unlearn(tiny_model, data, two), *best], _eval(one, data, tmp_path / "eval-two")
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     logged_two = _logged(run.stdout)
     assert len(logged_one) == len(logged_two) >= 2
@@ -120,6 +124,14 @@ def test_two_processes_train_and_evaluate_as_one(tiny_model, tmp_path, capsys):
     for k in w1:
         torch.testing.assert_close(w2[k], w1[k], rtol=1e-5, atol=1e-5)
     assert any(v.abs().max() > 0 for k, v in w1.items() if "lora_B" in k)  # (peft starts B at 0)
+    # the per-epoch evaluations (sharded on 2 processes) and the epoch kept
+    c1, c2 = (json.loads((d / "uld_config.json").read_text()) for d in (one, two))
+    assert c1["best_epoch"] == c2["best_epoch"]
+    assert len(c1["epochs_evaluated"]) == len(c2["epochs_evaluated"]) == 3
+    for a, b in zip(c1["epochs_evaluated"], c2["epochs_evaluated"], strict=True):
+        assert a.keys() == b.keys() and a["epoch"] == b["epoch"]
+        for key in a:
+            assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-6), key
     # the evaluations: one table and one eval.json each, the main process's only
     e1 = json.loads((tmp_path / "eval-one" / "eval.json").read_text())
     e2 = json.loads((tmp_path / "eval-two" / "eval.json").read_text())

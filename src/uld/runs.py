@@ -137,15 +137,21 @@ def evaluate_model(
                 "base or target model to compare with (--mia-reference MODEL gives one)"
             )
             attacks = tuple(a for a in attacks if a != "ref")
+    return res | evaluate_shared(
+        model, tok, roles, reference, scorer=scorer, mia=attacks, mia_reference=ref, **kwargs
+    )
+
+
+def evaluate_shared(model, tok, roles: dict, reference: dict | None = None, **kwargs) -> dict:
+    """`uld.evaluate.evaluate`; on several processes (`uld.dist`) each evaluates a share of
+    every split's rows and every process returns the whole evaluation, merged
+    (`uld.evaluate.merge_shards`) and summarised as one process would."""
     if dist.world_size() == 1:
-        return res | evaluate(
-            model, tok, roles, reference, scorer=scorer, mia=attacks, mia_reference=ref, **kwargs
-        )
-    share = shard_roles(roles, dist.share)
-    part = evaluate(model, tok, share, scorer=scorer, mia=attacks, mia_reference=ref, **kwargs)
+        return evaluate(model, tok, roles, reference, **kwargs)
+    part = evaluate(model, tok, shard_roles(roles, dist.share), **kwargs)
     parts = dist.gather(part)
     splits = merge_shards([p["splits"] for p in parts])
-    return res | {
+    return {
         "splits": splits,
         "summary": summarise(splits, reference),
         "reference": reference["source"] if reference else None,
@@ -447,7 +453,7 @@ class EpochEvaluation:
                 self.view.load_lora(model)
         judge = self.view if self.spec.composite else self.judge
         start = time.time()
-        res = evaluate(
+        res = evaluate_shared(
             self.view if self.spec.composite else model,
             self.tokenizer,
             self.roles,
@@ -474,6 +480,7 @@ def epoch_evaluator(
             forget=cfg.forget, retain="", real_authors="", world_facts="", holdout=""
         )
     roles = load_roles(splits, cfg.data)
+    dist.check_rows({r: len(v) for r, v in roles.items()}, "evaluate after each epoch")
     reference = load_reference(cfg.reference, roles["forget"]) if cfg.reference else None
     full = None
     if spec.composite:
