@@ -96,6 +96,8 @@ def test_unlearn_on_text(method, corpus, text_target, tmp_path):
 def test_text_config_maps_muse_splits_and_pairs_chunks(corpus, text_target):
     cfg = text_config(UnlearnConfig(method="npo+gd", model=text_target, data=corpus, out="x"))
     assert (cfg.forget, cfg.retain, cfg.epochs, cfg.check) == ("forget", "retain1", 10.0, False)
+    uld = text_config(UnlearnConfig(method="uld", model=text_target, data=corpus, out="x"))
+    assert uld.epochs == 0.0  # ULD: epochs from the data (at least 300 steps), as on QA rows
     cfg = UnlearnConfig(
         method="uld", model=text_target, data=corpus, out="x", layers=2, max_length=64
     )

@@ -185,10 +185,10 @@ TEXT_EPOCHS = 10  # MUSE's unlearning runs (muse_bench baselines/scripts/unlearn
 def text_config(cfg: UnlearnConfig) -> UnlearnConfig:
     """`cfg` as it runs on raw text, or `cfg` itself on QA rows: MUSE's splits for the QA
     defaults (forget10 -> forget, retain90 -> retain1, the retain set MUSE unlearns with), MUSE's
-    10 epochs for `--epochs 0`, no QA augmentation and no after-run check (both read
-    question/answer rows); a flag or method that needs QA rows is an error naming it. ULD's
-    alpha, unless given, is chosen after training as on QA rows, on the run's own documents
-    (`uld.defaults.choose_alpha_on_rows`)."""
+    10 epochs for `--epochs 0` (ULD: from the data, as on QA rows), no QA augmentation and no
+    after-run check (both read question/answer rows); a flag or method that needs QA rows is an
+    error naming it. ULD's alpha, unless given, is chosen after training as on QA rows, on the
+    run's own documents (`uld.defaults.choose_alpha_on_rows`)."""
     if not is_text_data(cfg.data, cfg.data_kind):
         return cfg
     spec = method(cfg.method)
@@ -225,12 +225,16 @@ def text_config(cfg: UnlearnConfig) -> UnlearnConfig:
         "perturbed": False,
         "general": "",
         "check": False,
-        "epochs": cfg.epochs or float(TEXT_EPOCHS),
+        # ULD's assistant starts from the target's first layers, 15-20 nats from D'_f: it keeps
+        # the data-sized default (`uld.defaults.auto_epochs`, at least 300 steps); MUSE's 10
+        # epochs (30 steps on the built-in forget set) left it at 11 nats on D'_f
+        "epochs": cfg.epochs or (0.0 if spec.has_alpha else float(TEXT_EPOCHS)),
     }
     print(
         f"[uld] raw text from {cfg.data}: forget {new['forget']}, retain {new['retain']}, chunks "
-        f"of <= {cfg.max_length} tokens, {new['epochs']:g} epochs; no after-run check (uld eval "
-        "measures the result)"
+        f"of <= {cfg.max_length} tokens, "
+        + (f"{new['epochs']:g} epochs" if new["epochs"] else "epochs from the data")
+        + "; no after-run check (uld eval measures the result)"
     )
     return dataclasses.replace(cfg, **new)
 
