@@ -23,10 +23,10 @@ import statistics
 import subprocess
 import sys
 import time
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import httpx
 from openai import OpenAI
 from transformers import AutoConfig
 from uld_inference import cpu_name, decode_flops
@@ -43,7 +43,18 @@ def free_port() -> int:
 
 
 def start_server(model: str, port: int, max_batch: int) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "uld", "serve", "--model", model, "--port", str(port)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "uld",
+        "serve",
+        "--model",
+        model,
+        "--name",
+        "uld",
+        "--port",
+        str(port),
+    ]
     proc = subprocess.Popen(
         cmd + ["--max-batch", str(max_batch)],
         stdout=subprocess.DEVNULL,
@@ -55,9 +66,10 @@ def start_server(model: str, port: int, max_batch: int) -> subprocess.Popen:
         if proc.poll() is not None:
             raise RuntimeError(f"uld serve {model} exited: {proc.stderr.read()[-2000:]}")
         try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as r:
+                if r.status == 200:
+                    return proc
+        except OSError:
             pass
         time.sleep(0.5)
     proc.terminate()
