@@ -14,6 +14,9 @@ from tokenizers import decoders as tk_decoders
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from uld.data.synthetic import builtin_splits
+from uld.logit_diff import ULDModel
+from uld.methods import build_assistant
+from uld.models import load_model
 
 CHATML = (
     "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content']"
@@ -113,3 +116,27 @@ def trained_assistant(tiny_model):
             if "lora_" in n:
                 p.normal_(0, 0.3)
     return assistant, tok
+
+
+def untied_target(tiny_model: str, out) -> str:
+    """`tiny_model` saved to `out` with an untied random LM head: the tied random model answers
+    every question with newlines; this one with varied tokens, invalid UTF-8 pieces among them."""
+    model, tok = load_model(tiny_model)
+    model.config.tie_word_embeddings = False
+    torch.manual_seed(1)
+    model.lm_head.weight = torch.nn.Parameter(torch.randn_like(model.lm_head.weight) * 0.5)
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return str(out)
+
+
+def random_uld(target: str, out, std: float = 0.3, alpha: float = 0.75) -> str:
+    """A ULD model on `target` saved to `out`: a 2-layer assistant with random LoRA weights."""
+    assistant, _ = build_assistant(target, k=2, rank=4, alpha=8, dropout=0.0)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for n, p in assistant.named_parameters():
+            if "lora_" in n:
+                p.normal_(0, std)
+    ULDModel(load_model(target)[0], assistant, alpha=alpha).save_pretrained(out, target_path=target)
+    return str(out)

@@ -10,13 +10,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import random_uld, untied_target
 
 from uld.cli import main
 from uld.data.real import world_facts
 from uld.harness import uld_lm_class
 from uld.logit_diff import ULDModel, decode, load_any
-from uld.methods import build_assistant
-from uld.models import load_model
 
 lm_eval = pytest.importorskip("lm_eval")
 
@@ -33,28 +32,12 @@ def _offline(monkeypatch, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def target(tiny_model, tmp_path_factory) -> str:
-    """`tiny_model` with an untied random LM head (the tied one answers only newlines)."""
-    model, tok = load_model(tiny_model)
-    model.config.tie_word_embeddings = False
-    torch.manual_seed(1)
-    model.lm_head.weight = torch.nn.Parameter(torch.randn_like(model.lm_head.weight) * 0.5)
-    out = tmp_path_factory.mktemp("harness") / "target"
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
-    return str(out)
+    return untied_target(tiny_model, tmp_path_factory.mktemp("harness") / "target")
 
 
 @pytest.fixture(scope="module")
 def uld_folder(target, tmp_path_factory) -> str:
-    assistant, _ = build_assistant(target, k=2, rank=4, alpha=8, dropout=0.0)
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for n, p in assistant.named_parameters():
-            if "lora_" in n:
-                p.normal_(0, 0.5)
-    out = tmp_path_factory.mktemp("harness") / "uld"
-    ULDModel(load_model(target)[0], assistant, alpha=1.0).save_pretrained(out, target_path=target)
-    return str(out)
+    return random_uld(target, tmp_path_factory.mktemp("harness") / "uld", std=0.5, alpha=1.0)
 
 
 @pytest.fixture(scope="module")

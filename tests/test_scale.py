@@ -157,6 +157,31 @@ def test_two_processes_train_and_evaluate_as_one(tiny_model, tmp_path, capsys):
     assert worst.pop("min_k_pp") < 1e-4 and max(worst.values()) < 1e-5, worst
 
 
+def test_two_processes_train_a_full_fine_tuning_baseline_as_one(tiny_model, tmp_path):
+    """NPO+KL (every weight trained, a frozen reference, a KL term on retain rows) on 2 processes
+    ends with the weights of 1 process on the same global batch (float32 tolerance 1e-5)."""
+    data = _data(tmp_path)
+
+    def unlearn(out: Path) -> list[str]:
+        return [
+            "unlearn", "--method", "npo+kl", "--model", tiny_model, "--data", str(data),
+            "--forget", "forget", "--retain", "retain", "--out", str(out), "--batch-size", "4",
+            "--epochs", "2", "--lr", "1e-3", "--no-check",
+        ]  # fmt: skip
+
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert main(unlearn(one)) == 0
+    run = _launch(2, unlearn(two))
+    assert run.returncode == 0, run.stderr[-3000:]
+    w0 = load_file(str(Path(tiny_model) / "model.safetensors"))
+    w1 = load_file(str(one / "model.safetensors"))
+    w2 = load_file(str(two / "model.safetensors"))
+    assert w1.keys() == w2.keys()
+    for k in w1:
+        torch.testing.assert_close(w2[k], w1[k], rtol=1e-5, atol=1e-5)
+    assert any(not torch.equal(w1[k], w0[k]) for k in w1 if k in w0)  # it trained
+
+
 def test_more_processes_than_rows_is_refused_before_anything_is_written(tmp_path, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "5")
     with pytest.raises(ValueError, match="5 processes but only 4 holdout rows"):

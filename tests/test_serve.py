@@ -19,12 +19,12 @@ from contextlib import contextmanager
 
 import pytest
 import torch
+from conftest import random_uld, untied_target
 
 from uld.batching import Batcher, Job
 from uld.data.format import prompt_ids, prompt_text
 from uld.evaluate import generate_answers
 from uld.logit_diff import ULDModel, decode
-from uld.methods import build_assistant
 from uld.models import load_model
 from uld.runs import load_any
 from uld.serve import create_app
@@ -48,30 +48,12 @@ QUESTIONS = [
 
 @pytest.fixture(scope="module")
 def target(tiny_model, tmp_path_factory) -> str:
-    """`tiny_model` with an LM head of its own: the tied random model answers every question
-    with newlines; this one with varied tokens, invalid UTF-8 pieces among them."""
-    model, tok = load_model(tiny_model)
-    model.config.tie_word_embeddings = False
-    torch.manual_seed(1)
-    model.lm_head.weight = torch.nn.Parameter(torch.randn_like(model.lm_head.weight) * 0.5)
-    out = tmp_path_factory.mktemp("serve") / "target"
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
-    return str(out)
+    return untied_target(tiny_model, tmp_path_factory.mktemp("serve") / "target")
 
 
 @pytest.fixture(scope="module")
 def uld_folder(target, tmp_path_factory) -> str:
-    """A saved ULD model on `target`: a 2-layer assistant with random LoRA weights."""
-    assistant, _ = build_assistant(target, k=2, rank=4, alpha=8, dropout=0.0)
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for n, p in assistant.named_parameters():
-            if "lora_" in n:
-                p.normal_(0, 0.3)
-    out = tmp_path_factory.mktemp("serve") / "uld"
-    ULDModel(load_model(target)[0], assistant, alpha=0.75).save_pretrained(out, target_path=target)
-    return str(out)
+    return random_uld(target, tmp_path_factory.mktemp("serve") / "uld", std=0.3, alpha=0.75)
 
 
 @contextmanager

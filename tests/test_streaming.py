@@ -13,6 +13,7 @@ from contextlib import contextmanager
 
 import pytest
 import torch
+from conftest import random_uld, untied_target
 from transformers import StoppingCriteriaList, TextIteratorStreamer
 from transformers.generation.stopping_criteria import MaxLengthCriteria
 
@@ -20,7 +21,6 @@ from uld.cli import main
 from uld.data.format import prompt_ids
 from uld.evaluate import generate_answers
 from uld.logit_diff import ULDModel, decode
-from uld.methods import build_assistant
 from uld.models import load_model
 from uld.openai_api import Message, chat_ids
 from uld.runs import load_any
@@ -33,29 +33,12 @@ N = 24  # new tokens per answer
 
 @pytest.fixture(scope="module")
 def target(tiny_model, tmp_path_factory) -> str:
-    """`tiny_model` with an untied random LM head: varied answers with spaces, newlines and
-    invalid UTF-8 pieces (the tied one answers with newlines only)."""
-    model, tok = load_model(tiny_model)
-    model.config.tie_word_embeddings = False
-    torch.manual_seed(1)
-    model.lm_head.weight = torch.nn.Parameter(torch.randn_like(model.lm_head.weight) * 0.5)
-    out = tmp_path_factory.mktemp("stream") / "target"
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
-    return str(out)
+    return untied_target(tiny_model, tmp_path_factory.mktemp("stream") / "target")
 
 
 @pytest.fixture(scope="module")
 def uld_folder(target, tmp_path_factory) -> str:
-    assistant, _ = build_assistant(target, k=2, rank=4, alpha=8, dropout=0.0)
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for n, p in assistant.named_parameters():
-            if "lora_" in n:
-                p.normal_(0, 0.3)
-    out = tmp_path_factory.mktemp("stream") / "uld"
-    ULDModel(load_model(target)[0], assistant, alpha=0.75).save_pretrained(out, target_path=target)
-    return str(out)
+    return random_uld(target, tmp_path_factory.mktemp("stream") / "uld", std=0.3, alpha=0.75)
 
 
 @pytest.fixture(params=["plain", "uld"])
