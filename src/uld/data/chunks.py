@@ -14,9 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from torch.utils.data import Dataset
-
-from uld.data.format import _digest
+from uld.data.format import ItemsDataset
 
 MAX_LENGTH = 256  # tokens per chunk: a built-in article (290-360 tokens) is two chunks
 
@@ -37,7 +35,7 @@ def encode_document(tokenizer, text: str) -> list[int]:
     return ids
 
 
-class TextDataset(Dataset):
+class TextDataset(ItemsDataset):
     """Documents as chunks of at most `max_length` tokens, each item {input_ids, labels} with
     labels equal to input_ids (the whole text is trained on). `doc` holds each chunk's
     document index."""
@@ -49,13 +47,3 @@ class TextDataset(Dataset):
             for piece in chunk_ids(encode_document(tokenizer, text), max_length):
                 self.items.append({"input_ids": piece, "labels": list(piece)})
                 self.doc.append(d)
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, i: int) -> dict[str, list]:
-        return self.items[i]
-
-    def fingerprint(self) -> str:
-        """A hash of every token: equal exactly when the training items are."""
-        return _digest(self.items)

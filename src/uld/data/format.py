@@ -72,7 +72,23 @@ def pad(
     return {k: torch.tensor(v, dtype=torch.long) for k, v in out.items()}
 
 
-class QADataset(Dataset):
+class ItemsDataset(Dataset):
+    """Training items ({input_ids, labels} token lists) held in `self.items`."""
+
+    items: list[dict[str, list]]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> dict[str, list]:
+        return self.items[i]
+
+    def fingerprint(self) -> str:
+        """A hash of every token and label: equal exactly when the training items are."""
+        return _digest(self.items)
+
+
+class QADataset(ItemsDataset):
     """Rows tokenised once, up front. A row longer than `max_length` tokens is cut there, with
     a warning naming how many were."""
 
@@ -86,16 +102,6 @@ class QADataset(Dataset):
                 "cut there; the tokens past it are not trained on"
             )
         self.items = [{k: v[:max_length] for k, v in x.items()} for x in items]
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, i: int) -> dict[str, list]:
-        return self.items[i]
-
-    def fingerprint(self) -> str:
-        """A hash of every token and label: equal exactly when the training items are."""
-        return _digest(self.items)
 
 
 def _digest(obj) -> str:
