@@ -446,8 +446,8 @@ def _transposed_faster(weight: torch.Tensor, rows: torch.Tensor) -> bool:
     """Whether W @ h^T beats F.linear's h @ W^T for this weight and row count, measured once
     per shape at first use. CPU BLAS libraries differ at a few rows: with one AMD EPYC build,
     F.linear at 2 rows cost twice 1 row (5x on the 49k-row LM head) while W @ h^T did not; with
-    MKL on an Intel Xeon it is the reverse (LM head at 2 rows, one thread: F.linear 4.2 ms, W @
-    h^T 11.8 ms). Both give the same values up to float rounding."""
+    MKL on an Intel Xeon it is the reverse (W @ h^T about twice F.linear's time at 2 rows:
+    benchmarks/decode_parts.py). Both give the same values up to float rounding."""
     key = (*weight.shape, rows.shape[0], weight.dtype)
     faster = _TRANSPOSED_FASTER.get(key)
     if faster is None:
