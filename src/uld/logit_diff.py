@@ -103,7 +103,8 @@ def check_filter(filter: float) -> None:
 
 def plausible_set(logp_t: torch.Tensor, filter: float) -> torch.Tensor:
     """S as a mask: p_t >= filter * max p_t, or among the floor(filter * V) most likely tokens.
-    logp_t [..., V] (the target's log-probabilities) -> bool [..., V]"""
+    logp_t [..., V] (the target's log-probabilities, or its logits: the test is the same up to a
+    shift per row) -> bool [..., V]"""
     k = max(1, int(filter * logp_t.shape[-1]))  # S's floor: the k most likely tokens
     kth = torch.topk(logp_t, k, dim=-1).values[..., -1:]
     return logp_t >= torch.minimum(kth, logp_t.amax(dim=-1, keepdim=True) + math.log(filter))

@@ -100,8 +100,19 @@ def normalised_prob(sum_logp: Tensor, n_tokens: Tensor) -> Tensor:
 
 
 @cache
-def _rouge_l() -> rouge_scorer.RougeScorer:
-    return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+def _rouge_l_scorer(stem: bool) -> rouge_scorer.RougeScorer:
+    return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=stem)
+
+
+def _rouge_l(predictions: list[str], references: list[str], stem: bool, field: str) -> list[float]:
+    """One ROUGE-L `field` (recall, fmeasure) per (prediction, reference) pair."""
+    if len(predictions) != len(references):
+        raise ValueError(f"{len(predictions)} predictions but {len(references)} references")
+    scorer = _rouge_l_scorer(stem)
+    return [
+        getattr(scorer.score(ref, pred)["rougeL"], field)
+        for pred, ref in zip(predictions, references, strict=True)
+    ]
 
 
 def rouge_l_recall(predictions: list[str], references: list[str]) -> list[float]:
@@ -110,13 +121,7 @@ def rouge_l_recall(predictions: list[str], references: list[str]) -> list[float]
     N predictions, N references -> N floats: LCS(pred, ref) / |ref| in stemmed words.
     TOFU, `eval_rouge_recall` in `evaluate_util.py` (rouge_score, use_stemmer=True).
     """
-    if len(predictions) != len(references):
-        raise ValueError(f"{len(predictions)} predictions but {len(references)} references")
-    scorer = _rouge_l()
-    return [
-        scorer.score(ref, pred)["rougeL"].recall
-        for pred, ref in zip(predictions, references, strict=True)
-    ]
+    return _rouge_l(predictions, references, stem=True, field="recall")
 
 
 # ---------------------------------------------------------------- TOFU aggregates
@@ -439,11 +444,6 @@ def extraction_strength_from_hits(hits: Tensor, mask: Tensor) -> Tensor:
 # (`configs/eval/muse_metrics/`, `privleak` in `src/evals/metrics/privacy.py`).
 
 
-@cache
-def _rouge_l_unstemmed() -> rouge_scorer.RougeScorer:
-    return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
-
-
 def rouge_l_f1(predictions: list[str], references: list[str]) -> list[float]:
     """MUSE's ROUGE-L: the F-measure of LCS precision and recall, words not stemmed.
 
@@ -452,13 +452,7 @@ def rouge_l_f1(predictions: list[str], references: list[str]) -> list[float]:
     use_stemmer=False; `mean_rougeL` = the fmeasure is eval.py's default aggregate for both;
     open-unlearning: rouge_type rougeL_f1). MUSE's tables print it x 100.
     """
-    if len(predictions) != len(references):
-        raise ValueError(f"{len(predictions)} predictions but {len(references)} references")
-    scorer = _rouge_l_unstemmed()
-    return [
-        scorer.score(ref, pred)["rougeL"].fmeasure
-        for pred, ref in zip(predictions, references, strict=True)
-    ]
+    return _rouge_l(predictions, references, stem=False, field="fmeasure")
 
 
 def privleak_auc(min_k_forget: ArrayLike, min_k_holdout: ArrayLike) -> float:
