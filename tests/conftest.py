@@ -7,6 +7,8 @@ formats run through the real code paths.
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
@@ -17,6 +19,20 @@ from uld.data.synthetic import builtin_splits
 from uld.logit_diff import ULDModel
 from uld.methods import build_assistant
 from uld.models import load_model
+
+
+def _share_the_cores() -> None:
+    """Under pytest-xdist (`make test` runs `-n auto`), each worker and the commands it starts
+    get an equal share of the cores: torch's default of one thread per core in every worker
+    oversubscribes them, and every test slows several-fold."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1 and "OMP_NUM_THREADS" not in os.environ:
+        threads = str(max(1, (os.cpu_count() or 1) // workers))
+        os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = threads
+        torch.set_num_threads(int(threads))
+
+
+_share_the_cores()
 
 CHATML = (
     "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content']"
