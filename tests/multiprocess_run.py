@@ -2,13 +2,18 @@
 
     torchrun --nproc_per_node 2 tests/multiprocess_run.py unlearn ... -- eval ...
 
-Exits with the first non-zero status."""
+Exits with the first non-zero status. The main process creates files readable by all (umask
+022), the others readable by their owner only (umask 077), so that a test can tell whether a
+process other than the main one wrote a file."""
 
+import os
 import sys
 
+from uld import dist
 from uld.cli import main
 
 if __name__ == "__main__":
+    os.umask(0o022 if dist.is_main() else 0o077)
     commands, current = [], []
     for arg in sys.argv[1:]:
         if arg == "--":

@@ -21,6 +21,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, LlamaPre
 from uld import dist
 from uld.assistant import decoder_layers, lora_config
 from uld.cli import main
+from uld.compare import claim
 from uld.config import FinetuneConfig, UnlearnConfig, read_yaml
 from uld.data.format import Collator, QADataset
 from uld.data.synthetic import builtin_splits
@@ -80,13 +81,17 @@ def _launch(n: int, *commands: list[str], timeout: int = 150) -> subprocess.Comp
     cmd = [*launcher, "--standalone", str(REPO / "tests" / "multiprocess_run.py"), *argv]
     proc = subprocess.Popen(
         cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO,
-        start_new_session=True,  # its workers too are stopped on a timeout
+        start_new_session=True,  # a last-resort SIGKILL reaches its whole group
     )  # fmt: skip
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
+        proc.terminate()  # torchrun stops its workers (each in a session of its own), then ends
+        try:
+            out, err = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            out, err = proc.communicate()
         pytest.fail(f"{n} processes did not finish in {timeout} s: {err[-2000:]}")
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
@@ -180,6 +185,66 @@ def test_two_processes_train_a_full_fine_tuning_baseline_as_one(tiny_model, tmp_
     for k in w1:
         torch.testing.assert_close(w2[k], w1[k], rtol=1e-5, atol=1e-5)
     assert any(not torch.equal(w1[k], w0[k]) for k in w1 if k in w0)  # it trained
+
+
+def _files(folder: Path) -> dict[str, int]:
+    """Every file under `folder` (path relative to it -> permission bits)."""
+    files = (f for f in folder.rglob("*") if f.is_file())
+    return {str(f.relative_to(folder)): f.stat().st_mode & 0o777 for f in files}
+
+
+def test_compare_on_two_processes_gives_one_processs_tables(tiny_model, tmp_path, capsys):
+    """`uld compare` under a launcher: both processes train and evaluate each run together, in
+    the order the main process gives. The report's table equals 1 process's (relative 1e-5,
+    timings aside) and the folder holds the same files, none written by the process that is
+    not the main one (it runs with umask 077, the main one and the 1-process run with 022: the
+    files' permissions must be the same). A run
+    another process holds is skipped by both; a second compare in the same launch finds every
+    row evaluated and trains nothing."""
+    data = _data(tmp_path)
+
+    def plan(out: Path) -> str:
+        path = tmp_path / f"{out.name}.yaml"
+        path.write_text(
+            f"target: {tiny_model}\nreference: {tiny_model}\nout: {out}\ndata: {data}\n"
+            "common: {forget: forget, retain: retain, batch_size: 4, epochs: 2, check: false}\n"
+            "eval: {forget: forget, retain: retain, holdout: holdout, real_authors: '',"
+            " world_facts: ''}\n"
+            "runs:\n  uld: {layers: 2, lora_rank: 4, lora_dropout: 0, alpha: 0.5,"
+            " paraphrase: false, perturbed: false, general: ''}\n  ga: {lr: 1.0e-3}\n"
+        )
+        return str(path)
+
+    one, two = tmp_path / "one", tmp_path / "two"
+    umask = os.umask(0o022)  # as the launch's main process
+    try:
+        assert main(["compare", "--config", plan(one), "--only", "uld"]) == 0
+    finally:
+        os.umask(umask)
+    capsys.readouterr()
+    with claim(two / "ga"):  # another process is on `ga`: this launch skips it
+        run = _launch(2, ["compare", "--config", plan(two)], ["compare", "--config", plan(two)])
+    assert run.returncode == 0, run.stderr[-3000:]
+    printed = run.stdout
+    assert printed.count("[compare] training uld") == 1 and "training ga" not in printed
+    assert printed.count("[compare] ga: another process is on it") == 2
+    assert printed.count("evaluated already") == 2 and printed.count("[compare] wrote") == 2
+    s1, s2 = (json.loads((d / "report" / "summary.json").read_text()) for d in (one, two))
+    assert list(s1) == list(s2) == ["target", "uld"]
+    timing = {"train_seconds", "eval_seconds", "relative_time"}
+    for name in s1:
+        assert s1[name].keys() == s2[name].keys()
+        for key, v in s1[name].items():
+            if isinstance(v, float) and key not in timing:
+                assert s2[name][key] == pytest.approx(v, rel=1e-5, abs=1e-6), (name, key)
+            elif key not in timing:
+                assert s2[name][key] == v, (name, key)
+    assert s2["uld"]["forget_quality"] is not None and s2["target"]["forget_quality"] == 1.0
+    assert json.loads((two / "uld" / "eval" / "eval.json").read_text())["processes"] == 2
+    # the same files with the same permissions (safetensors writes 0o600 whatever the umask)
+    f2 = _files(two)
+    assert {f: m for f, m in f2.items() if not f.startswith("ga/")} == _files(one)
+    assert sorted(f for f in f2 if f.startswith("ga/")) == ["ga/.lock", "ga/.lock.pid"]
 
 
 def test_more_processes_than_rows_is_refused_before_anything_is_written(tmp_path, monkeypatch):

@@ -23,6 +23,14 @@ OMP_NUM_THREADS=1): a process locks each run while it trains and evaluates it
 (`<out>/<name>/.lock`, an OS file lock that its end, or its death, releases), and the others
 skip that run and go on to the next. Each process writes the report when it has nothing left;
 the last to finish writes the complete one.
+
+Under a launcher (`accelerate launch` or `torchrun -m uld compare`, `uld.dist`) the processes of
+the launch work on each run together, as `uld unlearn` and `uld eval` do: data-parallel training,
+each process evaluating a share of the rows. Their main process decides: it finds what is done,
+holds the run's lock and tells the others which run is next and what it needs (`dist.broadcast`),
+so that all go the same way even where a file appears between their looks; it alone writes the
+evaluations and the report and prints. Several launches, or a launch and lone processes, share a
+plan through the locks as above.
 """
 
 from __future__ import annotations
@@ -30,11 +38,12 @@ from __future__ import annotations
 import json
 import os
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import yaml
 
+from uld import dist
 from uld.config import EvalSplits, UnlearnConfig, read_yaml, typed
 from uld.evaluate import SUMMARY_KEYS, load_reference, load_roles, summarise
 from uld.methods import check, method
@@ -231,6 +240,7 @@ def compare(path: str | Path, only: list[str] | None = None) -> dict:
     for role, split in (plan.get("eval") or {}).items():
         setattr(splits, role, split)
     roles = load_roles(splits, data)
+    dist.check_rows({r: len(v) for r, v in roles.items()})  # before anything is trained
     reference = None
     if plan.get("reference"):
         reference = load_reference(plan["reference"], roles["forget"])
@@ -247,15 +257,19 @@ def compare(path: str | Path, only: list[str] | None = None) -> dict:
     def evaluate_into(folder: Path, name: str, model_path: Path | str, kind: str) -> None:
         moe = is_moe(plan["target"])
         kept = Path(model_path) / KEPT_EVAL
-        done = json.loads(kept.read_text()) if kept.exists() and not moe else None
-        if done and same_rows(done["splits"], roles):
+        done = None  # the main process reads it, and tells the others whether there is one
+        if dist.is_main() and kept.exists() and not moe:
+            done = json.loads(kept.read_text())
+            done = done if same_rows(done["splits"], roles) else None
+        if dist.broadcast(done is not None):
             print(f"[compare] {name}: its kept epoch was evaluated in full in training ({kept})")
-            res = {"name": name, "model": str(model_path), "kind": kind, "data": data}
-            write_eval(res | {"training": model_info(model_path)} | done, folder)
-            rescore(folder, reference)  # if training scored F.Q. against another reference
+            if dist.is_main():
+                res = {"name": name, "model": str(model_path), "kind": kind, "data": data}
+                write_eval(res | {"training": model_info(model_path)} | done, folder)
+                rescore(folder, reference)  # if training scored F.Q. against another reference
             return
         model, tok = load_any(str(model_path))
-        res = evaluate_model(
+        res = evaluate_model(  # on several processes: each a share of the rows, merged
             model_path,
             roles,
             name,
@@ -264,6 +278,8 @@ def compare(path: str | Path, only: list[str] | None = None) -> dict:
             info={"data": data},
             loaded=(model, tok),
         )
+        if not dist.is_main():
+            return
         if moe and "retain" in roles:
             if kind == "plain" and is_moe(model_path):  # how far routing on retain moved
                 shift = routing_shift(fluency_judge()[0], model, tok, roles["retain"])
@@ -274,24 +290,44 @@ def compare(path: str | Path, only: list[str] | None = None) -> dict:
         write_eval(res, folder)
         del model
 
+    def take(name: str, held: ExitStack) -> str:
+        """What to do with the row `name`, decided by the main process and told to all:
+        "evaluated" (done already), "busy" (another process or launch holds it; `held` keeps
+        nothing), "finished" (done while this process waited for its lock) or "mine" (the main
+        process holds its lock in `held` until the row is done)."""
+        state = None
+        if dist.is_main():
+            if (out / name / "eval" / "eval.json").exists():
+                state = "evaluated"
+            elif not held.enter_context(claim(out / name)):
+                state = "busy"
+            elif (out / name / "eval" / "eval.json").exists():
+                state = "finished"
+            else:
+                state = "mine"
+        return dist.broadcast(state)
+
     def run(name: str, model_path: Path | str, cfg: UnlearnConfig | None = None) -> None:
         """Train (if `cfg` and not trained yet) and evaluate one row, unless done or locked."""
         folder = out / name / "eval"
-        if (folder / "eval.json").exists():
-            print(f"[compare] {name}: evaluated already ({folder})")
-            rescore(folder, reference)
-            return
-        with claim(out / name) as mine:
-            if not mine:
-                who = holder(out / name) or "it has just finished"
+        with ExitStack() as held:
+            state = take(name, held)
+            if state == "evaluated":
+                print(f"[compare] {name}: evaluated already ({folder})")
+                if dist.is_main():
+                    rescore(folder, reference)
+                return
+            if state == "busy":
+                who = (holder(out / name) if dist.is_main() else None) or "it has just finished"
                 print(f"[compare] {name}: another process is on it ({who}); next")
                 return
-            if (folder / "eval.json").exists():  # another process has just finished it
+            if state == "finished":  # another process has just finished it
                 return
-            if cfg and not Path(cfg.out).exists():
+            if cfg and dist.broadcast(not Path(cfg.out).exists()):
                 start = time.time()
                 print(f"[compare] training {name} ({cfg.method})")
-                unlearn(cfg)
+                unlearn(cfg)  # (the main process saves it after training; the others wait
+                # for that at the broadcast that begins `evaluate_into`)
                 print(f"[compare] {name}: trained in {time.time() - start:.0f} s")
             evaluate_into(folder, name, model_path, "uld" if cfg and composite(cfg) else "plain")
 
@@ -300,6 +336,8 @@ def compare(path: str | Path, only: list[str] | None = None) -> dict:
         run(name, model_path)
     for name, cfg in configs.items():
         run(name, cfg.out, cfg)
+    if not dist.is_main():  # the main process reports
+        return {}
     # the report covers every row of the plan evaluated so far, in the plan's order
     rows = [out / n / "eval" for n in [*fixed, *plan["runs"]]]
     rows = [folder for folder in rows if (folder / "eval.json").exists()]

@@ -63,6 +63,17 @@ def gather(obj) -> list:
     return out
 
 
+def broadcast(obj):
+    """The main process's `obj` on every process (`obj`: anything picklable; the others' `obj`
+    is ignored): what the main process decided, so that all do the same."""
+    if world_size() == 1:
+        return obj
+    init()
+    box = [obj]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def all_sum(n: int | float, device: torch.device | str = "cpu") -> torch.Tensor:
     """The sum of `n` over the processes, as a float64 tensor on `device`."""
     t = torch.tensor(float(n), dtype=torch.float64, device=device)
