@@ -262,7 +262,7 @@ def test_compare_takes_the_kept_epochs_full_evaluation_from_training(tiny_model,
     out = tmp_path / "cmp"
     plan.write_text(
         f"target: {tiny_model}\nreference: {tiny_model}\nout: {out}\n"
-        "common: {forget: forget01, retain: retain99, epochs: 2, batch_size: 4, max_steps: 2,"
+        "common: {forget: forget01, retain: retain99, epochs: 2, batch_size: 8,"
         " eval_metric: forget_quality, eval_splits: all}\n"
         "runs:\n  ga: {lr: 1.0e-3}\n  uld: {layers: 2, lora_rank: 4, alpha: 1.0}\n"
     )
@@ -272,14 +272,27 @@ def test_compare_takes_the_kept_epochs_full_evaluation_from_training(tiny_model,
     assert "evaluating target" in printed and "evaluating ga" not in printed
     roles = load_roles(EvalSplits.for_data("builtin", "forget01"))
     reference = load_reference(tiny_model, roles["forget"])
+    # fluency judged as in training: ULD's by its target; GA has no frozen copy to judge with
+    judges = {"ga": None, "uld": load_any(str(tiny_model))}
     for name in ("ga", "uld"):
         saved = json.loads((out / name / "eval" / "eval.json").read_text())
         model, tok = load_any(str(out / name / "model"))
-        fresh = evaluate(model, tok, roles, reference, progress=False)
+        fresh = evaluate(model, tok, roles, reference, progress=False, scorer=judges[name])
         assert saved["summary"] == pytest.approx(fresh["summary"], abs=1e-5)
         assert saved["reference"] == str(tiny_model) and saved["kind"] == (
             "uld" if name == "uld" else "plain"
         )
+        # each epoch's training time, its evaluations left out: rising, within the run's
+        # training time, and short of the time the first epoch's evaluation took
+        training = saved["training"]
+        history = training["epochs_evaluated"]
+        assert [h["epoch"] for h in history] == [1, 2]
+        assert history[1]["step"] == 2 * history[0]["step"] > 0  # GA 1 step an epoch, ULD 2
+        first, second = (h["train_seconds"] for h in history)
+        assert 0 < first < second <= training["train_seconds"] + 0.1
+        assert second - first < training["eval_seconds"] / 4, (history, training)
+    md = (out / "report" / "report.md").read_text()
+    assert "| ga | " in md.split("Time to quality:")[1]
 
 
 def test_compare_status_tells_each_runs_state_without_loading_models(tmp_path, capsys):
@@ -357,10 +370,12 @@ PLANS = sorted(
 )
 
 
-@pytest.mark.parametrize("plan", [p for p in PLANS if Path(p).name.startswith("compare")])
+@pytest.mark.parametrize(
+    "plan", [p for p in PLANS if Path(p).name.startswith("compare") or p.startswith("experiments")]
+)
 def test_shipped_comparison_plans_are_valid(plan, monkeypatch, tmp_path):
-    """Every run of the shipped comparison plans (recipes in configs/, records in experiments/)
-    builds a valid UnlearnConfig for a method of the table (nothing trains)."""
+    """Every run of the shipped comparison plans (recipes in configs/, every plan in
+    experiments/) builds a valid UnlearnConfig for a method of the table (nothing trains)."""
     from uld.compare import load_plan, run_config
     from uld.methods import METHODS
 

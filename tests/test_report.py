@@ -113,6 +113,49 @@ def test_report_merges_two_evaluations_into_a_table_a_summary_and_plots(two_runs
     ]
 
 
+def test_report_times_each_run_to_quality_against_npo_kl(tmp_path):
+    """With a target row (M.U. 0.5) and histories that record their training time, the report
+    has a time-to-quality table: ULD at 2 s a step reaches F.Q. >= 0.5 with M.U. >= 0.475 at
+    epoch 2 (40 s), NPO+KL at 10 s a step at epoch 2 (200 s), GA+KL never in 3 epochs; a run
+    without a timed history has no row."""
+
+    def epochs(seconds_per_epoch: float, *scores: tuple[float, float]) -> list[dict]:
+        return [
+            {"epoch": e, "step": 10 * e, "train_seconds": seconds_per_epoch * e}
+            | {"forget_quality": fq, "model_utility": mu}
+            for e, (fq, mu) in enumerate(scores, 1)
+        ]
+
+    def run(name: str, method: str | None, mu: float, history: list[dict]) -> Path:
+        training = {"method": method, "epochs_evaluated": history} if method else {}
+        summary = {"forget_quality": 0.5, "model_utility": mu}
+        return _eval_folder(tmp_path / name, name, summary, training)
+
+    folders = [
+        run("target", None, 0.5, []),
+        run("uld", "uld", 0.49, epochs(20.0, (0.6, 0.40), (0.7, 0.48), (0.9, 0.49))),
+        run("npo+kl", "npo+kl", 0.5, epochs(100.0, (0.1, 0.5), (0.6, 0.5))),
+        run("ga+kl", "ga+kl", 0.3, epochs(20.0, (0.9, 0.3), (0.9, 0.3), (0.9, 0.3))),
+        run("npo", "npo", 0.5, [{"epoch": 1, "forget_quality": 0.9, "model_utility": 0.5}]),
+    ]
+    out = tmp_path / "R"
+    assert main(["report", *map(str, folders), "--out", str(out)]) == 0
+    md = (out / "report.md").read_text()
+    assert "F.Q. >= 0.5 and M.U. >= 0.95 x the target's (0.5000, so >= 0.4750)" in md
+    assert "| uld | 2 | 0.20 | 40.0 | 2 | 0.20 |" in md
+    assert "| npo+kl | 10 | 1.00 | 200.0 | 2 | 1.00 |" in md
+    assert "| ga+kl | 2 | 0.20 | never in 3 epochs | – | – |" in md
+    assert "| npo | 2" not in md and "| target | 2" not in md
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["uld"]["seconds_per_step"], summary["uld"]["time_to_quality"]) == (2.0, 40.0)
+    assert summary["ga+kl"]["time_to_quality"] is None and "time_to_quality" not in summary["npo"]
+    # another baseline, by name
+    assert (
+        main(["report", *map(str, folders), "--out", str(tmp_path / "B"), "--baseline", "uld"]) == 0
+    )
+    assert "| npo+kl | 10 | 5.00 | 200.0 | 2 | 5.00 |" in (tmp_path / "B" / "report.md").read_text()
+
+
 def test_report_out_is_refused_where_it_would_lose_data(two_runs, tmp_path, capsys):
     uld, npo = two_runs
     runs = [str(uld), str(npo)]

@@ -98,6 +98,41 @@ def test_stopwatch_adds_up_the_time_of_a_resumed_run(tiny_model, tmp_path):
     assert done.stopwatch.resumed and done.stopwatch.before == third["seconds"]
 
 
+def test_epoch_history_times_the_training_without_the_evaluations(
+    tiny_model, tmp_path, monkeypatch
+):
+    """Each evaluation takes 1000 s on the trainer's clock; every epoch's `train_seconds` leaves
+    them all out, also after a resume (the time set aside is kept in the checkpoint)."""
+    import time
+    import types
+
+    import uld.trainer as T
+
+    late = [0.0]  # seconds the evaluations have added to the trainer's clock
+    monkeypatch.setattr(T, "time", types.SimpleNamespace(time=lambda: time.time() + late[0]))
+
+    def slow(_model):
+        late[0] += 1000
+        return {"fq": 1.0}
+
+    model, tok = load_model(tiny_model)
+    ds = QADataset(load_split("forget01"), tok)  # 4 rows, batch 4: 1 step an epoch
+    out, state = tmp_path / "run", tmp_path / "run.ckpt" / "epochs.json"
+    ev = T.EpochEval(slow, "fq", tmp_path / "best", state=state)
+    first = _finetune(model, tok, ds, out, epochs=2, callbacks=[ev])
+    assert [(h["epoch"], h["step"]) for h in ev.history] == [(1, 1), (2, 2)]
+    assert 0 < ev.history[0]["train_seconds"] < ev.history[1]["train_seconds"] < 1000
+    assert first.stopwatch.set_aside >= 2000 and first.stopwatch.seconds() > 2000
+    assert 0 < first.stopwatch.training_seconds() < 1000
+
+    again = T.EpochEval(slow, "fq", tmp_path / "best", state=state)  # a new process resumes
+    second = _finetune(load_model(tiny_model)[0], tok, ds, out, epochs=3, callbacks=[again])
+    assert [(h["epoch"], h["step"]) for h in again.history] == [(1, 1), (2, 2), (3, 3)]
+    assert again.history[:2] == ev.history
+    assert ev.history[1]["train_seconds"] < again.history[2]["train_seconds"] < 1000
+    assert second.stopwatch.set_aside >= 3000 and second.stopwatch.training_seconds() < 1000
+
+
 def _finetune(model, tok, ds, out, **kwargs):
     """Fine-tune `model` on `ds` in batches of 4 (the per-epoch tests' training)."""
     return train(
@@ -122,6 +157,26 @@ def test_epoch_eval_every_n_epochs_and_the_last(tiny_model, tmp_path):
     _finetune(model, tok, ds, tmp_path / "r", epochs=5, callbacks=[ev])
     assert [h["epoch"] for h in ev.history] == [2, 4, 5]
     assert ev.best_epoch == 2 and seen == [2]
+
+
+def test_epoch_eval_by_epoch_keeps_each_epoch_in_turn(tiny_model, tmp_path):
+    """metric "epoch" (`--eval-metric epoch`): every epoch is evaluated and the last is kept,
+    however its scores fall."""
+    from uld.config import UnlearnConfig
+    from uld.trainer import EpochEval
+
+    UnlearnConfig(model=tiny_model, out=str(tmp_path / "u"), eval_metric="epoch").validate()
+    model, tok = load_model(tiny_model)
+    ds = QADataset(load_split("forget01"), tok)
+    saved: list[int] = []
+    ev = EpochEval(
+        lambda m: {"fq": 1.0 / (1 + len(saved))},
+        "epoch",
+        tmp_path / "best",
+        on_best=lambda m, e, s: saved.append(e),
+    )
+    _finetune(model, tok, ds, tmp_path / "r", epochs=3, callbacks=[ev])
+    assert saved == [1, 2, 3] and ev.best_epoch == 3
 
 
 @pytest.mark.parametrize(

@@ -378,7 +378,7 @@ def cmd_report(args) -> None:
         if muse:
             runs = muse_report(args.runs, tmp, names)
         else:
-            runs = report(args.runs, tmp, names, args.relative_to)
+            runs = report(args.runs, tmp, names, args.relative_to, args.baseline)
     print(muse_tables(runs) if muse else tables(runs))
     print(f"[uld] wrote {args.out}/report.md, summary.json and the plots")
 
@@ -724,6 +724,11 @@ def parser() -> argparse.ArgumentParser:
     rep.add_argument("--out", required=True, help="folder for report.md, summary.json, plots")
     rep.add_argument("--names", default="", help="comma-separated names for the runs")
     rep.add_argument("--relative-to", default="", help="the run whose training time is 1")
+    rep.add_argument(
+        "--baseline",
+        default="",
+        help="the run the time-to-quality ratios are to (default: the first NPO+KL run)",
+    )
     rep.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     rep.set_defaults(func=cmd_report)
 

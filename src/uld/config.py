@@ -230,7 +230,8 @@ class UnlearnConfig:
     eval_metric: str = _f(
         "",
         "evaluate each epoch and keep the best epoch by this metric: forget_quality (needs "
-        "--reference), forget_rouge or model_utility; empty: keep the last epoch",
+        "--reference), forget_rouge or model_utility; epoch: evaluate each epoch and keep the "
+        "last (a history to time the run by); empty: keep the last epoch, evaluating none",
     )
     eval_every: int = _f(
         1, "with --eval-metric: evaluate every this many epochs (and after the last one)"
@@ -288,10 +289,10 @@ class UnlearnConfig:
         _text_flags(self.data_kind, self.max_length)
         if not (math.isfinite(self.lr) and self.lr >= 0):
             raise ValueError(f"--lr={self.lr} must be >= 0 (0 picks the method's default)")
-        if self.eval_metric not in ("", "forget_quality", "forget_rouge", "model_utility"):
+        if self.eval_metric not in ("", "forget_quality", "forget_rouge", "model_utility", "epoch"):
             raise ValueError(
                 f"--eval-metric={self.eval_metric!r}: choose forget_quality, forget_rouge, "
-                "model_utility or leave it empty"
+                "model_utility, epoch (the last) or leave it empty"
             )
         if self.eval_splits not in ("forget", "truth", "all"):
             raise ValueError(f"--eval-splits={self.eval_splits!r}: choose forget, truth or all")

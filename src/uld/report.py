@@ -8,6 +8,8 @@ per-split aggregates, the summary, and what the model folder says about its trai
 - `trajectory.png`: every run's Forget Quality after each epoch, and the per-epoch path in that
   plane of the runs evaluated in full every epoch (the ULD paper's "training stability" figure);
 - `fq_vs_time.png`: Forget Quality against training time relative to ULD (when runs say it).
+With a `target` row and runs evaluated in full after each epoch, the report also times each run
+to quality (`uld.efficiency`: the ULD paper's efficiency comparison, against NPO+KL).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import statistics
 from pathlib import Path
 
 from uld.config import UTILITY_PARTS, UTILITY_ROLES
+from uld.efficiency import efficiency, efficiency_table
 from uld.outdir import write_json, write_text
 
 COLUMNS = [  # (header, summary key, format)
@@ -201,12 +204,18 @@ def summary_of(results: dict) -> dict:
 
 
 def report(
-    paths: list[str | Path], out: str | Path, names: list[str] | None = None, relative_to: str = ""
+    paths: list[str | Path],
+    out: str | Path,
+    names: list[str] | None = None,
+    relative_to: str = "",
+    baseline: str = "",
 ) -> dict[str, dict]:
     """Merge evaluation folders into `out/report.md`, `out/summary.json` and the plots.
 
     relative_to: the run whose training time is the unit of "Time / ULD" (default: the first
-    run whose method is uld, if any).
+    run whose method is uld, if any). baseline: the run the time-to-quality table's ratios are
+    to (default: the first run whose method is npo+kl, if any); that table needs a run named
+    `target` (its Model Utility sets the bar) and runs with timed per-epoch histories.
     """
     results = [read_eval(p) for p in paths]
     names = names or [r["name"] for r in results]
@@ -215,25 +224,26 @@ def report(
     if len(set(names)) != len(names):
         raise ValueError(f"run names repeat: {names}; pass distinct --names")
     runs = {n: summary_of(r) for n, r in zip(names, results, strict=True)}
-    histories = {
-        n: r.get("training", {}).get("epochs_evaluated") or []
-        for n, r in zip(names, results, strict=True)
-    }
-    kept = {n: r.get("training", {}).get("best_epoch") for n, r in zip(names, results, strict=True)}
-    unit = relative_to or next(
-        (
-            n
-            for n, r in zip(names, results, strict=True)
-            if r.get("training", {}).get("method") == "uld"
-        ),
-        "",
-    )
+    training = {n: r.get("training", {}) for n, r in zip(names, results, strict=True)}
+    histories = {n: t.get("epochs_evaluated") or [] for n, t in training.items()}
+    kept = {n: t.get("best_epoch") for n, t in training.items()}
+    methods = {n: t.get("method") for n, t in training.items()}
+    unit = relative_to or next((n for n, m in methods.items() if m == "uld"), "")
     if unit and runs.get(unit, {}).get("train_seconds"):
         for s in runs.values():
             if s.get("train_seconds") is not None:
                 s["relative_time"] = s["train_seconds"] / runs[unit]["train_seconds"]
+    text = "# Results\n\n" + tables(runs)
+    target_mu = runs.get("target", {}).get("model_utility")
+    if target_mu is not None:  # time to quality: the ULD paper's efficiency, against NPO+KL
+        baseline = baseline or next((n for n, m in methods.items() if m == "npo+kl"), "")
+        rows = efficiency(histories, target_mu, baseline)
+        if rows:
+            text += "\n" + efficiency_table(rows, target_mu, baseline)
+        for name, row in rows.items():
+            runs[name] |= {k: row[k] for k in ("seconds_per_step", "time_to_quality")}
     out = Path(out)
-    write_text("# Results\n\n" + tables(runs), out / "report.md")
+    write_text(text, out / "report.md")
     write_json(runs, out / "summary.json")
     plot_mu_vs_fq(runs, out / "mu_vs_fq.png")
     if any(h.get("forget_quality") is not None for hs in histories.values() for h in hs):

@@ -285,12 +285,12 @@ def train_and_save(cfg: UnlearnConfig, run: Run) -> Path:
         extra["ema"] = cfg.ema
     if finish is not None:
         finish()
-    extra["train_seconds"] = round(watch.seconds(), 1)  # all resumes together
+    # all resumes together, less the per-epoch evaluations (the watch sets them aside)
+    extra["train_seconds"] = round(watch.training_seconds(), 1)
     extra["lr"] = learning_rate(cfg)
     if cfg.eval_metric:
         ev = callbacks.pop()  # the last reference but `ev` to the evaluation's full target
-        extra["eval_seconds"] = round(sum(h.pop("seconds", 0) for h in ev.history), 1)
-        extra["train_seconds"] = round(extra["train_seconds"] - extra["eval_seconds"], 1)
+        extra["eval_seconds"] = round(watch.set_aside, 1)
         extra["epochs_evaluated"] = ev.history
         extra["best_epoch"] = ev.best_epoch
         load_trainable(model, best)
@@ -452,7 +452,6 @@ class EpochEvaluation:
             else:
                 self.view.load_lora(model)
         judge = self.view if self.spec.composite else self.judge
-        start = time.time()
         res = evaluate_shared(
             self.view if self.spec.composite else model,
             self.tokenizer,
@@ -463,8 +462,7 @@ class EpochEvaluation:
             scorer=None if judge is None else (judge, self.tokenizer),
         )
         self.last = res
-        s = {k: v for k, v in res["summary"].items() if v is not None}
-        return s | {"seconds": round(time.time() - start, 1)}
+        return {k: v for k, v in res["summary"].items() if v is not None}
 
 
 def epoch_evaluator(

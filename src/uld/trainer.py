@@ -247,12 +247,15 @@ class WeightAverage(TrainerCallback):
 class Stopwatch(TrainerCallback):
     """Wall-clock seconds of a run across resumes: the seconds so far are saved in each
     checkpoint (`stopwatch.json`) and read back when a run resumes from it, so an interrupted
-    run's time is the sum of its parts (work after the last checkpoint, redone, counts once)."""
+    run's time is the sum of its parts (work after the last checkpoint, redone, counts once).
+    Time spent inside `aside()` (the per-epoch evaluations) is summed apart, also across
+    resumes, so `training_seconds()` is the time spent training alone."""
 
     FILE = "stopwatch.json"
 
     def __init__(self):  # made just before the Trainer: its set-up counts
         self.start, self.before, self.resumed = time.time(), 0.0, None
+        self.set_aside = 0.0  # seconds spent in `aside()`, all resumes together
 
     def on_train_begin(self, args, state, control, **kwargs):
         # the Trainer has restored global_step from the checkpoint it resumes (also one at the
@@ -268,16 +271,30 @@ class Stopwatch(TrainerCallback):
         saved = _in_checkpoint(args, state, self.FILE)
         self.resumed = bool(state.global_step) and saved.exists()
         if self.resumed:
-            self.before = json.loads(saved.read_text())["seconds"]
+            kept = json.loads(saved.read_text())
+            self.before, self.set_aside = kept["seconds"], kept.get("aside", 0.0)
 
     def on_save(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
-            write_json(
-                {"seconds": round(self.seconds(), 3)}, _in_checkpoint(args, state, self.FILE)
-            )
+            kept = {"seconds": round(self.seconds(), 3), "aside": round(self.set_aside, 3)}
+            write_json(kept, _in_checkpoint(args, state, self.FILE))
 
     def seconds(self) -> float:
+        """Wall time so far, evaluations included."""
         return self.before + time.time() - self.start
+
+    def training_seconds(self) -> float:
+        """Wall time so far less the time spent in `aside()`."""
+        return self.seconds() - self.set_aside
+
+    @contextlib.contextmanager
+    def aside(self):
+        """Time spent in this block is not training time."""
+        start = time.time()
+        try:
+            yield
+        finally:
+            self.set_aside += time.time() - start
 
 
 def _in_checkpoint(args, state, name: str) -> Path:
@@ -299,6 +316,10 @@ class EpochEval(TrainerCallback):
     JSON file after every epoch and read back at the start, so a resumed run still knows which
     epoch was best (and does not overwrite the kept weights with a worse epoch). With `average`
     (a WeightAverage), each epoch's averaged weights are evaluated and kept instead.
+
+    Each epoch's dict holds its scores, `epoch`, `step` (optimizer steps so far) and, with the
+    run's Stopwatch in `watch` (`train` sets it), `train_seconds`: the run's wall time to the end
+    of that epoch less the time of every evaluation (which the watch sets aside), across resumes.
 
     `floor` = (key, least): only epochs with scores[key] >= least are candidates (say, Model
     Utility no lower than 0.95 of the target's); while none is, the epoch with the highest
@@ -322,6 +343,7 @@ class EpochEval(TrainerCallback):
         self.average, self.every, self.floor = average, every, floor
         self.state = Path(state) if state else None
         self.history: list[dict] = []
+        self.watch: Stopwatch | None = None  # the run's, set by `train`
         self.best: float | None = None
         self.best_epoch: int | None = None
         if self.state and self.state.exists():
@@ -332,12 +354,16 @@ class EpochEval(TrainerCallback):
         epoch = round(state.epoch or 0)
         if epoch % self.every and epoch < math.ceil(args.num_train_epochs):
             return control
+        timing: dict = {"step": state.global_step}
+        if self.watch is not None:
+            timing["train_seconds"] = round(self.watch.training_seconds(), 2)
+        aside = self.watch.aside() if self.watch is not None else contextlib.nullcontext()
         weights = self.average.applied(model) if self.average else contextlib.nullcontext()
-        with weights:
-            self._epoch_end(state, model)
+        with aside, weights:
+            self._epoch_end(state, model, timing)
         return control
 
-    def _epoch_end(self, state, model) -> None:
+    def _epoch_end(self, state, model, timing: dict) -> None:
         model.eval()
         rng = _rng_states()  # evaluating must not change what training draws next
         try:
@@ -347,7 +373,7 @@ class EpochEval(TrainerCallback):
             _set_rng_states(rng)
         model.train()
         epoch = round(state.epoch or 0)
-        scores = {"epoch": epoch, **scores}
+        scores = {"epoch": epoch, **timing, **scores}
         kept = self.kept()
         # an epoch evaluated before an interruption but not checkpointed is evaluated again
         self.history = [h for h in self.history if h["epoch"] != epoch] + [scores]
@@ -591,6 +617,9 @@ def train(
         callbacks=[watch := Stopwatch(), FiniteCheck(), PairingEpoch(dataset), *(callbacks or [])],
     )
     trainer.stopwatch = watch
+    for callback in callbacks or []:
+        if isinstance(callback, EpochEval):  # its history times the training between epochs
+            callback.watch = watch
     if dist.is_main():  # sets incomplete checkpoints aside before the others look
         last_checkpoint(out, set_aside=True)
     dist.barrier()
