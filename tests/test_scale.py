@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from accelerate import Accelerator
 from peft import get_peft_model
 from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, LlamaPreTrainedModel
@@ -26,12 +27,14 @@ from uld.config import FinetuneConfig, UnlearnConfig, read_yaml
 from uld.data.format import Collator, QADataset
 from uld.data.synthetic import builtin_splits
 from uld.evaluate import merge_shards, shard_roles
+from uld.finetune import finetune
 from uld.logit_diff import ULDModel, logit_difference
 from uld.losses import answer_logits, finetune_objective
 from uld.memory import method_memory, run_memory, shapes
-from uld.methods import build_assistant
+from uld.methods import build_assistant, method
 from uld.models import load_model
-from uld.trainer import check_precision, train
+from uld.runs import needs_whole_weights, unlearn
+from uld.trainer import EpochEval, WeightAverage, check_precision, checkpoint_dir, train
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -135,7 +138,7 @@ def test_two_processes_train_and_evaluate_as_one(tiny_model, tmp_path, capsys):
     assert len(c1["epochs_evaluated"]) == len(c2["epochs_evaluated"]) == 3
     for a, b in zip(c1["epochs_evaluated"], c2["epochs_evaluated"], strict=True):
         assert a.keys() == b.keys() and a["epoch"] == b["epoch"]
-        for key in a:
+        for key in a.keys() - {"train_seconds"}:  # (a timing)
             assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-6), key
     # the evaluations: one table and one eval.json each, the main process's only
     e1 = json.loads((tmp_path / "eval-one" / "eval.json").read_text())
@@ -481,6 +484,96 @@ def test_the_zero3_recipe_loads_through_accelerates_config_machinery():
     assert ds.get_value("zero_optimization.stage3_gather_16bit_weights_on_model_save") is True
     for key in ("train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "bf16.enabled"):
         assert ds.get_value(key) == "auto", key
+
+
+# ---------------------------------------------------------------- DeepSpeed ZeRO-3, simulated
+
+
+def test_zero3_is_read_from_the_launchers_environment(monkeypatch):
+    assert not dist.zero3()
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")  # as `accelerate launch` sets it
+    monkeypatch.setenv("ACCELERATE_DEEPSPEED_ZERO_STAGE", "2")
+    assert not dist.zero3()
+    recipe = REPO / "configs" / "deepspeed_zero3.json"
+    monkeypatch.setenv("ACCELERATE_DEEPSPEED_CONFIG_FILE", str(recipe))
+    assert dist.zero3()  # the stage the recipe's file names
+
+
+@pytest.fixture
+def zero3(monkeypatch) -> list[dict]:
+    """ZeRO-3 without DeepSpeed (not installed here): `uld.dist.zero3` says yes, and accelerate's
+    `get_state_dict` returns the trained weights (recorded in the list returned) while it zeroes
+    the model's own, as a process holding shards has no whole weights in the model."""
+    gathered = []
+
+    def get_state_dict(self, model, unwrap=True):
+        inner = self.unwrap_model(model)
+        gathered.append({k: v.detach().clone() for k, v in inner.state_dict().items()})
+        with torch.no_grad():
+            for p in inner.parameters():
+                p.zero_()
+        return gathered[-1]
+
+    monkeypatch.setattr(dist, "zero3", lambda: True)
+    monkeypatch.setattr(Accelerator, "get_state_dict", get_state_dict)
+    return gathered
+
+
+def test_under_zero3_the_gathered_weights_are_saved_by_the_main_process(
+    tiny_model, tmp_path, zero3, monkeypatch
+):
+    """Every process calls accelerate's gathering once (a collective); the main process saves
+    what it gathered, not the model's own parameters (`uld unlearn` on GA and `uld finetune`);
+    a process that is not the main one writes no output."""
+    data = _data(tmp_path)
+
+    def ga(out: Path) -> UnlearnConfig:
+        return UnlearnConfig(method="ga", model=tiny_model, data=str(data), forget="forget",
+                             retain="retain", out=str(out), batch_size=4, max_steps=1, lr=1e-2,
+                             check=False)  # fmt: skip
+
+    monkeypatch.setattr(dist, "rank", lambda: 1)
+    unlearn(ga(tmp_path / "rank1"))
+    assert len(zero3) == 1 and not (tmp_path / "rank1").exists()
+    monkeypatch.setattr(dist, "rank", lambda: 0)
+    unlearn(ga(tmp_path / "ga"))
+    finetune(tiny_model, "forget", tmp_path / "ft", str(data), batch_size=4, max_steps=1, lr=1e-2)
+    assert len(zero3) == 3
+    start = load_file(str(Path(tiny_model) / "model.safetensors"))
+    for out, whole in ((tmp_path / "ga", zero3[1]), (tmp_path / "ft", zero3[2])):
+        saved = load_file(str(out / "model.safetensors"))
+        assert start.keys() <= saved.keys() <= whole.keys()
+        for k, v in saved.items():
+            assert torch.equal(v, whole[k]), k
+        assert any(not torch.equal(saved[k], start[k]) for k in start)  # it trained
+
+
+def test_under_zero3_what_needs_whole_weights_is_refused_before_anything_is_written(
+    tiny_model, tmp_path, monkeypatch, capsys
+):
+    """Per-epoch selection, weight averaging, the after-run check, ULD and merged LoRA need the
+    trained weights whole in one process: refused under ZeRO-3, naming the fix."""
+    monkeypatch.setattr(dist, "zero3", lambda: True)
+    data, out = _data(tmp_path), tmp_path / "out"
+    npo = ["unlearn", "--method", "npo+kl", "--model", tiny_model, "--data", str(data),
+           "--forget", "forget", "--retain", "retain", "--out", str(out)]  # fmt: skip
+    assert main([*npo, "--eval-metric", "forget_rouge", "--ema", "0.9"]) == 2
+    err = capsys.readouterr().err
+    assert "refused: --eval-metric (each epoch's evaluation" in err
+    assert "leave out --eval-metric, keeping the last epoch" in err and "leave out --ema" in err
+    assert "the after-run check (the main process generates" in err and "--no-check" in err
+    assert main([*_unlearn(tiny_model, data, out), "--max-steps", "1"]) == 2
+    assert "refused: --method uld (its alpha" in capsys.readouterr().err
+    assert main(["finetune", "--model", tiny_model, "--lora", "--out", str(out)]) == 2
+    assert "--lora (the main process merges the adapters" in capsys.readouterr().err
+    assert not out.exists() and not checkpoint_dir(out).exists()
+    recipe = REPO / "configs" / "tofu_llama2_7b_npo_kl.yaml"  # the ZeRO-3 recipe is accepted
+    cfg = UnlearnConfig(**read_yaml(UnlearnConfig, recipe), out="runs/x")
+    assert needs_whole_weights(cfg, method(cfg.method)) == {}
+    with pytest.raises(ValueError, match="each epoch to keep one .*leave out --eval-metric"):
+        EpochEval(lambda m: {}, "forget_rouge", tmp_path / "best")
+    with pytest.raises(ValueError, match="averaging the weights .*leave out --ema"):
+        WeightAverage(torch.nn.Linear(2, 2), 0.9)
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,10 @@ Only the main process (rank 0) prints, writes files and holds the output's lock.
 launcher) is the ordinary case: every function here is then a no-op.
 
 The launcher's environment says where a process stands (WORLD_SIZE, RANK, LOCAL_RANK); the
-process group is made on first use by accelerate (gloo on CPUs, nccl on GPUs).
+process group is made on first use by accelerate (gloo on CPUs, nccl on GPUs). Under DeepSpeed
+ZeRO-3 (`zero3`) no process holds the trained model's weights whole: they are gathered for
+saving (`uld.trainer.whole_weights`), and what needs them whole in one process is refused
+(`refuse_zero3`).
 """
 
 from __future__ import annotations
@@ -104,4 +107,26 @@ def check_rows(counts: dict[str, int], what: str = "evaluate") -> None:
             f"{world} processes but only {', '.join(f'{n} {k} rows' for k, n in short.items())} "
             f"to {what}: each process needs at least one row of every split; launch at most "
             f"{min(counts.values())} processes (--num_processes) or drop that split"
+        )
+
+
+def zero3() -> bool:
+    """Whether this launch trains under DeepSpeed ZeRO stage 3, read from the environment as the
+    Trainer reads it: `accelerate launch` with a DeepSpeed config sets ACCELERATE_USE_DEEPSPEED
+    and names the config file (or the stage), which accelerate's `DeepSpeedPlugin` reads."""
+    from accelerate.utils import DeepSpeedPlugin, parse_flag_from_env
+
+    return parse_flag_from_env("ACCELERATE_USE_DEEPSPEED") and DeepSpeedPlugin().zero_stage == 3
+
+
+def refuse_zero3(needs: dict[str, str]) -> None:
+    """Under ZeRO-3 (`zero3`), refuse the settings in `needs` (setting -> why, and what to do
+    instead): ZeRO-3 gives each process a shard of every trained weight, gathered only for a
+    forward pass that all processes run together, and these need the weights whole in one
+    process, or different forward passes on each."""
+    if needs and zero3():
+        raise ValueError(
+            "DeepSpeed ZeRO-3 gives each process a shard of every trained weight, gathered only "
+            "for forward passes that all processes run together; refused: "
+            + "; ".join(f"{what} ({why})" for what, why in needs.items())
         )

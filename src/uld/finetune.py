@@ -27,7 +27,7 @@ from uld.data.text import is_text_data, load_muse, texts
 from uld.losses import finetune_objective
 from uld.models import load_model, resolve, save_model, source_fingerprint
 from uld.outdir import check_out, locked
-from uld.trainer import check_precision, remove_checkpoints, train
+from uld.trainer import ZERO3_LORA, check_precision, remove_checkpoints, train, whole_weights
 
 
 def finetune(
@@ -56,6 +56,8 @@ def finetune(
     text = is_text_data(data, data_kind)
     rows = texts(load_muse(data), split) if text else load_split(split, data)
     check_precision(precision)
+    if lora:
+        dist.refuse_zero3({"--lora": ZERO3_LORA})
     check_out(out, overwrite, inputs=[model, *local_paths(data, split)])
     source = resolve(model)
     with locked(out):
@@ -92,7 +94,7 @@ def finetune(
         }
         if precision != "auto":  # (recorded only when asked for: earlier runs resume as before)
             settings["precision"] = precision
-        watch = train(
+        trainer = train(
             net,
             dataset,
             Collator(tokenizer.pad_token_id),
@@ -107,10 +109,11 @@ def finetune(
             overwrite=overwrite,
             precision=precision,
             gradient_checkpointing=gradient_checkpointing,
-        ).stopwatch
+        )
+        weights = whole_weights(trainer)  # under ZeRO-3, gathered from every process's shards
         if not dist.is_main():  # the main process saves
             return Path(out)
-        seconds = watch.seconds()  # all resumes together
+        seconds = trainer.stopwatch.seconds()  # all resumes together
         if lora:
             net = net.merge_and_unload()
         card = {
@@ -131,6 +134,6 @@ def finetune(
             "seed": seed,
             "train_seconds": round(seconds, 1),
         }
-        save_model(net, tokenizer, out, card, overwrite=overwrite)
+        save_model(net, tokenizer, out, card, overwrite=overwrite, state_dict=weights)
         remove_checkpoints(out)
     return Path(out)

@@ -223,15 +223,18 @@ def save_model(
     config=None,
     overwrite: bool = False,
     files: dict[str, str] | None = None,
+    state_dict: dict | None = None,
 ) -> Path:
     """Save an ordinary HF folder plus its card (and `run_config.yaml`, the settings that made
     it, when `config` is given; and `files`, name -> text) through `uld.outdir.output_dir`: a
-    crash mid-save leaves no half-written `out`, and nothing uld did not write is deleted."""
+    crash mid-save leaves no half-written `out`, and nothing uld did not write is deleted.
+    `state_dict`: the weights to write, where `model` does not hold them whole (a model trained
+    under DeepSpeed ZeRO-3: `uld.trainer.whole_weights`)."""
     out = Path(out)
     with output_dir(out, card.get("made_by", "uld"), overwrite) as tmp:
         for name, text in (files or {}).items():
             (tmp / name).write_text(text)
-        model.save_pretrained(tmp)
+        model.save_pretrained(tmp, state_dict=state_dict)
         tokenizer.save_pretrained(tmp)
         write_card(tmp, card)
         if config is not None:

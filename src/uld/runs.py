@@ -56,6 +56,9 @@ from uld.models import load_model, model_cache, save_model, source_fingerprint
 from uld.outdir import check_out, locked, output_dir, write_json
 from uld.report import model_info, write_eval
 from uld.trainer import (
+    ZERO3_EMA,
+    ZERO3_EPOCHS,
+    ZERO3_LORA,
     EpochEval,
     WeightAverage,
     check_precision,
@@ -64,6 +67,7 @@ from uld.trainer import (
     load_trainable,
     remove_checkpoints,
     train,
+    whole_weights,
 )
 
 __all__ = ["load_any", "unlearn", "evaluate_model", "evaluate_to"]
@@ -177,6 +181,7 @@ def unlearn(cfg: UnlearnConfig) -> Path:
     cfg = text_config(cfg)
     spec = check(cfg)
     check_precision(cfgmod.precision(cfg))  # before anything is loaded or written
+    dist.refuse_zero3(needs_whole_weights(cfg, spec))
     if cfg.combine != "mass" and spec.composite != "uld":
         raise ValueError(
             f"--combine {cfg.combine} is how ULD combines its logits; --method {cfg.method} has "
@@ -190,6 +195,31 @@ def unlearn(cfg: UnlearnConfig) -> Path:
     check_out(cfg.out, cfg.overwrite, inputs=inputs)
     with locked(cfg.out):
         return train_and_save(cfg, prepare(cfg))
+
+
+def needs_whole_weights(cfg: UnlearnConfig, spec: Method) -> dict[str, str]:
+    """What in `cfg` needs the trained weights whole in one process during or after training,
+    with why and what to do instead: refused under DeepSpeed ZeRO-3 (`uld.dist.refuse_zero3`),
+    whose processes each hold a shard of every weight (saving gathers them: `whole_weights`)."""
+    needs = {}
+    if spec.composite:
+        needs[f"--method {cfg.method}"] = (
+            "its alpha is chosen, and its model checked, on the main process; its assistant, a "
+            "few layers with LoRA, trains whole on each GPU: launch without DeepSpeed "
+            "(accelerate launch --multi_gpu)"
+        )
+    if cfg.lora:
+        needs["--lora"] = ZERO3_LORA
+    if cfg.eval_metric:
+        needs["--eval-metric"] = ZERO3_EPOCHS
+    if cfg.ema:
+        needs["--ema"] = ZERO3_EMA
+    if cfg.check:
+        needs["the after-run check"] = (
+            "the main process generates with the model alone: pass --no-check and evaluate the "
+            "saved model with `uld eval`"
+        )
+    return needs
 
 
 def run_settings(cfg: UnlearnConfig, run: Run) -> dict:
@@ -239,7 +269,7 @@ def train_and_save(cfg: UnlearnConfig, run: Run) -> Path:
     callbacks: list = [average] if average else []
     if cfg.eval_metric:
         callbacks.append(epoch_evaluator(cfg, spec, target, tokenizer, best, frozen, average))
-    watch = train(
+    trainer = train(
         model,
         dataset,
         Collator(tokenizer.pad_token_id),
@@ -277,7 +307,9 @@ def train_and_save(cfg: UnlearnConfig, run: Run) -> Path:
         overwrite=cfg.overwrite,
         precision=cfgmod.precision(cfg),
         gradient_checkpointing=cfg.gradient_checkpointing,
-    ).stopwatch
+    )
+    watch = trainer.stopwatch
+    weights = whole_weights(trainer)  # under ZeRO-3, gathered from every process's shards
     if not dist.is_main():  # the main process chooses alpha, checks and saves
         return Path(cfg.out)
     if average is not None:
@@ -329,7 +361,7 @@ def train_and_save(cfg: UnlearnConfig, run: Run) -> Path:
     else:
         model.config.use_cache = True
         card = {"made_by": f"uld unlearn --method {cfg.method}", "target": str(cfg.model), **extra}
-        save_model(model, tokenizer, cfg.out, card, cfg, cfg.overwrite, files)
+        save_model(model, tokenizer, cfg.out, card, cfg, cfg.overwrite, files, weights)
     remove_checkpoints(cfg.out)
     if check is not None and check["problems"] and cfg.strict:
         raise CheckFailed(

@@ -39,6 +39,19 @@ CHECKPOINTING = (
 MAX_CHECKPOINTS = 20
 
 
+# Why these are refused under DeepSpeed ZeRO-3 (`uld.dist.refuse_zero3`), and what to do instead
+ZERO3_EPOCHS = (
+    "each epoch's evaluation runs different forward passes on each process's share of the rows, "
+    "and the kept epoch's weights would be copied from the main process's shards: leave out "
+    "--eval-metric, keeping the last epoch, and evaluate the saved model with `uld eval`"
+)
+ZERO3_EMA = "it would average each process's shards after every step: leave out --ema"
+ZERO3_LORA = (
+    "the main process merges the adapters into the model: launch without DeepSpeed, or leave out "
+    "--lora"
+)
+
+
 class TrainingDiverged(ValueError):
     """The loss or the weights became NaN or infinite; the message says where and what to do."""
 
@@ -194,6 +207,7 @@ class WeightAverage(TrainerCallback):
     FILE = "ema.safetensors"
 
     def __init__(self, model: torch.nn.Module, decay: float):
+        dist.refuse_zero3({"averaging the weights": ZERO3_EMA})
         self.decay = decay
         self.avg = {n: p.detach().clone() for n, p in _trainable(model)}
         self.resumed: bool | None = None
@@ -338,6 +352,7 @@ class EpochEval(TrainerCallback):
         floor: tuple[str, float] | None = None,
         on_best: Callable[[torch.nn.Module, int, dict], None] | None = None,
     ):
+        dist.refuse_zero3({"evaluating each epoch to keep one": ZERO3_EPOCHS})
         self.evaluate, self.metric, self.best_dir, self.mode = evaluate, metric, Path(best), mode
         self.on_best = on_best
         self.average, self.every, self.floor = average, every, floor
@@ -412,6 +427,16 @@ class EpochEval(TrainerCallback):
             return (1, value if self.mode == "max" else -value)
         v = scores.get(self.floor[0])
         return (0, -math.inf if v is None else v)
+
+
+def whole_weights(trainer: Trainer) -> dict | None:
+    """The trained model's state dict, whole, to save: under DeepSpeed ZeRO-3 (`uld.dist.zero3`)
+    each process holds a shard of every weight, and accelerate's `Accelerator.get_state_dict`
+    gathers them, in 16 bits, on the main process (the others get an empty dict); it is a
+    collective, so every process must call this. Otherwise None: the model in memory is whole."""
+    if not dist.zero3():
+        return None
+    return trainer.accelerator.get_state_dict(trainer.model_wrapped)
 
 
 def save_trainable(model: torch.nn.Module, folder: Path) -> None:
