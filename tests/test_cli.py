@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from uld.cli import main
 from uld.compare import claim
@@ -362,6 +363,111 @@ def test_compare_seeds_expand_into_named_runs_and_bad_lists_are_refused():
         expand_seeds({"uld": {"seed": 1, "seeds": [0, 1]}})
     with pytest.raises(ValueError, match=r"\['uld-seed1'\] occur twice"):
         expand_seeds({"uld": {"seeds": [0, 1]}, "uld-seed1": {}})
+
+
+def test_grid_expands_into_named_runs_and_bad_grids_are_refused():
+    from uld.compare import expand_grids, grid_name, select_rule
+
+    runs, grids = expand_grids(
+        {"npo+kl": {"grid": {"lr": [1.0e-5, 2.5e-5, 1.0e-4]}, "beta": 0.2}, "uld": {}}
+    )
+    assert list(runs) == ["npo+kl-lr1e-5", "npo+kl-lr2.5e-5", "npo+kl-lr1e-4", "uld"]
+    assert runs["npo+kl-lr2.5e-5"] == {"method": "npo+kl", "beta": 0.2, "lr": 2.5e-5}
+    assert grids == {"npo+kl": ["npo+kl-lr1e-5", "npo+kl-lr2.5e-5", "npo+kl-lr1e-4"]}
+    assert grid_name("uld", "lr", 3.0e-3) == "uld-lr3e-3" and grid_name("rmu", "layer", 7) == (
+        "rmu-layer7"
+    )
+    kept = expand_grids({"a": {"method": "uld", "grid": {"lr": [1e-3, 1e-2]}}})[0]
+    assert kept["a-lr1e-3"]["method"] == "uld"  # a method given stays
+    bad = [
+        ({"lr": [1e-5]}, "two or more distinct values"),
+        ({"lr": [1e-5, 1e-5]}, "two or more distinct values"),
+        ({"lr": [1e-5, 2e-5], "beta": [1, 2]}, "grid must name one setting"),
+        ([1e-5, 2e-5], "grid must name one setting"),
+        ({"seed": [0, 1]}, "not allowed"),
+    ]
+    for grid, message in bad:
+        with pytest.raises(ValueError, match=message):
+            expand_grids({"npo": {"grid": grid}})
+    with pytest.raises(ValueError, match="not allowed"):
+        expand_grids({"npo": {"grid": {"lr": [1e-5, 2e-5]}, "lr": 1e-5}})
+    with pytest.raises(ValueError, match="occur twice"):
+        expand_grids({"npo": {"grid": {"lr": [1e-5, 2e-5]}}, "npo-lr1e-5": {}})
+    plan = {"grids": grids, "select": {"seeds": [1, 2]}}
+    assert select_rule(plan) == {"mu_ratio": 0.95, "seeds": [1, 2]}
+    for rule, message in [
+        ({"mu_ratio": 0}, "mu_ratio must be a number in"),
+        ({"mu_ratio": 1.5}, "mu_ratio must be a number in"),
+        ({"seeds": [0, 1]}, "other than the grid runs' own seed"),
+        ({"seeds": [1, 1]}, "distinct integers"),
+        ({"rule": "best"}, "unknown keys"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            select_rule({"grids": grids, "select": rule})
+    with pytest.raises(ValueError, match="no run has a grid"):
+        select_rule({"grids": {}, "select": {"seeds": [1]}})
+
+
+def test_selection_rule_best_forget_quality_among_runs_that_keep_utility():
+    from uld.compare import choose
+
+    def runs(*ps):
+        return {f"r{i}": {"forget_quality": q, "model_utility": u} for i, (q, u) in enumerate(ps)}
+
+    # target M.U. 0.40, bar 0.38: r1 has the best F.Q. but loses utility; r2 is the best of r0, r2
+    assert choose(runs((0.01, 0.41), (0.9, 0.30), (0.2, 0.39)), 0.40, 0.95) == "r2"
+    # F.Q. tie among those that keep it: the higher M.U.
+    assert choose(runs((0.2, 0.385), (0.2, 0.395), (0.01, 0.5)), 0.40, 0.95) == "r1"
+    # none keeps utility: the highest M.U., whatever its F.Q.
+    assert choose(runs((0.9, 0.2), (0.001, 0.3), (0.5, 0.25)), 0.40, 0.95) == "r1"
+    # a run without an evaluated M.U. never keeps it; no target utility: F.Q. alone decides
+    assert choose(runs((0.9, None), (0.1, 0.40)), 0.40, 0.95) == "r1"
+    assert choose(runs((0.9, None), (0.1, 0.40)), None, 0.95) == "r0"
+    assert choose(runs((0.3, 0.40), (0.2, 0.50)), 0.40, 0.5) == "r0"  # the ratio is used
+
+
+def test_compare_grid_chooses_by_the_rule_runs_the_chosen_over_seeds_and_reports_it(
+    tiny_model, tmp_path, capsys
+):
+    from uld.compare import choose, load_plan, run_config
+
+    plan = tmp_path / "compare.yaml"
+    out = tmp_path / "cmp"
+    plan.write_text(
+        f"target: {tiny_model}\nreference: {tiny_model}\nout: {out}\n"
+        "common: {forget: forget01, retain: retain99, epochs: 1, batch_size: 4, max_steps: 1}\n"
+        "eval: {forget: forget01, retain: '', real_authors: '', world_facts: '', holdout: ''}\n"
+        "runs:\n  ga: {grid: {lr: [1.0e-6, 3.0e-2]}}\n  uld: {layers: 2, lora_rank: 4}\n"
+        "select: {mu_ratio: 0.5, seeds: [1]}\n"
+    )
+    assert main(["compare", "--config", str(plan), "--status"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines[:4]] == ["ga-lr1e-6", "ga-lr3e-2", "ga", "uld"]
+    assert "(seeds 1)" in lines[2] and "after its grid is evaluated" in lines[2]
+    assert main(["compare", "--config", str(plan), "--only", "ga-lr1e-6"]) == 0
+    assert not (out / "ga-lr1e-6-seed1").exists()  # --only: no selection seeds
+    assert main(["compare", "--config", str(plan)]) == 0
+    printed = capsys.readouterr().out
+    summary = json.loads((out / "report" / "summary.json").read_text())
+    grid = {n: summary[n] for n in ("ga-lr1e-6", "ga-lr3e-2")}
+    chosen = choose(grid, summary["target"]["model_utility"], 0.5)
+    assert list(summary) == ["target", "ga-lr1e-6", "ga-lr3e-2", f"{chosen}-seed1", "uld"]
+    assert printed.index(f"training {chosen}-seed1") < printed.index("training uld")  # depth first
+    loaded = load_plan(plan)
+    cfg = yaml.safe_load((out / f"{chosen}-seed1" / "model" / "run_config.yaml").read_text())
+    assert cfg["seed"] == 1 and cfg["lr"] == run_config(loaded, chosen, tmp_path / "x").lr
+    md = (out / "report" / "report.md").read_text()
+    selection = md.split("## Selection")[1]
+    assert f"| ga | {chosen} | " in selection and selection.count("**chosen**") == 1
+    assert f"| {chosen} | 2 | " in md  # the chosen setting over seeds 0 and 1
+    assert {"mu_vs_fq.png", "mu_vs_fq_all.png"} <= {p.name for p in (out / "report").iterdir()}
+    capsys.readouterr()
+    assert main(["compare", "--config", str(plan), "--status"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[2].split()[:2] == [f"{chosen}-seed1", "ga"] and lines[2].endswith("evaluated")
+    assert lines[-1] == "4 of 4 runs evaluated"
+    assert main(["compare", "--config", str(plan)]) == 0  # a rerun trains nothing
+    assert "training" not in capsys.readouterr().out
 
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -337,7 +337,7 @@ def test_report_lists_model_utilitys_nine_parts_and_the_kept_epoch():
 
 
 def test_seed_table_groups_runs_over_seeds_and_computes_their_statistics():
-    from uld.report import seed_groups, seed_table, tables
+    from uld.report import seed_groups, seed_means, seed_table, tables
 
     runs = {
         "target": {"forget_quality": 0.01, "model_utility": 0.5},
@@ -358,6 +358,18 @@ def test_seed_table_groups_runs_over_seeds_and_computes_their_statistics():
     # a missing M.U. is shown as missing and left out of the mean; no gap at all: "–"
     assert "| uld-lr1e-3 | 2 | 0.5, 0.25 | 0.375 | 0.375 | – | 0.1000 | 0.1000 |" in table
     assert "Over seeds" in tables(runs) and "Over seeds" not in tables({"npo": runs["npo"]})
+    # the means of every figure the seeds all have: AUCs (0.6 + 0.7 + 0.8) / 3 = 0.7; a figure
+    # one seed lacks, or one that is missing (None), has no mean
+    for i, (auc, es) in enumerate([(0.6, 0.1), (0.7, None), (0.8, 0.4)]):
+        runs["npo" + (f"-seed{i}" if i else "")] |= {"mia_loss_auc": auc, "extraction_strength": es}
+    runs["npo-seed2"]["mia_zlib_auc"] = 0.5
+    means = seed_means(runs)
+    assert set(means) == {"npo (3 seeds)", "uld-lr1e-3 (2 seeds)"}
+    assert means["npo (3 seeds)"]["mia_loss_auc"] == pytest.approx(0.7)
+    assert means["npo (3 seeds)"]["model_utility"] == pytest.approx(0.3)
+    assert "extraction_strength" not in means["npo (3 seeds)"]
+    assert "mia_zlib_auc" not in means["npo (3 seeds)"]
+    assert "| npo (3 seeds) | " in tables(runs).split("Over seeds, means:")[1]
 
 
 def test_utility_forget_plane_has_one_point_per_setting_over_seeds():

@@ -12,11 +12,23 @@ A YAML file says what to run:
       npo+kl: {lr: 5.0e-5}
       uld-no-paraphrase: {method: uld, config: configs/uld_smollm2.yaml, paraphrase: false}
       ga+kl: {seeds: [0, 1, 2]}       # three runs: ga+kl (seed 0), ga+kl-seed1, ga+kl-seed2
+      npo: {grid: {lr: [1.0e-5, 2.0e-5, 5.0e-5]}}   # three runs: npo-lr1e-5, npo-lr2e-5, ...
+    select: {mu_ratio: 0.95, seeds: [1, 2]}   # per grid: one run chosen, then run over seeds
 
 Each run trains into `<out>/<name>/model` and is evaluated into `<out>/<name>/eval`; a run whose
 evaluation exists is skipped, so an interrupted comparison continues where it stopped, in this
 process or a later one. The merged table and plots go to `<out>/report` (`uld.report.report`); runs
 of one setting over seeds (`name`, `name-seedN`) also get a row each in its table over seeds.
+
+A grid gives a method the same small budget as the others: one setting (`grid: {lr: [...]}`, any
+UnlearnConfig field) over a few values, one run each, named `name-<field><value>`. When all of a
+grid's runs and the target are evaluated, one rule, the same for every grid (`choose`), picks its
+run: the best Forget Quality among the runs that keep Model Utility >= `mu_ratio` x the target's
+(ties: the higher Model Utility), or the highest Model Utility where none keeps it. `select:
+seeds` then runs the chosen one again with each seed (`<chosen>-seed1`, ...); the report states
+the rule, each candidate and the choice, and plots the chosen settings (`mu_vs_fq.png`; every run:
+`mu_vs_fq_all.png`). A grid's seeds start as soon as its grid is done (depth first), so an
+interrupted comparison has whole methods rather than a little of each.
 
 Several processes may work on one plan at once (say one per core, each with
 OMP_NUM_THREADS=1): a process locks each run while it trains and evaluates it
@@ -36,6 +48,7 @@ plan through the locks as above.
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from contextlib import ExitStack, contextmanager
@@ -59,7 +72,8 @@ def composite(cfg: UnlearnConfig) -> bool:
     return bool(method(cfg.method).composite)
 
 
-KNOWN = {"target", "reference", "out", "common", "models", "runs", "eval", "data"}
+KNOWN = {"target", "reference", "out", "common", "models", "runs", "eval", "data", "select"}
+SELECT = {"mu_ratio": 0.95, "seeds": []}
 
 
 def load_plan(path: str | Path) -> dict:
@@ -73,8 +87,172 @@ def load_plan(path: str | Path) -> dict:
     for key in ("target", "out", "runs"):
         if not plan.get(key):
             raise ValueError(f"{path}: '{key}' is required")
+    plan["runs"], plan["grids"] = expand_grids(plan["runs"], path)
     plan["runs"] = expand_seeds(plan["runs"], path)
+    plan["select"] = select_rule(plan, path)
     return plan
+
+
+def grid_name(name: str, key: str, value) -> str:
+    """The run of grid `name` at `key`=`value`: `npo+kl`, lr, 2e-05 -> `npo+kl-lr2e-5`."""
+    if isinstance(value, float):
+        mantissa, exponent = f"{value:e}".split("e")
+        value = f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+    return f"{name}-{key}{value}"
+
+
+def expand_grids(runs: dict, path: str | Path = "the plan") -> tuple[dict, dict[str, list[str]]]:
+    """`name: {grid: {lr: [a, b, c]}, ...}` -> runs `name-lra`, `name-lrb`, `name-lrc` (method
+    `name` unless the spec gives one), each with its value and the other fields. Returns (runs,
+    grids: {name: its runs}); runs without `grid` pass through unchanged."""
+    out: dict = {}
+    grids: dict[str, list[str]] = {}
+    for name, spec in runs.items():
+        spec = dict(spec or {})
+        if "grid" not in spec:
+            out[name] = spec
+            continue
+        grid = spec.pop("grid")
+        if not (isinstance(grid, dict) and len(grid) == 1):
+            raise ValueError(
+                f"{path}: run {name!r}: grid must name one setting and its values, e.g. "
+                f"grid: {{lr: [1.0e-5, 2.0e-5, 5.0e-5]}}; got {grid!r}"
+            )
+        ((key, values),) = grid.items()
+        ok = isinstance(values, list) and len(values) >= 2
+        if not ok or len({repr(v) for v in values}) != len(values):
+            raise ValueError(
+                f"{path}: run {name!r}: grid {key} must list two or more distinct values; "
+                f"got {values!r}"
+            )
+        if key in ("seed", "method", "out", "model") or key in spec or "seeds" in spec:
+            raise ValueError(
+                f"{path}: run {name!r}: a grid over {key!r} is not allowed here (the grid's "
+                "setting may not also be given, nor seed/method/out/model be a grid, nor a "
+                "grid take `seeds:`; `select: seeds` runs the chosen one over seeds)"
+            )
+        spec.setdefault("method", name)
+        members = {grid_name(name, key, v): spec | {key: v} for v in values}
+        clash = sorted(set(members) & (set(out) | set(runs)))
+        if clash:
+            raise ValueError(f"{path}: run names {clash} occur twice (check `grid:` values)")
+        out |= members
+        grids[name] = list(members)
+    return out, grids
+
+
+def select_rule(plan: dict, path: str | Path = "the plan") -> dict:
+    """The plan's `select:` (`mu_ratio` in (0, 1], `seeds`: more seeds for each grid's chosen
+    run), checked, with the defaults filled in."""
+    rule = dict(plan.get("select") or {})
+    unknown = sorted(set(rule) - set(SELECT))
+    if unknown:
+        raise ValueError(f"{path}: select: unknown keys {unknown}; known keys are {sorted(SELECT)}")
+    rule = SELECT | rule
+    ratio = rule["mu_ratio"]
+    if isinstance(ratio, bool) or not isinstance(ratio, int | float) or not 0 < ratio <= 1:
+        raise ValueError(f"{path}: select: mu_ratio must be a number in (0, 1]; got {ratio!r}")
+    seeds = rule["seeds"]
+    own = int((plan.get("common") or {}).get("seed", 0))
+    ok = isinstance(seeds, list) and all(type(s) is int and s >= 0 for s in seeds)
+    if not ok or len(set(seeds)) != len(seeds) or own in seeds:
+        raise ValueError(
+            f"{path}: select: seeds must be a list of distinct integers >= 0 other than the "
+            f"grid runs' own seed ({own}), e.g. seeds: [1, 2]; got {seeds!r}"
+        )
+    if seeds and not plan.get("grids"):
+        raise ValueError(f"{path}: select: seeds given but no run has a grid to choose from")
+    return rule
+
+
+def choose(candidates: dict[str, dict], target_mu: float | None, mu_ratio: float) -> str:
+    """The one selection rule for every grid: of `candidates` ({run: summary}), the best Forget
+    Quality among those that keep Model Utility >= `mu_ratio` x `target_mu` (ties: the higher
+    Model Utility, then the first); where none does, the highest Model Utility. Without a target
+    utility (no utility splits evaluated) every candidate keeps it."""
+
+    def value(name: str, key: str) -> float:
+        v = candidates[name].get(key)
+        return -math.inf if v is None else v
+
+    keep = [
+        n
+        for n in candidates
+        if target_mu is None or value(n, "model_utility") >= mu_ratio * target_mu
+    ]
+    if keep:
+        return max(keep, key=lambda n: (value(n, "forget_quality"), value(n, "model_utility")))
+    return max(candidates, key=lambda n: (value(n, "model_utility"), value(n, "forget_quality")))
+
+
+def evaluated(out: Path, name: str) -> bool:
+    return (out / name / "eval" / "eval.json").exists()
+
+
+def selections(plan: dict, grids: list[str] | None = None) -> dict[str, str | None]:
+    """{grid: its chosen run, or None while the grid or the target is not yet evaluated}, for
+    every grid of the plan or those named."""
+    out = Path(plan["out"])
+    target = read_eval(out / "target" / "eval") if evaluated(out, "target") else None
+    chosen: dict[str, str | None] = {}
+    for grid in plan["grids"] if grids is None else grids:
+        members = plan["grids"][grid]
+        if target is None or not all(evaluated(out, n) for n in members):
+            chosen[grid] = None
+            continue
+        runs = {n: read_eval(out / n / "eval")["summary"] for n in members}
+        mu = target["summary"].get("model_utility")
+        chosen[grid] = choose(runs, mu, plan["select"]["mu_ratio"])
+    return chosen
+
+
+def seed_runs(plan: dict, chosen: str) -> dict[str, dict]:
+    """The chosen run of a grid again with each of `select: seeds`: {name: spec}."""
+    return {
+        f"{chosen}-seed{s}": plan["runs"][chosen] | {"seed": s} for s in plan["select"]["seeds"]
+    }
+
+
+def groups(plan: dict) -> dict[str, list[str]]:
+    """The plan's runs in order, each grid's runs together under the grid's name, every other
+    run alone under its own."""
+    member_of = {n: g for g, members in plan["grids"].items() for n in members}
+    out: dict[str, list[str]] = {}
+    for name in plan["runs"]:
+        out.setdefault(member_of.get(name, name), []).append(name)
+    return out
+
+
+def selection_text(plan: dict, chosen: dict[str, str | None]) -> str:
+    """The report's account of the selection: the rule, each grid's candidates and its choice."""
+    out = Path(plan["out"])
+    ratio = plan["select"]["mu_ratio"]
+    target_mu = read_eval(out / "target" / "eval")["summary"].get("model_utility")
+    bar = None if target_mu is None else ratio * target_mu
+    text = (
+        "\n## Selection\n\nOne rule for every grid: the run with the best Forget Quality among "
+        f"those keeping Model Utility >= {ratio:g} x the target's"
+        + (f" ({ratio:g} x {target_mu:.4f} = {bar:.4f})" if bar is not None else "")
+        + " (ties: the higher M.U.); where none keeps it, the highest M.U."
+        + (
+            f" The chosen run is then run with seeds {plan['select']['seeds']}."
+            if plan["select"]["seeds"]
+            else ""
+        )
+        + "\n\n| Grid | Run | F.Q. | M.U. | Keeps M.U. | Chosen |\n|---|---|---:|---:|---|---|\n"
+    )
+    for grid, members in plan["grids"].items():
+        for name in members:
+            s = read_eval(out / name / "eval")["summary"] if evaluated(out, name) else {}
+            mu, fq = s.get("model_utility"), s.get("forget_quality")
+            keeps = "–" if mu is None or bar is None else ("yes" if mu >= bar else "no")
+            mark = "**chosen**" if chosen.get(grid) == name else ""
+            if not s:
+                keeps, mark = "not evaluated yet", ""
+            fq = "–" if fq is None else f"{fq:.2e}"
+            mu = "–" if mu is None else f"{mu:.4f}"
+            text += f"| {grid} | {name} | {fq} | {mu} | {keeps} | {mark} |\n"
+    return text
 
 
 def expand_seeds(runs: dict, path: str | Path = "the plan") -> dict:
@@ -204,25 +382,40 @@ def rescore(folder: Path, reference: dict | None) -> None:
 def status(path: str | Path) -> list[tuple[str, str, str]]:
     """(name, method, state) of every run of the plan at `path`, without loading any model:
     "evaluated", "trained, not evaluated", "at checkpoint-N" (a run in progress, or one
-    interrupted, which a rerun resumes there) or "no checkpoint yet"."""
+    interrupted, which a rerun resumes there) or "no checkpoint yet"; after each grid, the
+    chosen run's seed runs, or one line saying they wait for the grid."""
     plan = load_plan(path)
     out = Path(plan["out"])
+    chosen = selections(plan)
     rows = []
-    for name in plan["runs"]:
-        cfg = run_config(plan, name, out / name / "model")
-        if (out / name / "eval" / "eval.json").exists():
-            state = "evaluated"
-        elif who := holder(out / name):
-            ckpt = last_checkpoint(cfg.out)
-            state = f"running ({who}{', at ' + ckpt.name if ckpt else ''})"
-        elif Path(cfg.out).exists():
-            state = "trained, not evaluated"
-        elif ckpt := last_checkpoint(cfg.out):
-            state = f"at {ckpt.name}"
+    for group, members in groups(plan).items():
+        rows += [run_state(plan, out, name) for name in members]
+        if group not in plan["grids"] or not plan["select"]["seeds"]:
+            continue
+        if chosen[group] is None:
+            seeds = ", ".join(map(str, plan["select"]["seeds"]))
+            method_ = plan["runs"][members[0]]["method"]
+            rows.append((f"{group} (seeds {seeds})", method_, "after its grid is evaluated"))
         else:
-            state = "no checkpoint yet"
-        rows.append((name, cfg.method, state))
+            plan["runs"] |= seed_runs(plan, chosen[group])
+            rows += [run_state(plan, out, name) for name in seed_runs(plan, chosen[group])]
     return rows
+
+
+def run_state(plan: dict, out: Path, name: str) -> tuple[str, str, str]:
+    cfg = run_config(plan, name, out / name / "model")
+    if evaluated(out, name):
+        state = "evaluated"
+    elif who := holder(out / name):
+        ckpt = last_checkpoint(cfg.out)
+        state = f"running ({who}{', at ' + ckpt.name if ckpt else ''})"
+    elif Path(cfg.out).exists():
+        state = "trained, not evaluated"
+    elif ckpt := last_checkpoint(cfg.out):
+        state = f"at {ckpt.name}"
+    else:
+        state = "no checkpoint yet"
+    return (name, cfg.method, state)
 
 
 def compare(path: str | Path, only: list[str] | None = None) -> dict:
@@ -331,20 +524,58 @@ def compare(path: str | Path, only: list[str] | None = None) -> dict:
                 print(f"[compare] {name}: trained in {time.time() - start:.0f} s")
             evaluate_into(folder, name, model_path, "uld" if cfg and composite(cfg) else "plain")
 
+    def seeds_of(group: str) -> dict[str, UnlearnConfig]:
+        """The seed runs of the grid's chosen run, once the grid is evaluated (the main process
+        chooses and tells the others); none with --only."""
+        if only or group not in plan["grids"] or not plan["select"]["seeds"]:
+            return {}
+        chosen = dist.broadcast(selections(plan, [group])[group] if dist.is_main() else None)
+        if chosen is None:
+            return {}
+        specs = seed_runs(plan, chosen)
+        plan["runs"] |= specs
+        return {n: run_config(plan, n, out / n / "model") for n in specs}
+
     fixed = {"target": plan["target"]} | dict(plan.get("models") or {})
+    order = groups(plan)  # the plan's own runs (seed runs join plan["runs"] as they are chosen)
     for name, model_path in fixed.items():
         run(name, model_path)
-    for name, cfg in configs.items():
-        run(name, cfg.out, cfg)
+    for group, members in order.items():  # depth first: a grid, then its seeds
+        for name in members:
+            if name in configs:
+                run(name, configs[name].out, configs[name])
+        for name, cfg in seeds_of(group).items():
+            run(name, cfg.out, cfg)
+    for group in plan["grids"]:  # grids that another process finished meanwhile
+        for name, cfg in seeds_of(group).items():
+            run(name, cfg.out, cfg)
     if not dist.is_main():  # the main process reports
         return {}
-    # the report covers every row of the plan evaluated so far, in the plan's order
-    rows = [out / n / "eval" for n in [*fixed, *plan["runs"]]]
-    rows = [folder for folder in rows if (folder / "eval.json").exists()]
-    if not (out / "target" / "eval" / "eval.json").exists():
+    if not evaluated(out, "target"):
         print("[compare] no report yet: the target is not evaluated (another process is on it)")
         return {}
+    # the report covers every row of the plan evaluated so far, in the plan's order
+    chosen = selections(plan)
+    names = list(fixed)
+    for group, members in order.items():
+        names += members
+        if chosen.get(group) and plan["select"]["seeds"]:
+            names += list(seed_runs(plan, chosen[group]))
+    names = [n for n in names if evaluated(out, n)]
+    notes, plotted = "", None
+    if plan["grids"]:  # the plane shows each grid's chosen setting; mu_vs_fq_all.png every run
+        notes = selection_text(plan, chosen)
+        in_grid = {n for members in plan["grids"].values() for n in members}
+        plotted = [
+            n
+            for n in names
+            if setting_of(n) not in in_grid
+            or n in chosen.values()
+            or setting_of(n) in chosen.values()
+        ]
     with claim(out / "report", wait=True):  # one writer at a time; the last one is complete
-        runs = report(rows, out / "report")
+        runs = report(
+            [out / n / "eval" for n in names], out / "report", notes=notes, plotted=plotted
+        )
     print(f"[compare] wrote {out / 'report'}/report.md and the plots")
     return runs

@@ -103,6 +103,7 @@ def tables(runs: dict[str, dict]) -> str:
         text += "\n" + markdown_table(timed, TIME_COLUMNS)
     if seed_groups(runs):
         text += "\nOver seeds (`name`, `name-seedN`):\n\n" + seed_table(runs)
+        text += "\nOver seeds, means:\n\n" + markdown_table(seed_means(runs), EXTRA_COLUMNS)
     return text
 
 
@@ -153,6 +154,20 @@ def seed_table(runs: dict[str, dict]) -> str:
         ]
         lines.append(f"| {base} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def seed_means(runs: dict[str, dict]) -> dict[str, dict]:
+    """{"setting (n seeds)": the mean over its seeds of each summary figure they all have}."""
+    out = {}
+    for base, members in seed_groups(runs).items():
+        keys = set.intersection(*(set(runs[n]) for n in members))
+        values = {k: [runs[n][k] for n in members] for k in keys}
+        out[f"{base} ({len(members)} seeds)"] = {
+            k: statistics.fmean(v)
+            for k, v in values.items()
+            if all(isinstance(x, int | float) and not isinstance(x, bool) for x in v)
+        }
+    return out
 
 
 def model_info(path: str | Path | None) -> dict:
@@ -209,6 +224,8 @@ def report(
     names: list[str] | None = None,
     relative_to: str = "",
     baseline: str = "",
+    notes: str = "",
+    plotted: list[str] | None = None,
 ) -> dict[str, dict]:
     """Merge evaluation folders into `out/report.md`, `out/summary.json` and the plots.
 
@@ -216,6 +233,8 @@ def report(
     run whose method is uld, if any). baseline: the run the time-to-quality table's ratios are
     to (default: the first run whose method is npo+kl, if any); that table needs a run named
     `target` (its Model Utility sets the bar) and runs with timed per-epoch histories.
+    notes: markdown added at the end of report.md. plotted: the runs `mu_vs_fq.png` shows (say,
+    each grid's chosen setting); every run then goes to `mu_vs_fq_all.png`.
     """
     results = [read_eval(p) for p in paths]
     names = names or [r["name"] for r in results]
@@ -243,9 +262,13 @@ def report(
         for name, row in rows.items():
             runs[name] |= {k: row[k] for k in ("seconds_per_step", "time_to_quality")}
     out = Path(out)
-    write_text(text, out / "report.md")
+    write_text(text + notes, out / "report.md")
     write_json(runs, out / "summary.json")
-    plot_mu_vs_fq(runs, out / "mu_vs_fq.png")
+    if plotted is None:
+        plot_mu_vs_fq(runs, out / "mu_vs_fq.png")
+    else:
+        plot_mu_vs_fq({n: runs[n] for n in plotted if n in runs}, out / "mu_vs_fq.png")
+        plot_mu_vs_fq(runs, out / "mu_vs_fq_all.png")
     if any(h.get("forget_quality") is not None for hs in histories.values() for h in hs):
         plot_trajectories(histories, out / "trajectory.png", kept)
     if sum(s.get("relative_time") is not None for s in runs.values()) > 1:
