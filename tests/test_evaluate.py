@@ -50,6 +50,8 @@ def test_score_answers_matches_a_full_forward(model):
     torch.testing.assert_close(got["n"], n)
     es = metrics.extraction_strength(logits, batch["labels"])
     torch.testing.assert_close(got["es"], es)
+    only = score_answers(m, tok, qs, ans, batch_size=1, mia=False)  # the truth ratios' pass
+    assert set(only) == {"prob", "n"} and torch.equal(only["prob"], got["prob"])
 
 
 def test_protocol_aggregates_follow_the_tofu_definitions(model, roles):

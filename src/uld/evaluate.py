@@ -193,17 +193,19 @@ def score_answers(
     batch_size: int = 16,
     min_k: float = 0.4,
     progress: bool = False,
+    mia: bool = True,
 ) -> dict[str, torch.Tensor]:
     """Teacher-forced scores of each (question, answer) pair, in order; each value is [N]:
 
     prob: P(a|q)^(1/|a|) (TOFU's length-normalised probability), n: |a| (answer + EOS tokens),
     loss: mean NLL (LOSS attack), min_k: Min-K% Prob (k = `min_k`), min_k_pp: Min-K%++ (the
-    same k), es: extraction strength.
+    same k), es: extraction strength. mia=False: prob and n only (the membership scores'
+    statistics over the vocabulary cost a tenth of the pass).
     """
     device = next(iter(model.parameters())).device
     items = [encode_qa(tokenizer, q, a) for q, a in zip(questions, answers, strict=True)]
     order = sorted(range(len(items)), key=lambda i: -len(items[i]["input_ids"]))
-    keys = ("logp", "n", "loss", "min_k", "min_k_pp", "es")
+    keys = ("logp", "n", "loss", "min_k", "min_k_pp", "es") if mia else ("logp", "n")
     parts: dict[str, list] = {k: [] for k in keys}
     for s in tqdm(
         range(0, len(order), batch_size), desc="scoring", disable=not progress, leave=False
@@ -217,12 +219,14 @@ def score_answers(
         logp_v = torch.log_softmax(logits, -1)
         logp = torch.zeros(keep.shape, device=device)
         logp[keep] = logp_v.gather(-1, gold[:, None]).squeeze(-1)
+        parts["logp"].append(logp.sum(-1).double().cpu())
+        parts["n"].append(keep.sum(-1).cpu())
+        if not mia:
+            continue
         mu, sigma = (torch.zeros(keep.shape, dtype=torch.float64, device=device) for _ in "ms")
         mu[keep], sigma[keep] = metrics.vocab_logp_moments(logp_v)
         hits = torch.zeros_like(keep)
         hits[keep] = logits.argmax(-1) == gold
-        parts["logp"].append(logp.sum(-1).double().cpu())
-        parts["n"].append(keep.sum(-1).cpu())
         parts["loss"].append(metrics.loss_score(logp, keep).cpu())
         parts["min_k"].append(metrics.min_k_prob(logp, keep, min_k).cpu())
         parts["min_k_pp"].append(metrics.min_k_plus_plus(logp, mu, sigma, keep, min_k).cpu())
@@ -236,7 +240,7 @@ def score_answers(
 
 def answer_probs(model, tokenizer, questions: list[str], answers: list[str], batch_size=16):
     """Length-normalised P(answer | question)^(1/|a|) per pair (TOFU's probability). -> [N]."""
-    return score_answers(model, tokenizer, questions, answers, batch_size)["prob"]
+    return score_answers(model, tokenizer, questions, answers, batch_size, mia=False)["prob"]
 
 
 def truth_ratios(model, tokenizer, rows: list[dict], paraphrased: bool = True) -> torch.Tensor:
@@ -307,7 +311,7 @@ def fluency(items: list[dict], scorer: tuple | None = None, batch_size: int = 16
         try:
             questions = [items[i]["question"] for i in answered]
             answers = [items[i]["generated"] for i in answered]
-            probs = score_answers(model, tok, questions, answers, batch_size)["prob"]
+            probs = score_answers(model, tok, questions, answers, batch_size, mia=False)["prob"]
         finally:
             if isinstance(model, ULDModel):
                 model.alpha = saved
