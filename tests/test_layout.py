@@ -126,3 +126,8 @@ def test_method_names_are_read_only_by_the_methods_table():
         if NAME_CHECK.search(line.split("#")[0])
     ]
     assert hits == []
+    # the two names the report's efficiency defaults hold (config.py) are rows of the table
+    from uld.config import TIME_BASELINE_METHOD, TIME_UNIT_METHOD
+    from uld.methods import METHODS
+
+    assert {TIME_UNIT_METHOD, TIME_BASELINE_METHOD} <= set(METHODS)

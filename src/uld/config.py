@@ -427,6 +427,9 @@ def _steps(max_steps: int) -> None:
 MAX_ALPHA = 10.0
 # how ULD combines the target's and the assistant's logits (uld.logit_diff.logit_difference)
 COMBINES = ("mass", "authors")
+# the ULD paper's efficiency comparison: training times relative to ULD's, time to quality
+# against NPO+KL's (`uld report`'s defaults for --relative-to and --baseline)
+TIME_UNIT_METHOD, TIME_BASELINE_METHOD = "uld", "npo+kl"
 
 
 def check_alpha(alpha: float, flag: str = "--alpha") -> None:

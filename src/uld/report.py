@@ -20,7 +20,7 @@ import re
 import statistics
 from pathlib import Path
 
-from uld.config import UTILITY_PARTS, UTILITY_ROLES
+from uld.config import TIME_BASELINE_METHOD, TIME_UNIT_METHOD, UTILITY_PARTS, UTILITY_ROLES
 from uld.efficiency import efficiency, efficiency_table
 from uld.outdir import write_json, write_text
 
@@ -247,7 +247,7 @@ def report(
     histories = {n: t.get("epochs_evaluated") or [] for n, t in training.items()}
     kept = {n: t.get("best_epoch") for n, t in training.items()}
     methods = {n: t.get("method") for n, t in training.items()}
-    unit = relative_to or next((n for n, m in methods.items() if m == "uld"), "")
+    unit = relative_to or next((n for n, m in methods.items() if m == TIME_UNIT_METHOD), "")
     if unit and runs.get(unit, {}).get("train_seconds"):
         for s in runs.values():
             if s.get("train_seconds") is not None:
@@ -255,7 +255,9 @@ def report(
     text = "# Results\n\n" + tables(runs)
     target_mu = runs.get("target", {}).get("model_utility")
     if target_mu is not None:  # time to quality: the ULD paper's efficiency, against NPO+KL
-        baseline = baseline or next((n for n, m in methods.items() if m == "npo+kl"), "")
+        baseline = baseline or next(
+            (n for n, m in methods.items() if m == TIME_BASELINE_METHOD), ""
+        )
         rows = efficiency(histories, target_mu, baseline)
         if rows:
             text += "\n" + efficiency_table(rows, target_mu, baseline)
