@@ -198,6 +198,10 @@ def test_compare_runs_evaluates_reports_and_resumes(tiny_model, tmp_path, capsys
     assert "| ga | 2 | " in (out / "report" / "report.md").read_text()  # the table over seeds
     assert summary["target"]["forget_quality"] == 1.0  # the reference is the target itself
     assert summary["uld"]["relative_time"] == 1.0 and summary["ga"]["train_seconds"] > 0
+    # max_steps 1: one optimizer step each, so the per-step cost is the training time
+    assert summary["ga"]["steps"] == summary["uld"]["steps"] == 1
+    assert summary["ga"]["seconds_per_step"] == summary["ga"]["train_seconds"]
+    assert "| s / step |" in (out / "report" / "report.md").read_text()
     # the plan evaluates no retain, real-author or world-fact split: no Model Utility, so the
     # utility plane is drawn without points; three unlearning runs have a time relative to ULD
     assert [s["model_utility"] for s in summary.values()] == [None] * 4

@@ -63,6 +63,8 @@ TIME_COLUMNS = [
     ("Epoch kept", "best_epoch", "d"),
     ("Unlearning time (s)", "train_seconds", ".0f"),
     ("Time / ULD", "relative_time", ".2f"),
+    ("Steps", "steps", "d"),
+    ("s / step", "seconds_per_step", ".2f"),
 ]
 
 
@@ -212,9 +214,11 @@ def summary_of(results: dict) -> dict:
         for k in UTILITY_PARTS:
             s[f"{role}_{k}"] = results.get("splits", {}).get(role, {}).get(k)
     if train.get("method"):  # an unlearning run (not the target's or retain model's training)
-        for key in ("train_seconds", "trainable_params", "trainable_share", "best_epoch"):
+        for key in ("train_seconds", "steps", "trainable_params", "trainable_share", "best_epoch"):
             if train.get(key) is not None:
                 s[key] = train[key]
+        if train.get("train_seconds") is not None and train.get("steps"):
+            s["seconds_per_step"] = train["train_seconds"] / train["steps"]
     return s
 
 

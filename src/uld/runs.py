@@ -319,6 +319,7 @@ def train_and_save(cfg: UnlearnConfig, run: Run) -> Path:
         finish()
     # all resumes together, less the per-epoch evaluations (the watch sets them aside)
     extra["train_seconds"] = round(watch.training_seconds(), 1)
+    extra["steps"] = trainer.state.global_step  # optimizer steps: the per-step cost's divisor
     extra["lr"] = learning_rate(cfg)
     if cfg.eval_metric:
         ev = callbacks.pop()  # the last reference but `ev` to the evaluation's full target
