@@ -450,6 +450,17 @@ def test_compare_grid_chooses_by_the_rule_runs_the_chosen_over_seeds_and_reports
     assert "(seeds 1)" in lines[2] and "after its grid is evaluated" in lines[2]
     assert main(["compare", "--config", str(plan), "--only", "ga-lr1e-6"]) == 0
     assert not (out / "ga-lr1e-6-seed1").exists()  # --only: no selection seeds
+    capsys.readouterr()
+    assert main(["compare", "--config", str(plan), "--report"]) == 0  # what is evaluated so far
+    assert "training" not in capsys.readouterr().out
+    assert list(json.loads((out / "report" / "summary.json").read_text())) == [
+        "target",
+        "ga-lr1e-6",
+    ]
+    interim = (out / "report" / "report.md").read_text().split("## Selection")[1]
+    assert (
+        "| ga | ga-lr3e-2 | – | – | not evaluated yet |" in interim and "**chosen**" not in interim
+    )
     assert main(["compare", "--config", str(plan)]) == 0
     printed = capsys.readouterr().out
     summary = json.loads((out / "report" / "summary.json").read_text())

@@ -34,7 +34,7 @@ from uld import config as cfgmod
 from uld import dist
 from uld.assistant import UnsupportedModelError
 from uld.calibrate import ALPHAS, check_held_out, choose_alpha, format_grid, format_safe_grid
-from uld.compare import compare, status
+from uld.compare import compare, load_plan, status, write_report
 from uld.config import COMBINES, MAX_ALPHA, EvalSplits
 from uld.data.augment import write_augmentation
 from uld.data.corpus import builtin_corpus
@@ -430,6 +430,9 @@ def cmd_compare(args) -> None:
         done = sum(state == "evaluated" for _, _, state in rows)
         print(f"{done} of {len(rows)} runs evaluated")
         return
+    if args.report:
+        write_report(load_plan(args.config))
+        return
     compare(args.config, args.only.split(",") if args.only else None)
 
 
@@ -759,6 +762,11 @@ def parser() -> argparse.ArgumentParser:
     cmp.add_argument("--only", default="", help="comma-separated run names (default: all)")
     cmp.add_argument(
         "--status", action="store_true", help="list each run's state (nothing runs) and exit"
+    )
+    cmp.add_argument(
+        "--report",
+        action="store_true",
+        help="write <out>/report from the runs evaluated so far (nothing runs) and exit",
     )
     cmp.set_defaults(func=cmd_compare)
 

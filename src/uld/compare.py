@@ -90,6 +90,7 @@ def load_plan(path: str | Path) -> dict:
     plan["runs"], plan["grids"] = expand_grids(plan["runs"], path)
     plan["runs"] = expand_seeds(plan["runs"], path)
     plan["select"] = select_rule(plan, path)
+    plan["groups"] = groups(plan)  # before any seed run of a grid's choice joins plan["runs"]
     return plan
 
 
@@ -388,7 +389,7 @@ def status(path: str | Path) -> list[tuple[str, str, str]]:
     out = Path(plan["out"])
     chosen = selections(plan)
     rows = []
-    for group, members in groups(plan).items():
+    for group, members in plan["groups"].items():
         rows += [run_state(plan, out, name) for name in members]
         if group not in plan["grids"] or not plan["select"]["seeds"]:
             continue
@@ -537,10 +538,9 @@ def compare(path: str | Path, only: list[str] | None = None) -> dict:
         return {n: run_config(plan, n, out / n / "model") for n in specs}
 
     fixed = {"target": plan["target"]} | dict(plan.get("models") or {})
-    order = groups(plan)  # the plan's own runs (seed runs join plan["runs"] as they are chosen)
     for name, model_path in fixed.items():
         run(name, model_path)
-    for group, members in order.items():  # depth first: a grid, then its seeds
+    for group, members in plan["groups"].items():  # depth first: a grid, then its seeds
         for name in members:
             if name in configs:
                 run(name, configs[name].out, configs[name])
@@ -551,13 +551,21 @@ def compare(path: str | Path, only: list[str] | None = None) -> dict:
             run(name, cfg.out, cfg)
     if not dist.is_main():  # the main process reports
         return {}
+    return write_report(plan, fixed)
+
+
+def write_report(plan: dict, fixed: dict | None = None) -> dict:
+    """`<out>/report` from every row of the plan evaluated so far, in the plan's order (each
+    grid's runs, then its chosen run's seeds), with the selection; nothing is run. `uld compare`
+    writes it when it has nothing left; `uld compare --report` at any time."""
+    out = Path(plan["out"])
+    fixed = fixed or {"target": plan["target"]} | dict(plan.get("models") or {})
     if not evaluated(out, "target"):
         print("[compare] no report yet: the target is not evaluated (another process is on it)")
         return {}
-    # the report covers every row of the plan evaluated so far, in the plan's order
     chosen = selections(plan)
     names = list(fixed)
-    for group, members in order.items():
+    for group, members in plan["groups"].items():
         names += members
         if chosen.get(group) and plan["select"]["seeds"]:
             names += list(seed_runs(plan, chosen[group]))
