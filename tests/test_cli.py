@@ -171,14 +171,24 @@ def test_finetune_with_lora_merges_back_into_a_plain_model(tiny_model, tmp_path)
     assert changed and all("proj" in n for n in changed)
 
 
-def test_compare_runs_evaluates_reports_and_resumes(tiny_model, tmp_path, capsys):
-    plan = tmp_path / "compare.yaml"
-    out = tmp_path / "cmp"
+def tiny_plan(tmp_path: Path, tiny_model, rest: str) -> tuple[Path, Path]:
+    """A comparison plan on the tiny model (one step per run, the forget split evaluated only)
+    with `rest` (its runs, ...) -> (plan file, out folder)."""
+    plan, out = tmp_path / "compare.yaml", tmp_path / "cmp"
     plan.write_text(
         f"target: {tiny_model}\nreference: {tiny_model}\nout: {out}\n"
         "common: {forget: forget01, retain: retain99, epochs: 1, batch_size: 4, max_steps: 1}\n"
         "eval: {forget: forget01, retain: '', real_authors: '', world_facts: '', holdout: ''}\n"
-        "runs:\n  uld: {layers: 2, lora_rank: 4}\n  ga: {lr: 1.0e-3, seeds: [0, 1]}\n"
+        + rest
+    )
+    return plan, out
+
+
+def test_compare_runs_evaluates_reports_and_resumes(tiny_model, tmp_path, capsys):
+    plan, out = tiny_plan(
+        tmp_path,
+        tiny_model,
+        "runs:\n  uld: {layers: 2, lora_rank: 4}\n  ga: {lr: 1.0e-3, seeds: [0, 1]}\n",
     )
     # another process holds the target and ga-seed1 (flock: a second open file of this process
     # counts as another holder): this one skips both and leaves the report to a later process
@@ -435,14 +445,11 @@ def test_compare_grid_chooses_by_the_rule_runs_the_chosen_over_seeds_and_reports
 ):
     from uld.compare import choose, load_plan, run_config
 
-    plan = tmp_path / "compare.yaml"
-    out = tmp_path / "cmp"
-    plan.write_text(
-        f"target: {tiny_model}\nreference: {tiny_model}\nout: {out}\n"
-        "common: {forget: forget01, retain: retain99, epochs: 1, batch_size: 4, max_steps: 1}\n"
-        "eval: {forget: forget01, retain: '', real_authors: '', world_facts: '', holdout: ''}\n"
+    plan, out = tiny_plan(
+        tmp_path,
+        tiny_model,
         "runs:\n  ga: {grid: {lr: [1.0e-6, 3.0e-2]}}\n  uld: {layers: 2, lora_rank: 4}\n"
-        "select: {mu_ratio: 0.5, seeds: [1]}\n"
+        "select: {mu_ratio: 0.5, seeds: [1]}\n",
     )
     assert main(["compare", "--config", str(plan), "--status"]) == 0
     lines = capsys.readouterr().out.splitlines()
