@@ -234,7 +234,7 @@ def test_compare_on_two_processes_gives_one_processs_tables(tiny_model, tmp_path
     assert printed.count("evaluated already") == 2 and printed.count("[compare] wrote") == 2
     s1, s2 = (json.loads((d / "report" / "summary.json").read_text()) for d in (one, two))
     assert list(s1) == list(s2) == ["target", "uld"]
-    timing = {"train_seconds", "eval_seconds", "relative_time"}
+    timing = {"train_seconds", "eval_seconds", "relative_time", "seconds_per_step"}
     for name in s1:
         assert s1[name].keys() == s2[name].keys()
         for key, v in s1[name].items():
