@@ -398,8 +398,9 @@ def status(path: str | Path) -> list[tuple[str, str, str]]:
             method_ = plan["runs"][members[0]]["method"]
             rows.append((f"{group} (seeds {seeds})", method_, "after its grid is evaluated"))
         else:
-            plan["runs"] |= seed_runs(plan, chosen[group])
-            rows += [run_state(plan, out, name) for name in seed_runs(plan, chosen[group])]
+            seeded = seed_runs(plan, chosen[group])
+            plan["runs"] |= seeded
+            rows += [run_state(plan, out, name) for name in seeded]
     return rows
 
 
@@ -491,11 +492,11 @@ def compare(path: str | Path, only: list[str] | None = None) -> dict:
         process holds its lock in `held` until the row is done)."""
         state = None
         if dist.is_main():
-            if (out / name / "eval" / "eval.json").exists():
+            if evaluated(out, name):
                 state = "evaluated"
             elif not held.enter_context(claim(out / name)):
                 state = "busy"
-            elif (out / name / "eval" / "eval.json").exists():
+            elif evaluated(out, name):
                 state = "finished"
             else:
                 state = "mine"
