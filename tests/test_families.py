@@ -10,7 +10,7 @@ import torch
 import transformers as tf
 
 from uld.assistant import UnsupportedModelError, projection_names
-from uld.logit_diff import ULDModel, logit_difference
+from uld.logit_diff import ULDModel, exact_targets, logit_difference
 from uld.methods import build_assistant
 
 SMALL = dict(
@@ -80,6 +80,36 @@ def test_one_pass_matches_naive_forward(family, tmp_path, monkeypatch):
     torch.testing.assert_close(
         out.logits, logit_difference(l_t, l_a, 0.75, 0.05), atol=1e-3, rtol=1e-4
     )
+
+
+@pytest.mark.parametrize("family", ["qwen2_moe", "mixtral"])
+def test_assistant_lora_sits_on_the_first_k_layers_linear_projections_only(
+    family, tmp_path, monkeypatch
+):
+    """LoRA's targets are spelled as full paths: with leaf names, peft >= 0.22 also puts LoRA on
+    an MoE's fused expert tensors (gate_proj/up_proj/down_proj map onto them), where the one-pass
+    forward cannot run it. An adapter saved with leaf names is pinned to paths when loaded."""
+    cls, extra = FAMILIES[family]
+    path = _save(tmp_path, cls, extra)
+    monkeypatch.setattr("uld.models.load_tokenizer", lambda *a, **k: None)
+    assistant, _ = build_assistant(path, k=2, rank=4, alpha=8, dropout=0.0)
+    base = assistant.get_base_model()
+    wrapped = {n for n, m in base.named_modules() if hasattr(m, "lora_B")}
+    linear = {
+        n
+        for n, m in tf.AutoModelForCausalLM.from_pretrained(path).named_modules()
+        if isinstance(m, torch.nn.Linear)
+        and n.split(".")[-1] in projection_names(assistant)
+        and n.split(".")[2] in ("0", "1")
+    }
+    assert wrapped == linear and linear  # attention (+ shared expert) projections of layers 0, 1
+    config = assistant.peft_config["default"]
+    assert set(config.target_modules) == linear
+    old = copy.deepcopy(config)
+    old.target_modules = set(projection_names(assistant))  # as adapters were saved before
+    target = tf.AutoModelForCausalLM.from_pretrained(path)
+    assert set(exact_targets(old, target).target_modules) == linear
+    assert old.target_modules == set(projection_names(assistant))  # the caller's is untouched
 
 
 def test_unsupported_architecture_names_what_is_missing(tmp_path, monkeypatch):

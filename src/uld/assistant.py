@@ -84,6 +84,24 @@ def projection_names(model: nn.Module) -> list[str]:
     return names
 
 
+def projection_paths(model: nn.Module, names, layers=None) -> list[str]:
+    """Full paths (from the causal LM down) of the nn.Linear modules with leaf name in `names`
+    in the decoder layers `layers` (None: every layer): LoRA's `target_modules`, exactly. Leaf
+    names would do on peft < 0.22, but peft 0.22 also maps the leaf names gate_proj / up_proj /
+    down_proj of some MoE families onto their fused 3-D expert tensors (its compatibility with
+    transformers-4 adapters), which puts LoRA where it was not asked for."""
+    every = decoder_layers(model)
+    chosen = range(len(every)) if layers is None else layers
+    inside = {id(m) for i in chosen for m in every[i].modules()}
+    paths = []
+    for path, m in base_lm(model).named_modules():
+        parts = [x for x in path.split(".") if x != "base_layer"]
+        if id(m) in inside and isinstance(m, nn.Linear) and parts[-1] in names:
+            if not any(x.startswith("lora_") for x in parts):
+                paths.append(".".join(parts))
+    return sorted(set(paths))
+
+
 def default_num_layers(n_layers: int) -> int:
     """The paper's K = 8 of 32 layers, scaled: a quarter of the target's layers."""
     return max(1, min(n_layers - 1, round(n_layers / 4)))
@@ -120,6 +138,7 @@ def lora_config(
     from peft import LoraConfig
 
     tensors = expert_tensor_names(model) if experts else []
+    layers = None if k is None else list(range(k))
     if tensors and dropout:
         print(f"[uld] LoRA dropout {dropout} -> 0: peft's LoRA on expert tensors has no dropout")
         dropout = 0.0
@@ -127,9 +146,9 @@ def lora_config(
         r=rank,
         lora_alpha=alpha,
         lora_dropout=dropout,
-        target_modules=projection_names(model),
+        target_modules=projection_paths(model, projection_names(model), layers),
         target_parameters=tensors or None,
-        layers_to_transform=None if k is None else list(range(k)),
+        layers_to_transform=layers,
         bias="none",
     )
 

@@ -64,6 +64,7 @@ from uld.assistant import (
     decoder_layers,
     decoder_of,
     final_norm,
+    projection_paths,
     weights_fingerprint,
 )
 from uld.config import COMBINES
@@ -200,6 +201,7 @@ class ULDModel(nn.Module):
         check_num_layers(self.k, n)
         from peft import inject_adapter_in_model
 
+        config = exact_targets(config, target)
         inject_adapter_in_model(config, target, adapter_name=ADAPTER)
         self.load_lora(state)
         for p in target.parameters():
@@ -533,6 +535,20 @@ def _adapter_parts(assistant) -> tuple:
 
     config = assistant.peft_config[ADAPTER]
     return config, {k: v.detach() for k, v in get_peft_model_state_dict(assistant).items()}
+
+
+def exact_targets(config, target: nn.Module):
+    """`config` with its `target_modules` as full module paths in `target`: adapters saved with
+    leaf names (q_proj, down_proj, ...) would get LoRA on an MoE's fused expert tensors too under
+    peft >= 0.22 (`uld.assistant.projection_paths`)."""
+    names = set(config.target_modules or ())
+    if not names or any("." in n for n in names) or isinstance(config.target_modules, str):
+        return config
+    import copy
+
+    config = copy.deepcopy(config)
+    config.target_modules = projection_paths(target, names, config.layers_to_transform)
+    return config
 
 
 def _peft_key_to_module_key(key: str) -> str:

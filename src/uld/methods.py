@@ -37,6 +37,7 @@ from uld.assistant import (
     default_lora_rank,
     default_num_layers,
     lora_config,
+    projection_paths,
     trainable_count,
 )
 from uld.calibrate import check_held_out, check_rows
@@ -571,7 +572,7 @@ def prepare_rmu(cfg: UnlearnConfig, spec: Method) -> Run:
             r=rank,
             lora_alpha=cfg.lora_alpha or spec.lora_alpha_per_rank * rank,
             lora_dropout=cfg.lora_dropout,
-            target_modules=[proj.split(".")[-1]],
+            target_modules=projection_paths(model, {proj.split(".")[-1]}, trained),
             layers_to_transform=trained,
             bias="none",
         )
