@@ -190,20 +190,27 @@ def evaluated(out: Path, name: str) -> bool:
     return (out / name / "eval" / "eval.json").exists()
 
 
-def selections(plan: dict, grids: list[str] | None = None) -> dict[str, str | None]:
+def summaries(out: Path, names) -> dict[str, dict]:
+    """{name: its eval.json summary} for those of `names` evaluated so far."""
+    return {n: read_eval(out / n / "eval")["summary"] for n in names if evaluated(out, n)}
+
+
+def selections(
+    plan: dict, grids: list[str] | None = None, known: dict[str, dict] | None = None
+) -> dict[str, str | None]:
     """{grid: its chosen run, or None while the grid or the target is not yet evaluated}, for
-    every grid of the plan or those named."""
-    out = Path(plan["out"])
-    target = read_eval(out / "target" / "eval") if evaluated(out, "target") else None
+    every grid of the plan or those named. known: summaries already read (`summaries`)."""
+    grids = list(plan["grids"]) if grids is None else grids
+    names = ["target", *(n for g in grids for n in plan["grids"][g])]
+    known = summaries(Path(plan["out"]), names) if known is None else known
     chosen: dict[str, str | None] = {}
-    for grid in plan["grids"] if grids is None else grids:
+    for grid in grids:
         members = plan["grids"][grid]
-        if target is None or not all(evaluated(out, n) for n in members):
+        if "target" not in known or not all(n in known for n in members):
             chosen[grid] = None
             continue
-        runs = {n: read_eval(out / n / "eval")["summary"] for n in members}
-        mu = target["summary"].get("model_utility")
-        chosen[grid] = choose(runs, mu, plan["select"]["mu_ratio"])
+        mu = known["target"].get("model_utility")
+        chosen[grid] = choose({n: known[n] for n in members}, mu, plan["select"]["mu_ratio"])
     return chosen
 
 
@@ -224,11 +231,11 @@ def groups(plan: dict) -> dict[str, list[str]]:
     return out
 
 
-def selection_text(plan: dict, chosen: dict[str, str | None]) -> str:
-    """The report's account of the selection: the rule, each grid's candidates and its choice."""
-    out = Path(plan["out"])
+def selection_text(plan: dict, chosen: dict[str, str | None], known: dict[str, dict]) -> str:
+    """The report's account of the selection: the rule, each grid's candidates and its choice
+    (`known`: the summaries of the runs evaluated so far, the target's included)."""
     ratio = plan["select"]["mu_ratio"]
-    target_mu = read_eval(out / "target" / "eval")["summary"].get("model_utility")
+    target_mu = known["target"].get("model_utility")
     bar = None if target_mu is None else ratio * target_mu
     text = (
         "\n## Selection\n\nOne rule for every grid: the run with the best Forget Quality among "
@@ -244,7 +251,7 @@ def selection_text(plan: dict, chosen: dict[str, str | None]) -> str:
     )
     for grid, members in plan["grids"].items():
         for name in members:
-            s = read_eval(out / name / "eval")["summary"] if evaluated(out, name) else {}
+            s = known.get(name, {})
             mu, fq = s.get("model_utility"), s.get("forget_quality")
             keeps = "–" if mu is None or bar is None else ("yes" if mu >= bar else "no")
             mark = "**chosen**" if chosen.get(grid) == name else ""
@@ -564,7 +571,9 @@ def write_report(plan: dict, fixed: dict | None = None) -> dict:
     if not evaluated(out, "target"):
         print("[compare] no report yet: the target is not evaluated (another process is on it)")
         return {}
-    chosen = selections(plan)
+    grid_runs = [n for members in plan["grids"].values() for n in members]
+    known = summaries(out, ["target", *grid_runs])  # read once for the choice and its account
+    chosen = selections(plan, known=known)
     names = list(fixed)
     for group, members in plan["groups"].items():
         names += members
@@ -573,8 +582,8 @@ def write_report(plan: dict, fixed: dict | None = None) -> dict:
     names = [n for n in names if evaluated(out, n)]
     notes, plotted = "", None
     if plan["grids"]:  # the plane shows each grid's chosen setting; mu_vs_fq_all.png every run
-        notes = selection_text(plan, chosen)
-        in_grid = {n for members in plan["grids"].values() for n in members}
+        notes = selection_text(plan, chosen, known)
+        in_grid = set(grid_runs)
         plotted = [
             n
             for n in names
