@@ -96,9 +96,9 @@ def projection_paths(model: nn.Module, names, layers=None) -> list[str]:
     paths = []
     for path, m in base_lm(model).named_modules():
         parts = [x for x in path.split(".") if x != "base_layer"]
-        if id(m) in inside and isinstance(m, nn.Linear) and parts[-1] in names:
-            if not any(x.startswith("lora_") for x in parts):
-                paths.append(".".join(parts))
+        is_lora = any(x.startswith("lora_") for x in parts)
+        if id(m) in inside and isinstance(m, nn.Linear) and parts[-1] in names and not is_lora:
+            paths.append(".".join(parts))
     return sorted(set(paths))
 
 
