@@ -93,6 +93,33 @@ def test_unlearn_on_text(method, corpus, text_target, tmp_path):
         assert changed and all("embed_tokens" not in n for n in changed)
 
 
+def test_uld_calibrate_on_text_rechooses_alpha_under_the_authors_arithmetic(
+    corpus, text_target, tmp_path, capsys
+):
+    """`uld calibrate --retain` on raw text: the retain rule on the documents, here with the
+    other combination; --write saves both. Held-out rows do not exist on text: refused."""
+    out = tmp_path / "uld"
+    argv = ["unlearn", "--method", "uld", "--model", text_target, "--data", corpus, "--out"]
+    argv += [str(out), "--max-length", "64", "--epochs", "1", "--layers", "2", "--lora-rank", "4"]
+    assert main(argv) == 0
+    before = json.loads((out / "uld_config.json").read_text())
+    assert before["combine"] == "mass"
+    capsys.readouterr()
+    argv = ["calibrate", "--model", str(out), "--data", corpus, "--forget", "forget"]
+    assert main([*argv, "--retain", "retain1", "--combine", "authors", "--write"]) == 0
+    assert f"(the model's was {before['alpha']:g})" in capsys.readouterr().out
+    after = json.loads((out / "uld_config.json").read_text())
+    choice = after["alpha_choice"]
+    assert after["combine"] == "authors" and after["alpha"] == choice["alpha"]
+    assert choice["alpha_before"] == before["alpha"] and choice["retain"] == "retain1"
+    assert [g["alpha"] for g in choice["grid"]] == list(SAFE_ALPHAS)
+    assert load_any(str(out))[0].combine == "authors"  # loads with the saved combination
+    assert main(argv) == 2  # no --retain: refused, naming the fix
+    err = capsys.readouterr().err
+    assert "raw text" in err and "--retain" in err
+    assert json.loads((out / "uld_config.json").read_text()) == after  # untouched
+
+
 def test_text_config_maps_muse_splits_and_pairs_chunks(corpus, text_target):
     cfg = text_config(UnlearnConfig(method="npo+gd", model=text_target, data=corpus, out="x"))
     assert (cfg.forget, cfg.retain, cfg.epochs, cfg.check) == ("forget", "retain1", 10.0, False)

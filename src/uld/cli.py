@@ -40,7 +40,7 @@ from uld.data.augment import write_augmentation
 from uld.data.corpus import builtin_corpus
 from uld.data.load import DataError, load_split, write_split
 from uld.data.synthetic import builtin_splits
-from uld.data.text import is_text_data, load_muse, write_muse
+from uld.data.text import is_text_data, load_muse, texts, write_muse
 from uld.defaults import choose_alpha_on_rows
 from uld.demo import run_demo
 from uld.evaluate import answer_budget, generate_answers, load_reference, load_roles
@@ -330,8 +330,19 @@ def cmd_calibrate(args) -> None:
         )
     if read_uld_config(args.model).get("mode", "uld") != "uld":
         raise ValueError(f"{args.model} is an Offset model: it has no alpha to calibrate")
+    text = is_text_data(args.data)
+    if text and not args.retain:
+        raise ValueError(
+            f"--data {args.data} is raw text: alpha is chosen there by the retain rule; pass "
+            "--retain with the retain documents (e.g. --forget forget --retain retain1)"
+        )
     if args.retain:  # the safe rule: no held-out rows of the same kind needed
-        forget, retain = load_split(args.forget, args.data), load_split(args.retain, args.data)
+        if text:
+            muse = load_muse(args.data)
+            forget, retain = texts(muse, args.forget), texts(muse, args.retain)
+        else:
+            forget = load_split(args.forget, args.data)
+            retain = load_split(args.retain, args.data)
         model, tok = load_any(
             args.model, filter=args.filter, target=args.target, combine=args.combine
         )
@@ -705,7 +716,12 @@ def parser() -> argparse.ArgumentParser:
         "no alpha is given (the largest alpha that keeps retain and general answers and leaves "
         "forget answers fluent)",
     )
-    cal.add_argument("--data", default="builtin", help="builtin, a folder of <split>.json, hub id")
+    cal.add_argument(
+        "--data",
+        default="builtin",
+        help="builtin, a folder of <split>.json, hub id; or raw text (builtin-muse, a MUSE "
+        "folder or hub id) with --retain",
+    )
     cal.add_argument("--alphas", type=float, nargs="+", default=None, help="default 0, 0.1, .., 2")
     cal.add_argument("--filter", type=float, default=None, help="default: the model's")
     cal.add_argument("--combine", choices=COMBINES, default=None, help=COMBINE_HELP)
