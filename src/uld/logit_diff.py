@@ -541,9 +541,11 @@ def exact_targets(config, target: nn.Module):
     """`config` with its `target_modules` as full module paths in `target`: adapters saved with
     leaf names (q_proj, down_proj, ...) would get LoRA on an MoE's fused expert tensors too under
     peft >= 0.22 (`uld.assistant.projection_paths`)."""
-    names = set(config.target_modules or ())
-    if not names or any("." in n for n in names) or isinstance(config.target_modules, str):
-        return config
+    if not config.target_modules or isinstance(config.target_modules, str):
+        return config  # none, or a pattern: left to peft
+    names = set(config.target_modules)
+    if any("." in n for n in names):
+        return config  # paths already
     import copy
 
     config = copy.deepcopy(config)
