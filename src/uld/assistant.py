@@ -66,17 +66,20 @@ def final_norm(model: nn.Module) -> nn.Module:
     )
 
 
+def _linears(module: nn.Module):
+    """(path parts, module) of each nn.Linear under `module` that is not a LoRA part, the path
+    read through peft's wrappers (`base_layer` left out)."""
+    for name, m in module.named_modules():
+        parts = [x for x in name.split(".") if x != "base_layer"]
+        if isinstance(m, nn.Linear) and parts and not any(x.startswith("lora_") for x in parts):
+            yield parts, m
+
+
 def projection_names(model: nn.Module) -> list[str]:
     """Leaf names of the Linear projections of a decoder layer (attention and MLP), router
     excluded: LoRA's `target_modules`."""
     layer = decoder_layers(model)[0]
-    names = set()
-    for name, m in layer.named_modules():
-        parts = [x for x in name.split(".") if x != "base_layer"]  # through peft's wrappers
-        is_lora = any(x.startswith("lora_") for x in parts)
-        if isinstance(m, nn.Linear) and parts and not is_lora and parts[-1] not in ROUTER_NAMES:
-            names.add(parts[-1])
-    names = sorted(names)
+    names = sorted({parts[-1] for parts, _ in _linears(layer) if parts[-1] not in ROUTER_NAMES})
     if not names:
         raise UnsupportedModelError(
             f"{type(layer).__name__} has no nn.Linear projections to put LoRA adapters on"
@@ -93,13 +96,12 @@ def projection_paths(model: nn.Module, names, layers=None) -> list[str]:
     every = decoder_layers(model)
     chosen = range(len(every)) if layers is None else layers
     inside = {id(m) for i in chosen for m in every[i].modules()}
-    paths = []
-    for path, m in base_lm(model).named_modules():
-        parts = [x for x in path.split(".") if x != "base_layer"]
-        is_lora = any(x.startswith("lora_") for x in parts)
-        if id(m) in inside and isinstance(m, nn.Linear) and parts[-1] in names and not is_lora:
-            paths.append(".".join(parts))
-    return sorted(set(paths))
+    paths = {
+        ".".join(parts)
+        for parts, m in _linears(base_lm(model))
+        if id(m) in inside and parts[-1] in names
+    }
+    return sorted(paths)
 
 
 def default_num_layers(n_layers: int) -> int:

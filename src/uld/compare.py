@@ -559,15 +559,15 @@ def compare(path: str | Path, only: list[str] | None = None) -> dict:
             run(name, cfg.out, cfg)
     if not dist.is_main():  # the main process reports
         return {}
-    return write_report(plan, fixed)
+    return write_report(plan)
 
 
-def write_report(plan: dict, fixed: dict | None = None) -> dict:
+def write_report(plan: dict) -> dict:
     """`<out>/report` from every row of the plan evaluated so far, in the plan's order (each
     grid's runs, then its chosen run's seeds), with the selection; nothing is run. `uld compare`
     writes it when it has nothing left; `uld compare --report` at any time."""
     out = Path(plan["out"])
-    fixed = fixed or {"target": plan["target"]} | dict(plan.get("models") or {})
+    fixed = {"target": plan["target"]} | dict(plan.get("models") or {})
     if not evaluated(out, "target"):
         print("[compare] no report yet: the target is not evaluated (another process is on it)")
         return {}
