@@ -298,12 +298,24 @@ def test_report_merges_runs_and_draws_the_plots(tmp_path):
 
 
 def test_plots_keep_many_runs_apart():
-    """Past 20 runs colours repeat, so the marker changes; past 8 the legend moves beside the
-    axes instead of covering the points."""
-    from uld.report import _legend, _pyplot, _style
+    """Past 20 runs colours repeat, and the marker differs; past 8 the legend moves beside the
+    axes instead of covering the points; labels of crowded points are not written over each
+    other."""
+    from uld.report import _annotate_apart, _legend, _pyplot, _style
 
     styles = [tuple(_style(i).values()) for i in range(40)]
     assert len(set(styles)) == 40 and styles[0][0] == styles[20][0]
+    assert styles[0][1] != styles[1][1]  # tab20's light/dark pair differs in shape too
+    fig, ax = _pyplot().subplots()
+    ax.scatter([1, 1.001, 1.002, 5, 9], [1, 1, 1, 5, 9])
+    crowded = [("alpha", 1, 1), ("beta", 1.001, 1), ("gamma", 1.002, 1)]
+    assert _annotate_apart(ax, crowded + [("far", 5, 5), ("farther", 9, 9)]) == [
+        "alpha",
+        "far",
+        "farther",
+    ]
+    assert [t.get_text() for t in ax.texts] == ["alpha", "far", "farther"]
+    _pyplot().close(fig)
     fig, ax = _pyplot().subplots()
     for i in range(3):
         ax.plot([0, 1], [i, i], label=f"run {i}")

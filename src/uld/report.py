@@ -295,9 +295,28 @@ def _pyplot():
 
 
 def _style(i: int) -> dict:
-    """The i-th run's colour (one of tab20's 20: the default cycle has only 10) and marker (a new
-    shape per block of 20 runs, so colours that repeat past 20 stay distinct)."""
-    return {"color": _pyplot().get_cmap("tab20")(i % 20), "marker": "osD^v"[(i // 20) % 5]}
+    """The i-th run's colour (one of tab20's 20: the default cycle has only 10) and marker (one of
+    8 shapes in turn, so tab20's paired light/dark hues differ in shape too, and no two of the
+    first 40 runs look alike)."""
+    return {"color": _pyplot().get_cmap("tab20")(i % 20), "marker": "osD^vP*X"[i % 8]}
+
+
+def _annotate_apart(ax, points: list[tuple[str, float, float]]) -> list[str]:
+    """Write each (label, x, y) beside its point unless the text would cover a label already
+    written (the legend names every point); call once the axes' limits are final. Returns the
+    labels written."""
+    ax.figure.canvas.draw()  # settles the autoscaled limits the texts are placed by
+    renderer = ax.figure.canvas.get_renderer()
+    written, boxes = [], []
+    for label, x, y in points:
+        text = ax.annotate(label, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+        box = text.get_window_extent(renderer)
+        if any(box.overlaps(b) for b in boxes):
+            text.remove()
+            continue
+        written.append(label)
+        boxes.append(box)
+    return written
 
 
 def _legend(ax) -> bool:
@@ -361,9 +380,9 @@ def plot_mu_vs_fq(runs: dict[str, dict], path: Path) -> None:
             xerr, yerr = [[fq - fq_lo], [fq_hi - fq]], [[mu - mu_lo], [mu_hi - mu]]
             ax.errorbar(fq, mu, xerr=xerr, yerr=yerr, fmt="none", ecolor=style["color"], lw=1)
         ax.scatter(fq, mu, s=46, **style, zorder=3, label=label)
-        ax.annotate(label, (fq, mu), textcoords="offset points", xytext=(5, 4), fontsize=8)
     ax.set_xscale("log")
     ax.margins(x=0.12, y=0.08)  # room for the labels of the outermost points
+    _annotate_apart(ax, [(label, fq, mu) for label, fq, mu, _, _ in pts])
     ax.set_xlabel("Forget Quality (KS-test p-value vs the retain model, log scale)")
     ax.set_ylabel("Model Utility")
     ax.set_title("Model Utility vs Forget Quality (up and right is better)")
@@ -423,18 +442,17 @@ def plot_fq_vs_time(runs: dict[str, dict], path: Path) -> None:
     """Forget Quality (log) against training wall time relative to ULD's."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    for i, (name, s) in enumerate(runs.items()):
-        if s.get("relative_time") is None or s.get("forget_quality") is None:
-            continue
-        ax.scatter(s["relative_time"], _fq(s["forget_quality"]), s=46, **_style(i))
-        ax.annotate(
-            name,
-            (s["relative_time"], _fq(s["forget_quality"])),
-            textcoords="offset points",
-            xytext=(5, 4),
-            fontsize=8,
-        )
+    points = [
+        (name, s["relative_time"], _fq(s["forget_quality"]))
+        for name, s in runs.items()
+        if s.get("relative_time") is not None and s.get("forget_quality") is not None
+    ]
+    for i, (name, x, y) in enumerate(points):
+        ax.scatter(x, y, s=46, **_style(i), label=name)
     ax.set_yscale("log")
+    _annotate_apart(ax, points)
+    if len(points) > 1:
+        _legend(ax)
     ax.set_xlabel("Unlearning wall time relative to ULD's (as each run was configured)")
     ax.set_ylabel("Forget Quality (log scale)")
     ax.set_title("Forget Quality vs training time (up and left is better)")
